@@ -1,0 +1,1 @@
+"""Shared pieces every process imports: configuration, wire protocol, partitioning, events."""

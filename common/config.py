@@ -1,0 +1,191 @@
+"""One frozen configuration object, built once from ``FS_*`` variables and flags.
+
+Every process calls :func:`load` in its ``main()`` and passes the result down.
+Nothing else in the project reads ``os.environ``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A setting has a value the store cannot use."""
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A Feast feature view declared in the configuration file."""
+
+    name: str
+    join_keys: tuple[str, ...] = ()
+    ttl_s: float | None = None  # None: the global default applies
+    features: tuple[str, ...] = ()  # empty: any feature name is accepted
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- HTTP front end
+    http_host: str = "127.0.0.1"  # FS_HTTP_HOST
+    http_port: int = 8000  # FS_HTTP_PORT
+    frontend_processes: int = 1  # FS_FRONTEND_PROCESSES: processes sharing the port
+    # --- shards
+    shards: int = 2  # FS_SHARDS
+    shard_base_port: int = 5700  # FS_SHARD_BASE_PORT: shard i listens on base + i
+    shard_endpoints: tuple[str, ...] = ()  # FS_SHARD_ENDPOINTS; empty = derived from the base port
+    shard_bind_host: str = "127.0.0.1"  # FS_SHARD_BIND_HOST: where a shard binds when derived
+    shard_timeout_s: float = 1.0  # FS_SHARD_TIMEOUT_S: bound on every shard call
+    retry_after_s: int = 1  # FS_RETRY_AFTER_S: Retry-After on a 503
+    # --- durability (memory only when data_dir is None)
+    data_dir: str | None = None  # FS_DATA_DIR
+    fsync: str = "everysec"  # FS_FSYNC: always | everysec | no
+    # --- data model limits
+    max_entity_id_bytes: int = 512  # FS_MAX_ENTITY_ID_BYTES
+    max_name_bytes: int = 256  # FS_MAX_NAME_BYTES
+    max_value_bytes: int = 65536  # FS_MAX_VALUE_BYTES: one value, msgpack-encoded
+    max_body_bytes: int = 16 * 1024 * 1024  # FS_MAX_BODY_BYTES: HTTP request body
+    max_batch_entities: int = 1000  # FS_MAX_BATCH_ENTITIES: entities per batch read
+    max_response_bytes: int = 64 * 1024 * 1024  # FS_MAX_RESPONSE_BYTES
+    # --- TTL
+    ttl_s: float | None = None  # FS_TTL_S: default TTL of every feature; None = none
+    views: tuple[FeatureView, ...] = ()  # from the configuration file
+    feature_services: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> references
+    # --- access
+    read_only: bool = False  # FS_READ_ONLY
+    read_token: str | None = None  # FS_READ_TOKEN
+    write_token: str | None = None  # FS_WRITE_TOKEN
+    # --- ingest
+    ingest_endpoint: str = "tcp://127.0.0.1:5690"  # FS_INGEST_ENDPOINT: ZeroMQ source
+    ingest_source: str = "zmq"  # FS_INGEST_SOURCE: zmq | kafka | file
+    ingest_file: str | None = None  # FS_INGEST_FILE ('-' = stdin)
+    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER
+    kafka_bootstrap: str | None = None  # FS_KAFKA_BOOTSTRAP
+    kafka_topic: str | None = None  # FS_KAFKA_TOPIC
+    kafka_group: str | None = None  # FS_KAFKA_GROUP
+    # --- this process
+    shard_index: int = 0  # --index of `python -m shard`
+    config_file: str | None = None  # FS_CONFIG: TOML file with views and feature services
+    log_level: str = "INFO"  # FS_LOG_LEVEL
+    access_log: bool = False  # FS_ACCESS_LOG: log every HTTP request (costs CPU)
+
+    def endpoints(self) -> tuple[str, ...]:
+        """The ZeroMQ endpoint of each shard, in shard order."""
+        if self.shard_endpoints:
+            return self.shard_endpoints
+        return tuple(
+            f"tcp://{self.shard_bind_host}:{self.shard_base_port + i}" for i in range(self.shards)
+        )
+
+    def view_ttls(self) -> dict[str, float]:
+        """Per-view TTLs, keyed by the name prefix ``view:``."""
+        return {f"{v.name}:": v.ttl_s for v in self.views if v.ttl_s is not None}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_ENV_SKIP = {"views", "feature_services", "shard_index"}
+
+
+def _convert(name: str, raw: str) -> Any:
+    f = _FIELDS[name]
+    typ = str(f.type)
+    try:
+        if name == "shard_endpoints":
+            return tuple(e.strip() for e in raw.split(",") if e.strip())
+        if typ == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("", "0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ == "int":
+            return int(raw)
+        if typ.startswith("float"):
+            return float(raw) if raw.strip() else None
+        if typ.startswith("str | None"):
+            return raw or None
+        return raw
+    except ValueError:
+        raise ConfigError(f"FS_{name.upper()}: cannot use {raw!r}") from None
+
+
+def _views_from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from None
+    views = tuple(
+        FeatureView(
+            name=name,
+            join_keys=tuple(spec.get("join_keys", ())),
+            ttl_s=spec.get("ttl_s"),
+            features=tuple(spec.get("features", ())),
+        )
+        for name, spec in doc.get("views", {}).items()
+    )
+    services = tuple((name, tuple(refs)) for name, refs in doc.get("feature_services", {}).items())
+    return {"views": views, "feature_services": services}
+
+
+def build_parser(prog: str = "feature-store") -> argparse.ArgumentParser:
+    """Flags for every setting: ``--http-port 8001`` sets ``http_port``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    for f in dataclasses.fields(Config):
+        if f.name in ("views", "feature_services"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=None, metavar="V")
+    parser.add_argument("--index", dest="shard_index", default=None, help="shard index")
+    parser.add_argument("--processes", dest="frontend_processes", default=None)
+    parser.add_argument("--file", dest="ingest_file", default=None, help="JSON lines, '-' = stdin")
+    return parser
+
+
+def load(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the configuration: defaults, then ``FS_*`` variables, then flags, then overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name in _ENV_SKIP:
+            continue
+        raw = environ.get("FS_" + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw)
+    args = (parser or build_parser()).parse_args(list(argv or []))
+    for name, raw in vars(args).items():
+        if raw is not None and name in _FIELDS:
+            values[name] = _convert(name, raw)
+    values.update(overrides)
+    if values.get("ingest_file") and "ingest_source" not in values:
+        values["ingest_source"] = "file"  # --file alone picks the file source
+    path = values.get("config_file")
+    if path:
+        values.update(_views_from_file(path))
+    cfg = Config(**values)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    if cfg.fsync not in ("always", "everysec", "no"):
+        raise ConfigError(f"FS_FSYNC must be always, everysec or no, not {cfg.fsync!r}")
+    if cfg.shards < 1:
+        raise ConfigError("FS_SHARDS must be at least 1")
+    if cfg.shard_endpoints and len(cfg.shard_endpoints) != cfg.shards:
+        # endpoints given explicitly decide the shard count
+        object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
+    if not 0 <= cfg.shard_index < cfg.shards:
+        raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
+    if cfg.frontend_processes < 1:
+        raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
+    if cfg.shard_timeout_s <= 0:
+        raise ConfigError("FS_SHARD_TIMEOUT_S must be positive")

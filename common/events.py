@@ -1,0 +1,175 @@
+"""Validation of feature writes: the bodies of ``POST /features`` and the ingest events.
+
+Both the front end and the ingest process turn the same JSON objects into write tuples
+``(entity_id, name, value, event_time_us)`` here, so both reject the same things with the same
+words. Every error names the field, as a client would write it (``[2].features.ctr``).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgpack
+
+from common import timefmt
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
+_SEED_FIELDS = frozenset(("entity_id", "name", "value", "event_timestamp"))
+_GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp"))
+
+Write = tuple[str, str, Any, int]
+
+
+class EventError(ValueError):
+    """A write that cannot be applied; ``detail`` names the field."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_entity_id_bytes: int = 512
+    max_name_bytes: int = 256
+    max_value_bytes: int = 65536
+
+    @classmethod
+    def from_config(cls, cfg) -> "Limits":
+        return cls(cfg.max_entity_id_bytes, cfg.max_name_bytes, cfg.max_value_bytes)
+
+
+def check_entity_id(eid: Any, limits: Limits, field: str = "entity_id") -> str:
+    """Return ``eid`` if it is a valid entity id, else raise :class:`EventError`."""
+    if not isinstance(eid, str):
+        raise EventError(f"{field} must be a string")
+    if not eid:
+        raise EventError(f"{field} must not be empty")
+    if len(eid) * 4 > limits.max_entity_id_bytes and len(eid.encode("utf-8", "surrogatepass")) > limits.max_entity_id_bytes:
+        raise EventError(f"{field} is longer than {limits.max_entity_id_bytes} bytes")
+    if "\ud800" <= max(eid) and any("\ud800" <= c <= "\udfff" for c in eid):
+        raise EventError(f"{field} is not valid Unicode")
+    return eid
+
+
+def check_name(name: Any, limits: Limits, field: str = "name") -> str:
+    """Return ``name`` if it is a valid feature name, else raise :class:`EventError`."""
+    if not isinstance(name, str):
+        raise EventError(f"{field} must be a string")
+    if not name:
+        raise EventError(f"{field} must not be empty")
+    if len(name) > limits.max_name_bytes:
+        raise EventError(f"{field} is longer than {limits.max_name_bytes} bytes")
+    if not _NAME_RE.match(name):
+        raise EventError(f"{field} may hold only letters, digits and _ . : -")
+    return name
+
+
+def _check_nested(value: Any, field: str, depth: int) -> None:
+    if depth > 64:
+        raise EventError(f"{field} is nested too deeply")
+    t = type(value)
+    if t is float:
+        if not math.isfinite(value):
+            raise EventError(f"{field} must be a finite number")
+    elif t is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise EventError(f"{field} is outside the 64-bit integer range")
+    elif t is list or t is tuple:
+        for i, item in enumerate(value):
+            _check_nested(item, f"{field}[{i}]", depth + 1)
+    elif t is dict:
+        for k, item in value.items():
+            if type(k) is not str:
+                raise EventError(f"{field} has a key that is not a string")
+            _check_nested(item, f"{field}.{k}", depth + 1)
+    elif value is None or t is bool or t is str:
+        pass
+    else:
+        raise EventError(f"{field} has an unsupported type")
+
+
+def check_value(value: Any, limits: Limits, field: str = "value") -> Any:
+    """Return ``value`` if it is a storable value, else raise :class:`EventError`."""
+    t = type(value)
+    if t is str:
+        if len(value) * 4 > limits.max_value_bytes and len(value.encode("utf-8", "surrogatepass")) > limits.max_value_bytes:
+            raise EventError(f"{field} is larger than {limits.max_value_bytes} bytes")
+        return value
+    if t is float or t is int or t is bool or value is None:
+        _check_nested(value, field, 0)
+        return value
+    _check_nested(value, field, 0)
+    if len(msgpack.packb(value)) > limits.max_value_bytes:
+        raise EventError(f"{field} is larger than {limits.max_value_bytes} bytes")
+    return value
+
+
+def event_time(obj: dict, field: str, now_us: int, naive_is_utc: bool = False) -> int:
+    """The event time of a write: its ``event_timestamp`` or, when absent, ``now_us``."""
+    ts = obj.get("event_timestamp")
+    if ts is None:
+        return now_us
+    try:
+        return timefmt.parse(ts, naive_is_utc)
+    except timefmt.TimestampError as exc:
+        raise EventError(f"{field}event_timestamp {exc}") from None
+
+
+def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list[Write]:
+    """Turn one write object (seed form or grouped form) into write tuples."""
+    if type(obj) is not dict:
+        if prefix:
+            raise EventError(f"{prefix.rstrip('.')} must be a JSON object")
+        raise EventError("body must be a JSON object or an array of objects")
+    if "entity_id" not in obj:
+        raise EventError(f"{prefix}entity_id is required")
+    eid = check_entity_id(obj["entity_id"], limits, prefix + "entity_id")
+    if "features" in obj:
+        extra = obj.keys() - _GROUPED_FIELDS
+        if extra:
+            raise EventError(f"{prefix}{sorted(extra)[0]} is not a field of a write with features")
+        feats = obj["features"]
+        if type(feats) is not dict:
+            raise EventError(f"{prefix}features must be an object of name: value")
+        if not feats:
+            raise EventError(f"{prefix}features must not be empty")
+        ts = event_time(obj, prefix, now_us)
+        out = []
+        for name, value in feats.items():
+            check_name(name, limits, f"{prefix}features name {name!r}"[:300])
+            out.append((eid, name, check_value(value, limits, f"{prefix}features.{name}"), ts))
+        return out
+    extra = obj.keys() - _SEED_FIELDS
+    if extra:
+        raise EventError(f"{prefix}{sorted(extra)[0]} is not a field of a feature write")
+    if "name" not in obj:
+        raise EventError(f"{prefix}name is required (or features)")
+    if "value" not in obj:
+        raise EventError(f"{prefix}value is required")
+    name = check_name(obj["name"], limits, prefix + "name")
+    value = check_value(obj["value"], limits, prefix + "value")
+    return [(eid, name, value, event_time(obj, prefix, now_us))]
+
+
+def parse_body(body: Any, limits: Limits, now_us: int) -> list[Write]:
+    """Turn a ``POST /features`` body (an object or an array of objects) into write tuples."""
+    if type(body) is list:
+        if not body:
+            raise EventError("body must not be an empty array")
+        out: list[Write] = []
+        for i, obj in enumerate(body):
+            out.extend(parse_event(obj, limits, now_us, f"[{i}]."))
+        return out
+    return parse_event(body, limits, now_us)
+
+
+def group_by_shard(writes: Iterable[Write], shard_for) -> dict[int, list[list]]:
+    """Group write tuples by owning shard, as the lists the WRITE message carries."""
+    out: dict[int, list[list]] = {}
+    for w in writes:
+        out.setdefault(shard_for(w[0]), []).append(list(w))
+    return out

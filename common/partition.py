@@ -1,0 +1,47 @@
+"""Entity id -> slot -> shard.
+
+An entity id's UTF-8 bytes are hashed with CRC-32 (stable across processes and hosts, unlike
+Python's randomised ``hash()``) into one of :data:`SLOTS` slots; a slot table maps slots to
+shards. Adding a shard later means moving some slots to it, not rehashing every entity.
+"""
+from __future__ import annotations
+
+from zlib import crc32
+
+SLOTS = 16384  # as Redis Cluster: plenty of slots to move at a fine grain
+
+
+def slot_of(entity_id: str) -> int:
+    """The slot of an entity id."""
+    return crc32(entity_id.encode("utf-8")) % SLOTS
+
+
+def default_table(n_shards: int) -> tuple[int, ...]:
+    """Contiguous slot ranges, one per shard: slot s belongs to shard s * n // SLOTS."""
+    if n_shards < 1:
+        raise ValueError("n_shards must be at least 1")
+    return tuple(s * n_shards // SLOTS for s in range(SLOTS))
+
+
+class Partitioner:
+    """Maps entity ids to shard indexes through a slot table."""
+
+    __slots__ = ("table", "n_shards")
+
+    def __init__(self, n_shards: int, table: tuple[int, ...] | None = None) -> None:
+        self.table = table or default_table(n_shards)
+        if len(self.table) != SLOTS or not all(0 <= s < n_shards for s in self.table):
+            raise ValueError("slot table must map every slot to a shard index")
+        self.n_shards = n_shards
+
+    def shard_for(self, entity_id: str) -> int:
+        """The index of the shard that owns ``entity_id``."""
+        return self.table[crc32(entity_id.encode("utf-8")) % SLOTS]
+
+    def group(self, entity_ids) -> dict[int, list[int]]:
+        """Positions of ``entity_ids`` grouped by owning shard, request order kept."""
+        table = self.table
+        out: dict[int, list[int]] = {}
+        for pos, eid in enumerate(entity_ids):
+            out.setdefault(table[crc32(eid.encode("utf-8")) % SLOTS], []).append(pos)
+        return out

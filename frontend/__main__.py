@@ -1,0 +1,83 @@
+"""``python -m frontend [--processes N]``: the HTTP front end, N processes on one port."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import tornado.netutil
+
+from common import config
+from frontend.app import serve
+
+log = logging.getLogger("frontend")
+
+MAX_RESTARTS = 100  # a child that keeps dying is a bug, not bad luck
+
+
+def supervise(n: int, run_child) -> int:
+    """Fork ``n`` children that each call ``run_child()``; restart one that dies; forward
+    SIGTERM/SIGINT to all of them and return when they have exited."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(task_id: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os._exit(run_child(task_id))
+        children[pid] = task_id
+
+    def forward(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for i in range(n):
+        spawn(i)
+    restarts = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        task_id = children.pop(pid, None)
+        if task_id is None or stopping:
+            continue
+        log.warning("front-end process %d (pid %d) exited with status %d; restarting",
+                    task_id, pid, os.waitstatus_to_exitcode(status))
+        restarts += 1
+        if restarts > MAX_RESTARTS:
+            forward(signal.SIGTERM, None)
+            continue
+        spawn(task_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config.load(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host)
+    if cfg.frontend_processes == 1:
+        asyncio.run(serve(cfg, sockets))
+        return 0
+
+    def run_child(task_id: int) -> int:
+        log.info("front-end process %d (pid %d)", task_id, os.getpid())
+        asyncio.run(serve(cfg, sockets))
+        return 0
+
+    return supervise(cfg.frontend_processes, run_child)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The Tornado application and one front-end process's serving coroutine."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import tornado.httpserver
+import tornado.web
+
+from common.config import Config
+from common.events import Limits
+from common.partition import Partitioner
+from frontend import native
+from frontend.base import Context, NotFoundHandler
+from frontend.shard_client import ShardClient
+
+log = logging.getLogger("frontend")
+
+ENTITY = r"([^/]+)"  # one percent-decoded path segment: '/' inside an id arrives as %2F
+
+
+def make_app(ctx: Context) -> tornado.web.Application:
+    """All routes, each handler getting ``ctx`` through ``initialize``."""
+    routes = [
+        (r"/features", native.FeaturesHandler),
+        (r"/features/batch", native.BatchHandler),
+        (rf"/features/{ENTITY}", native.EntityHandler),
+        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler),
+        (r"/healthz", native.HealthzHandler),
+        (r"/readyz", native.ReadyzHandler),
+        (r"/stats", native.StatsHandler),
+    ]
+    return tornado.web.Application(
+        [(path, handler, {"ctx": ctx}) for path, handler in routes],
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"ctx": ctx},
+        compress_response=False,
+        log_function=_log_request if ctx.cfg.access_log else _log_failure,
+    )
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    log.info("%d %s %.2fms", status, handler._request_summary(), 1000 * handler.request.request_time())
+
+
+def _log_failure(handler: tornado.web.RequestHandler) -> None:
+    """Without FS_ACCESS_LOG only server-side failures are logged: logging costs CPU per request."""
+    if handler.get_status() >= 500:
+        _log_request(handler)
+
+
+def make_context(cfg: Config, client: ShardClient) -> Context:
+    return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg))
+
+
+async def serve(cfg: Config, sockets) -> None:
+    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT."""
+    client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
+    client.start()
+    server = tornado.httpserver.HTTPServer(make_app(make_context(cfg, client)),
+                                           max_body_size=cfg.max_body_bytes)
+    server.add_sockets(sockets)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("front end serving http://%s:%d with %d shards", cfg.http_host, cfg.http_port, cfg.shards)
+    await stop.wait()
+    server.stop()
+    client.close()

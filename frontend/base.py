@@ -1,0 +1,144 @@
+"""The base handler: JSON errors, auth, body parsing, and shard calls mapped to HTTP."""
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import tornado.web
+
+from common import protocol as P
+from common.config import Config
+from common.events import Limits
+from common.partition import Partitioner
+from frontend.shard_client import ShardClient, ShardError, ShardUnavailable
+
+log = logging.getLogger("frontend")
+
+
+class APIError(tornado.web.HTTPError):
+    """An error the client should see: ``status`` with ``{"detail": detail}``."""
+
+    def __init__(self, status: int, detail: str, headers: dict | None = None) -> None:
+        super().__init__(status, detail.replace("%", "%%"))
+        self.detail = detail
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every handler needs, built once per process and passed through ``initialize``."""
+
+    cfg: Config
+    client: ShardClient
+    partitioner: Partitioner
+    limits: Limits
+
+
+_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Shared hooks. Subclasses list in ``read_methods`` the methods that do not mutate."""
+
+    read_methods = frozenset(("GET", "HEAD", "OPTIONS"))
+
+    def initialize(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+
+    def prepare(self) -> None:
+        cfg = self.ctx.cfg
+        mutates = self.request.method not in self.read_methods
+        if mutates and cfg.read_only:
+            raise APIError(403, "the store is read-only (FS_READ_ONLY): writes come from ingest")
+        if cfg.read_token is None and cfg.write_token is None:
+            return
+        accepted = [cfg.write_token] if mutates else [cfg.read_token, cfg.write_token]
+        accepted = [t for t in accepted if t is not None]
+        if not accepted or (not mutates and cfg.read_token is None):
+            return  # this kind of request is open
+        auth = self.request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            raise APIError(401, "a bearer token is required (Authorization: Bearer <token>)",
+                           {"WWW-Authenticate": "Bearer"})
+        token = auth[7:].strip().encode()
+        if not any(hmac.compare_digest(token, t.encode()) for t in accepted):
+            raise APIError(403, "this token may not " + ("write" if mutates else "read"))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return  # a client's mistake is answered, not logged
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, APIError):
+            detail = exc.detail
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            detail = exc.log_message or self._reason
+        else:
+            detail = "Internal server error"
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"detail": detail}))
+
+    # ---- helpers for subclasses
+    def unavailable(self, exc: ShardUnavailable) -> APIError:
+        return APIError(503, str(exc), {"Retry-After": str(self.ctx.cfg.retry_after_s)})
+
+    async def call(self, shard: int, kind: str, **fields) -> dict:
+        """Call a shard; map its failures to HTTP errors."""
+        try:
+            return await self.ctx.client.call(shard, kind, **fields)
+        except ShardUnavailable as exc:
+            raise self.unavailable(exc) from None
+        except ShardError as exc:
+            raise self.shard_error(exc) from None
+
+    def shard_error(self, exc: ShardError) -> APIError:
+        status = _SHARD_STATUS.get(exc.code)
+        if status is None:
+            log.error("%s", exc)
+            return APIError(500, "Internal server error")
+        headers = {"Retry-After": str(self.ctx.cfg.retry_after_s)} if status == 503 else None
+        return APIError(status, exc.reason or "shard error", headers)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path the store does not serve."""
+
+    def prepare(self) -> None:
+        raise APIError(404, f"no such endpoint: {self.request.method} {self.request.path}")
+
+
+@tornado.web.stream_request_body
+class BodyHandler(BaseHandler):
+    """A handler that takes a body: an over-size body gets a 413 before it is read."""
+
+    def prepare(self) -> None:
+        limit = self.ctx.cfg.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise APIError(413, f"body is larger than {limit} bytes (FS_MAX_BODY_BYTES)")
+        self.request.connection.set_max_body_size(limit)  # bounds a chunked body too
+        self._chunks: list[bytes] = []
+        super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def json_body(self) -> Any:
+        """The request body parsed as JSON, or a 400 that says why not."""
+        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        if not body.strip():
+            raise APIError(400, "body is empty: send a JSON document")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise APIError(400, f"body is not valid JSON: {exc}") from None

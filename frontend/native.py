@@ -1,0 +1,217 @@
+"""The store's own endpoints: ``/features...``, ``/healthz``, ``/readyz``, ``/stats``."""
+from __future__ import annotations
+
+import orjson
+
+from common import protocol as P
+from common import timefmt
+from common.events import EventError, check_entity_id, check_name, parse_body
+from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.shard_client import ShardError, ShardUnavailable
+
+
+class EntityReads(BaseHandler):
+    """GET and DELETE of a whole entity or one feature, shared by the path and query forms."""
+
+    async def get_entity(self, eid: str) -> None:
+        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.GET, e=eid)
+        self.finish(reply["body"])
+
+    async def get_feature(self, eid: str, name: str) -> None:
+        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.GET1, e=eid, n=name)
+        self.finish(reply["body"])
+
+    async def delete_values(self, eid: str, name: str | None = None) -> None:
+        self._check(eid, name)
+        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.DELETE, e=eid, n=name)
+        body = {"message": "feature deleted" if name else "entity deleted", "entity_id": eid,
+                "deleted": reply["deleted"]}
+        if name is not None:
+            body["name"] = name
+        self.finish(orjson.dumps(body))
+
+    def _check(self, eid: str, name: str | None = None) -> None:
+        try:
+            check_entity_id(eid, self.ctx.limits)
+            if name is not None:
+                check_name(name, self.ctx.limits)
+        except EventError as exc:
+            raise APIError(400, exc.detail) from None
+
+
+class EntityHandler(EntityReads):
+    """``GET|DELETE /features/{entity_id}``."""
+
+    async def get(self, eid: str) -> None:
+        if not eid:
+            raise APIError(400, "entity_id must not be empty")
+        await self.get_entity(eid)
+
+    async def delete(self, eid: str) -> None:
+        await self.delete_values(eid)
+
+
+class FeatureHandler(EntityReads):
+    """``GET|DELETE /features/{entity_id}/{name}``."""
+
+    async def get(self, eid: str, name: str) -> None:
+        if not eid or not name:
+            raise APIError(400, "entity_id and name must not be empty")
+        await self.get_feature(eid, name)
+
+    async def delete(self, eid: str, name: str) -> None:
+        await self.delete_values(eid, name)
+
+
+class FeaturesHandler(BodyHandler, EntityReads):
+    """``POST /features`` (write) and ``GET /features?entity_id=&name=``."""
+
+    async def get(self) -> None:
+        eid = self.get_query_argument("entity_id", None)
+        name = self.get_query_argument("name", None)
+        if not eid:
+            raise APIError(400, "query parameter entity_id is required")
+        if not name:
+            raise APIError(400, "query parameter name is required")
+        await self.get_feature(eid, name)
+
+    async def post(self) -> None:
+        try:
+            writes = parse_body(self.json_body(), self.ctx.limits, timefmt.now_us())
+        except EventError as exc:
+            raise APIError(400, exc.detail) from None
+        written, stale = await write_all(self, writes)
+        self.finish(orjson.dumps({"message": "feature saved", "written": written, "stale": stale}))
+
+
+async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
+    """Send write tuples to their shards concurrently; return (written, stale)."""
+    client, shard_for = handler.ctx.client, handler.ctx.partitioner.shard_for
+    by_shard: dict[int, list] = {}
+    for w in writes:
+        by_shard.setdefault(shard_for(w[0]), []).append(w)
+    futs = [client.submit(s, P.WRITE, w=ws) for s, ws in by_shard.items()]
+    written = stale = 0
+    failure = None
+    for shard, fut in zip(by_shard, futs):
+        try:
+            reply = await fut
+        except ShardUnavailable as exc:
+            failure = failure or handler.unavailable(exc)
+            continue
+        if not reply["ok"]:
+            failure = failure or handler.shard_error(ShardError(shard, reply))
+            continue
+        written += reply["written"]
+        stale += reply["stale"]
+    if failure is not None:
+        if len(by_shard) > 1:
+            failure.detail += " (writes to the other shards were applied; retrying is safe)"
+        raise failure
+    return written, stale
+
+
+class BatchHandler(BodyHandler, EntityReads):
+    """``POST /features/batch``: many entities in one call, results in request order.
+
+    (``GET|DELETE /features/batch`` still read and delete the entity named ``batch``.)
+    """
+
+    read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
+
+    async def get(self) -> None:
+        await self.get_entity("batch")
+
+    async def delete(self) -> None:
+        await self.delete_values("batch")
+
+    async def post(self) -> None:
+        body = self.json_body()
+        cfg, limits = self.ctx.cfg, self.ctx.limits
+        if type(body) is not dict:
+            raise APIError(400, "body must be a JSON object with entity_ids")
+        eids = body.get("entity_ids")
+        if type(eids) is not list or not eids:
+            raise APIError(400, "entity_ids must be a non-empty array of strings")
+        if len(eids) > cfg.max_batch_entities:
+            raise APIError(413, f"entity_ids has {len(eids)} items; the limit is "
+                                f"{cfg.max_batch_entities} (FS_MAX_BATCH_ENTITIES)")
+        names = body.get("features")
+        extra = body.keys() - {"entity_ids", "features"}
+        try:
+            if extra:
+                raise EventError(f"{sorted(extra)[0]} is not a field of a batch read")
+            for i, eid in enumerate(eids):
+                check_entity_id(eid, limits, f"entity_ids[{i}]")
+            if names is not None:
+                if type(names) is not list or not names:
+                    raise EventError("features must be a non-empty array of names")
+                for i, name in enumerate(names):
+                    check_name(name, limits, f"features[{i}]")
+        except EventError as exc:
+            raise APIError(400, exc.detail) from None
+        parts = await read_many(self, eids, names)
+        size = sum(map(len, parts)) + len(parts) + 16
+        if size > cfg.max_response_bytes:
+            raise APIError(413, f"the response would be {size} bytes; the limit is "
+                                f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
+        self.finish(b'{"results":[' + b",".join(parts) + b"]}")
+
+
+async def read_many(handler: BaseHandler, eids: list, names: list | None) -> list[bytes]:
+    """The JSON object of each entity, in request order; one message per shard, all at once."""
+    groups = handler.ctx.partitioner.group(eids)
+    client = handler.ctx.client
+    futs = {s: client.submit(s, P.MGET, es=[eids[p] for p in pos], f=names) for s, pos in groups.items()}
+    parts: list = [None] * len(eids)
+    for shard, fut in futs.items():
+        try:
+            reply = await fut
+        except ShardUnavailable as exc:
+            raise handler.unavailable(exc) from None
+        if not reply["ok"]:
+            raise handler.shard_error(ShardError(shard, reply))
+        for pos, part in zip(groups[shard], reply["parts"]):
+            parts[pos] = part
+    return parts
+
+
+class HealthzHandler(BaseHandler):
+    """``GET /healthz``: this process is up."""
+
+    def get(self) -> None:
+        self.finish(b'{"status":"ok"}')
+
+
+class ReadyzHandler(BaseHandler):
+    """``GET /readyz``: every shard answers a ping in time and has finished recovery."""
+
+    async def get(self) -> None:
+        replies = await self.ctx.client.call_all(P.PING)
+        down = [s for s, r in replies.items() if isinstance(r, Exception) or not r.get("ready")]
+        shards = [{"shard": s, "ready": s not in down} for s in sorted(replies)]
+        if down:
+            self.set_status(503)
+            self.set_header("Retry-After", str(self.ctx.cfg.retry_after_s))
+            detail = "shards not ready: " + ", ".join(map(str, down))
+            self.finish(orjson.dumps({"detail": detail, "shards": shards}))
+        else:
+            self.finish(orjson.dumps({"status": "ready", "shards": shards}))
+
+
+class StatsHandler(BaseHandler):
+    """``GET /stats``: each shard's counters and the totals."""
+
+    async def get(self) -> None:
+        replies = await self.ctx.client.call_all(P.STATS)
+        shards, totals = [], {"entities": 0, "values": 0, "writes": 0, "stale": 0}
+        for s in sorted(replies):
+            r = replies[s]
+            if isinstance(r, Exception):
+                shards.append({"shard": s, "detail": str(r)})
+                continue
+            stats = {k: v for k, v in r.items() if k not in ("id", "ok")}
+            shards.append(stats)
+            for k in totals:
+                totals[k] += stats.get(k, 0)
+        self.finish(orjson.dumps({"totals": totals, "shards": shards}))

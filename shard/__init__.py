@@ -1,0 +1,1 @@
+"""A shard: one single-threaded process owning the entities of its slots, in memory."""

@@ -1,0 +1,137 @@
+"""One handler per message type: ``handler(shard, request) -> reply``.
+
+Handlers are plain functions of a :class:`ShardState` and a decoded request map, so tests call
+them without sockets. Each docstring gives the request and reply fields.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from common import protocol as P
+from shard.store import NOT_FOUND_DETAIL, Store
+
+log = logging.getLogger("shard")
+
+
+class BadRequest(Exception):
+    """A request whose fields are missing or mistyped."""
+
+
+class ShardState:
+    """What the handlers work on: the store plus this shard's identity and readiness."""
+
+    def __init__(self, index: int, store: Store | None = None) -> None:
+        self.index = index
+        self.store = store if store is not None else Store()
+        self.ready = True
+
+
+def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
+    value = req.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, typ):
+        raise BadRequest(f"field {name!r} is missing or not {getattr(typ, '__name__', typ)}")
+    return value
+
+
+def _names(req: dict) -> list | None:
+    names = _field(req, "f", list, optional=True)
+    if names is not None and not all(type(n) is str for n in names):
+        raise BadRequest("field 'f' must be a list of strings")
+    return names
+
+
+def handle_ping(shard: ShardState, req: dict) -> dict:
+    """``{}`` -> ``{shard, ready}``."""
+    return P.ok(req["id"], shard=shard.index, ready=shard.ready)
+
+
+def handle_get(shard: ShardState, req: dict) -> dict:
+    """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
+    body = shard.store.render_entity(_field(req, "e", str), _names(req))
+    if body is None:
+        return P.error(req["id"], P.NOT_FOUND, NOT_FOUND_DETAIL)
+    return P.ok(req["id"], body=body)
+
+
+def handle_get1(shard: ShardState, req: dict) -> dict:
+    """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
+    body = shard.store.render_feature(_field(req, "e", str), _field(req, "n", str))
+    if body is None:
+        return P.error(req["id"], P.NOT_FOUND, "Feature not found")
+    return P.ok(req["id"], body=body)
+
+
+def handle_mget(shard: ShardState, req: dict) -> dict:
+    """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
+    eids = _field(req, "es", list)
+    if not all(type(e) is str for e in eids):
+        raise BadRequest("field 'es' must be a list of strings")
+    return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
+
+
+def handle_write(shard: ShardState, req: dict) -> dict:
+    """``{w: [[e, n, value, ts_us], ...]}`` -> ``{written, stale}``."""
+    writes = _field(req, "w", list)
+    for w in writes:
+        if not (type(w) is list and len(w) == 4 and type(w[0]) is str and type(w[1]) is str
+                and type(w[3]) is int):
+            raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items")
+    written, stale = shard.store.apply(writes)
+    return P.ok(req["id"], written=written, stale=stale)
+
+
+def handle_delete(shard: ShardState, req: dict) -> dict:
+    """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
+    eid = _field(req, "e", str)
+    name = _field(req, "n", str, optional=True)
+    deleted = shard.store.delete(eid, name)
+    if not deleted:
+        detail = "Feature not found" if name is not None else NOT_FOUND_DETAIL
+        return P.error(req["id"], P.NOT_FOUND, detail)
+    return P.ok(req["id"], deleted=deleted)
+
+
+def handle_stats(shard: ShardState, req: dict) -> dict:
+    """``{}`` -> the shard's counters."""
+    return P.ok(req["id"], shard=shard.index, **shard.store.stats())
+
+
+HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
+    P.PING: handle_ping,
+    P.GET: handle_get,
+    P.GET1: handle_get1,
+    P.MGET: handle_mget,
+    P.WRITE: handle_write,
+    P.DELETE: handle_delete,
+    P.STATS: handle_stats,
+}
+
+
+def dispatch(shard: ShardState, req: Any) -> dict:
+    """Run one request through its handler; every failure becomes an error reply."""
+    if type(req) is not dict:
+        return P.error(None, P.MALFORMED, "a request must be a map")
+    req_id = req.get("id")
+    handler = HANDLERS.get(req.get("t"))
+    if handler is None:
+        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {req.get('t')!r}")
+    try:
+        return handler(shard, req)
+    except BadRequest as exc:
+        return P.error(req_id, P.BAD_REQUEST, str(exc))
+    except Exception:
+        log.exception("shard %d: handler %r failed", shard.index, req.get("t"))
+        return P.error(req_id, P.INTERNAL, "internal error in shard")
+
+
+def handle_frame(shard: ShardState, frame: bytes) -> bytes:
+    """Decode a frame of requests, dispatch each, and encode the frame of replies."""
+    try:
+        requests = P.decode(frame)
+    except P.ProtocolError as exc:
+        log.warning("shard %d: dropped a malformed frame: %s", shard.index, exc)
+        return P.encode([P.error(None, P.MALFORMED, str(exc))])
+    return P.encode([dispatch(shard, req) for req in requests])

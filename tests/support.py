@@ -1,0 +1,215 @@
+"""Helpers for the integration tests: free ports, real processes, polling with a deadline."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import zmq
+
+from common import protocol as P
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Call ``condition`` until it returns a true value, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the thing polled may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
+
+
+class Proc:
+    """A child process whose output goes to a log file, stopped by its own PID."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path, stdin=None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log,
+                                      stderr=subprocess.STDOUT, stdin=stdin)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(5)
+        self.log.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(5)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def base_env(**fs: object) -> dict:
+    """The environment for a child: this one's, plus ``FS_*`` settings given as keywords."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in fs.items():
+        if value is not None:
+            env["FS_" + key.upper()] = str(value)
+    return env
+
+
+def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000) -> list[dict]:
+    """Send one frame of requests to a shard's ROUTER and return its replies."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(P.encode(requests))
+        if not sock.poll(timeout_ms):
+            raise TimeoutError(f"no reply from {endpoint}")
+        return P.decode(sock.recv())
+    finally:
+        sock.close()
+
+
+class Cluster:
+    """Shards and a front end started as real processes on free loopback ports."""
+
+    def __init__(self, tmp_path: Path, shards: int = 2, frontend_processes: int = 1, **fs) -> None:
+        self.tmp = tmp_path
+        self.fs = fs
+        self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(shards)]
+        self.http_port = free_port()
+        self.frontend_processes = frontend_processes
+        self.shards: list[Proc | None] = [None] * shards
+        self.frontend: Proc | None = None
+        self.others: list[Proc] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def env(self, **extra) -> dict:
+        settings = dict(shard_endpoints=",".join(self.endpoints), http_port=self.http_port,
+                        shard_timeout_s=1.0, frontend_processes=self.frontend_processes)
+        settings.update(self.fs)
+        settings.update(extra)
+        return base_env(**settings)
+
+    def start_shard(self, index: int, **extra) -> Proc:
+        proc = Proc([sys.executable, "-m", "shard", "--index", str(index)], self.env(**extra),
+                    self.tmp / f"shard{index}.log")
+        self.shards[index] = proc
+        self.wait_shard(index)
+        return proc
+
+    def wait_shard(self, index: int, timeout: float = 15.0) -> None:
+        proc = self.shards[index]
+
+        def ready():
+            if not proc.alive():
+                raise AssertionError(f"shard {index} exited:\n{proc.output()}")
+            reply = zmq_call(self.endpoints[index], [P.request(P.PING, 1)], 200)[0]
+            return reply["ok"] and reply["ready"]
+
+        poll_for(ready, timeout, what=f"shard {index}")
+
+    def start_frontend(self, **extra) -> Proc:
+        self.frontend = Proc([sys.executable, "-m", "frontend"], self.env(**extra), self.tmp / "frontend.log")
+        poll_for(lambda: self._alive(self.frontend) and request("GET", self.url + "/readyz")[0] == 200,
+                 15, what="front end /readyz")
+        return self.frontend
+
+    def start_process(self, args: list[str], name: str, stdin=None, **extra) -> Proc:
+        """Start another process of the project (ingest, a producer) with this cluster's settings."""
+        proc = Proc([sys.executable, *args], self.env(**extra), self.tmp / f"{name}.log", stdin=stdin)
+        self.others.append(proc)
+        return proc
+
+    @staticmethod
+    def _alive(proc: Proc) -> bool:
+        if not proc.alive():
+            raise AssertionError(f"process exited:\n{proc.output()}")
+        return True
+
+    def start(self) -> "Cluster":
+        for i in range(len(self.shards)):
+            self.start_shard(i)
+        self.start_frontend()
+        return self
+
+    def stop(self) -> None:
+        for proc in [*self.others, self.frontend, *self.shards]:
+            if proc is not None:
+                proc.stop()
+
+    def __enter__(self) -> "Cluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def request(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 10.0):
+    """One HTTP request; returns (status, headers, parsed JSON body or raw bytes)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = raw
+        return resp.status, dict(resp.getheaders()), data
+    finally:
+        conn.close()
+
+
+def quote(segment: str) -> str:
+    """Percent-encode an entity id or a name for one URL path segment."""
+    return urllib.parse.quote(segment, safe="")
