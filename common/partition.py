@@ -6,6 +6,7 @@ shards. Adding a shard later means moving some slots to it, not rehashing every 
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from zlib import crc32
 
 SLOTS = 16384  # as Redis Cluster: plenty of slots to move at a fine grain
@@ -16,6 +17,7 @@ def slot_of(entity_id: str) -> int:
     return crc32(entity_id.encode("utf-8")) % SLOTS
 
 
+@lru_cache(maxsize=16)
 def default_table(n_shards: int) -> tuple[int, ...]:
     """Contiguous slot ranges, one per shard: slot s belongs to shard s * n // SLOTS."""
     if n_shards < 1:

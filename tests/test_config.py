@@ -1,0 +1,46 @@
+import pytest
+
+from common import config
+
+
+def test_defaults_match_the_contract():
+    cfg = config.load([], environ={})
+    assert (cfg.http_host, cfg.http_port, cfg.shards, cfg.frontend_processes) == ("127.0.0.1", 8000, 2, 1)
+    assert cfg.fsync == "everysec" and cfg.data_dir is None and cfg.ttl_s is None
+    assert cfg.endpoints() == ("tcp://127.0.0.1:5700", "tcp://127.0.0.1:5701")
+
+
+def test_flags_override_variables():
+    env = {"FS_HTTP_PORT": "9000", "FS_SHARDS": "3", "FS_READ_ONLY": "1", "FS_TTL_S": "2.5"}
+    cfg = config.load(["--http-port", "9100", "--processes", "2"], environ=env)
+    assert cfg.http_port == 9100 and cfg.shards == 3 and cfg.frontend_processes == 2
+    assert cfg.read_only is True and cfg.ttl_s == 2.5
+
+
+def test_explicit_endpoints_decide_the_shard_count():
+    cfg = config.load([], environ={"FS_SHARD_ENDPOINTS": "tcp://10.0.0.1:1, tcp://10.0.0.2:2,tcp://h:3"})
+    assert cfg.shards == 3 and cfg.endpoints() == ("tcp://10.0.0.1:1", "tcp://10.0.0.2:2", "tcp://h:3")
+
+
+@pytest.mark.parametrize("env", [{"FS_FSYNC": "sometimes"}, {"FS_SHARDS": "0"}, {"FS_HTTP_PORT": "eighty"},
+                                 {"FS_READ_ONLY": "maybe"}, {"FS_SHARD_TIMEOUT_S": "0"}])
+def test_bad_settings_are_refused_with_the_variable_named(env):
+    with pytest.raises(config.ConfigError) as info:
+        config.load([], environ=env)
+    assert next(iter(env)) in str(info.value)
+
+
+def test_views_and_feature_services_come_from_the_file(tmp_path):
+    path = tmp_path / "store.toml"
+    path.write_text('[views.driver_hourly_stats]\njoin_keys = ["driver_id"]\nttl_s = 3600\n'
+                    '[feature_services]\ndriver_activity = ["driver_hourly_stats:conv_rate"]\n')
+    cfg = config.load(["--config-file", str(path)], environ={})
+    assert cfg.views[0].join_keys == ("driver_id",)
+    assert cfg.view_ttls() == {"driver_hourly_stats:": 3600}
+    assert dict(cfg.feature_services) == {"driver_activity": ("driver_hourly_stats:conv_rate",)}
+
+
+def test_config_is_frozen():
+    cfg = config.load([], environ={})
+    with pytest.raises(Exception):
+        cfg.http_port = 1

@@ -1,0 +1,94 @@
+import math
+
+import pytest
+
+from common import timefmt
+from common.events import EventError, Limits, parse_body
+
+L = Limits()
+NOW = 1_700_000_000_000_000
+
+
+def one(body):
+    return parse_body(body, L, NOW)
+
+
+def test_seed_form_takes_receive_time_when_no_timestamp():
+    assert one({"entity_id": "2025-06-01", "name": "temperature", "value": 28.5}) == [
+        ("2025-06-01", "temperature", 28.5, NOW)]
+
+
+def test_grouped_form_and_array_form():
+    body = [{"entity_id": "u1", "features": {"a": 1, "b": "1", "c": [0.5, None], "d": {"k": True}},
+             "event_timestamp": "2026-01-22T12:31:29.5+02:00"},
+            {"entity_id": "u2", "name": "view:f", "value": None, "event_timestamp": 1769077889}]
+    ts = timefmt.parse("2026-01-22T10:31:29.5Z")
+    assert one(body) == [("u1", "a", 1, ts), ("u1", "b", "1", ts), ("u1", "c", [0.5, None], ts),
+                         ("u1", "d", {"k": True}, ts), ("u2", "view:f", None, 1769077889 * 10**6)]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "entity_id is required"),
+    ({"entity_id": "", "name": "x", "value": 1}, "entity_id must not be empty"),
+    ({"entity_id": 5, "name": "x", "value": 1}, "entity_id must be a string"),
+    ({"entity_id": "e", "value": 1}, "name is required"),
+    ({"entity_id": "e", "name": "", "value": 1}, "name must not be empty"),
+    ({"entity_id": "e", "name": "x"}, "value is required"),
+    ({"entity_id": "e", "name": "a b", "value": 1}, "name may hold only"),
+    ({"entity_id": "e", "name": "x", "value": math.inf}, "value must be a finite number"),
+    ({"entity_id": "e", "name": "x", "value": [1, math.nan]}, "value[1] must be a finite number"),
+    ({"entity_id": "e", "name": "x", "value": 2**63}, "value is outside the 64-bit integer range"),
+    ({"entity_id": "x" * 513, "name": "x", "value": 1}, "entity_id is longer than 512 bytes"),
+    ({"entity_id": "\u00fc" * 257, "name": "x", "value": 1}, "entity_id is longer than 512 bytes"),
+    ({"entity_id": "e", "name": "n" * 257, "value": 1}, "name is longer than 256 bytes"),
+    ({"entity_id": "e", "name": "x", "value": "v" * 65537}, "value is larger than 65536 bytes"),
+    ({"entity_id": "e", "name": "x", "value": ["v" * 40000, "w" * 40000]}, "value is larger than"),
+    ({"entity_id": "e", "name": "x", "value": 1, "event_timestamp": "yesterday"}, "event_timestamp"),
+    ({"entity_id": "e", "name": "x", "value": 1, "event_timestamp": "2026-01-22T10:31:29"}, "no time zone"),
+    ({"entity_id": "e", "name": "x", "value": 1, "event_timestamp": True}, "event_timestamp"),
+    ({"entity_id": "e", "name": "x", "value": 1, "event_time": 1}, "event_time is not a field"),
+    ({"entity_id": "e", "features": {}}, "features must not be empty"),
+    ({"entity_id": "e", "features": [1]}, "features must be an object"),
+    ({"entity_id": "e", "features": {"ok": 1, "bad name": 2}}, "features name 'bad name'"),
+    ({"entity_id": "e", "features": {"x": math.nan}}, "features.x must be a finite number"),
+    ([], "body must not be an empty array"),
+    ([{"entity_id": "e", "name": "x", "value": 1}, 3], "[1] must be a JSON object"),
+    ([{"entity_id": "e", "name": "x", "value": 1}, {"entity_id": "e"}], "[1].name is required"),
+    ("text", "body must be a JSON object or an array"),
+])
+def test_bad_writes_name_the_field(body, field):
+    with pytest.raises(EventError) as info:
+        one(body)
+    assert field in info.value.detail
+    assert "Error" not in info.value.detail and "Traceback" not in info.value.detail
+
+
+def test_limits_are_configurable():
+    small = Limits(max_entity_id_bytes=4, max_name_bytes=3, max_value_bytes=8)
+    with pytest.raises(EventError, match="longer than 4 bytes"):
+        parse_body({"entity_id": "abcde", "name": "x", "value": 1}, small, NOW)
+    with pytest.raises(EventError, match="larger than 8 bytes"):
+        parse_body({"entity_id": "a", "name": "x", "value": [1, 2, 3, 4, 5, 6, 7, 8]}, small, NOW)
+
+
+@pytest.mark.parametrize("text, rendered", [
+    ("2026-01-22T10:31:29Z", "2026-01-22T10:31:29Z"),
+    ("2026-01-22T12:31:29.5+02:00", "2026-01-22T10:31:29.500000Z"),
+    ("2026-01-22T10:31:29.000001z", "2026-01-22T10:31:29.000001Z"),
+    (0, "1970-01-01T00:00:00Z"),
+    (1769077889.25, "2026-01-22T10:31:29.250000Z"),
+])
+def test_timestamps_parse_and_render_as_utc(text, rendered):
+    assert timefmt.render(timefmt.parse(text)) == rendered
+
+
+def test_naive_timestamps_only_when_asked():
+    with pytest.raises(timefmt.TimestampError):
+        timefmt.parse("2026-01-22 10:31:29")
+    assert timefmt.render(timefmt.parse("2026-01-22 10:31:29", naive_is_utc=True)) == "2026-01-22T10:31:29Z"
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, "10000-01-01T00:00:00Z", None, [1]])
+def test_out_of_range_or_mistyped_timestamps_are_refused(bad):
+    with pytest.raises(timefmt.TimestampError):
+        timefmt.parse(bad)

@@ -1,0 +1,118 @@
+"""The shard's handlers, called without sockets."""
+import orjson
+import pytest
+
+from common import protocol as P
+from shard.handlers import ShardState, dispatch, handle_frame
+
+
+@pytest.fixture
+def shard():
+    return ShardState(0)
+
+
+def call(shard, kind, **fields):
+    return dispatch(shard, P.request(kind, 1, **fields))
+
+
+def write(shard, *writes):
+    reply = call(shard, P.WRITE, w=[list(w) for w in writes])
+    assert reply["ok"], reply
+    return reply["written"], reply["stale"]
+
+
+def entity(shard, eid, names=None):
+    reply = call(shard, P.GET, e=eid, f=names)
+    return orjson.loads(reply["body"]) if reply["ok"] else reply
+
+
+def test_last_write_wins_by_event_time_not_arrival(shard):
+    assert write(shard, ("u", "x", 1, 200)) == (1, 0)
+    assert write(shard, ("u", "x", 2, 100)) == (0, 1)  # older event: stale, ignored
+    assert entity(shard, "u")["features"] == {"x": 1}
+    assert write(shard, ("u", "x", 3, 200)) == (1, 0)  # equal time: the later arrival wins
+    assert entity(shard, "u")["features"] == {"x": 3}
+
+
+def test_any_order_of_replay_gives_the_same_state():
+    events = [("u", "x", i, ts) for i, ts in enumerate([5, 1, 9, 3, 7])] + [("u", "y", "s", 4)]
+    states = []
+    for order in (events, list(reversed(events)), sorted(events, key=lambda e: str(e[2]))):
+        s = ShardState(0)
+        write(s, *order)
+        states.append(entity(s, "u"))
+    assert states[0] == states[1] == states[2]
+    assert states[0]["features"] == {"x": 2, "y": "s"}
+
+
+def test_entity_reply_has_values_of_their_types_and_newest_event_time(shard):
+    write(shard, ("u", "i", 1, 10**15), ("u", "s", "1", 2 * 10**15), ("u", "l", [1.5, None], 10**15))
+    body = entity(shard, "u")
+    assert body == {"entity_id": "u", "features": {"i": 1, "s": "1", "l": [1.5, None]},
+                    "last_updated": "2033-05-18T03:33:20Z"}
+    assert entity(shard, "u", ["i"])["features"] == {"i": 1}
+
+
+def test_missing_entity_and_feature_are_not_found(shard):
+    assert entity(shard, "nobody")["code"] == P.NOT_FOUND
+    write(shard, ("u", "x", 1, 1))
+    reply = call(shard, P.GET1, e="u", n="y")
+    assert (reply["ok"], reply["reason"]) == (False, "Feature not found")
+    assert orjson.loads(call(shard, P.GET1, e="u", n="x")["body"])["value"] == 1
+
+
+def test_mget_answers_in_request_order_with_missing_ones(shard):
+    write(shard, ("a", "x", 1, 1), ("b", "x", 2, 1))
+    parts = call(shard, P.MGET, es=["b", "zz", "a", "b"], f=None)["parts"]
+    bodies = [orjson.loads(p) for p in parts]
+    assert [b["entity_id"] for b in bodies] == ["b", "zz", "a", "b"]
+    assert bodies[1] == {"entity_id": "zz", "detail": "No features found for entity"}
+
+
+def test_delete_entity_and_feature(shard):
+    write(shard, ("u", "x", 1, 1), ("u", "y", 2, 1))
+    assert call(shard, P.DELETE, e="u", n="x")["deleted"] == 1
+    assert call(shard, P.DELETE, e="u", n="x")["code"] == P.NOT_FOUND
+    assert call(shard, P.DELETE, e="u")["deleted"] == 1
+    assert call(shard, P.DELETE, e="u")["code"] == P.NOT_FOUND
+    assert call(shard, P.STATS)["values"] == 0
+
+
+def test_ids_that_look_alike_never_collide(shard):
+    write(shard, ("a:b", "c", 1, 1), ("a", "b:c", 2, 1))
+    assert entity(shard, "a:b")["features"] == {"c": 1}
+    assert entity(shard, "a")["features"] == {"b:c": 2}
+
+
+def test_stats_count_values(shard):
+    write(shard, ("u", "x", 1, 5), ("u", "y", 1, 5), ("v", "x", 1, 5), ("u", "x", 0, 1))
+    stats = call(shard, P.STATS)
+    assert (stats["entities"], stats["values"], stats["writes"], stats["stale"]) == (2, 3, 3, 1)
+
+
+@pytest.mark.parametrize("req, code", [
+    ({"t": "nope", "id": 1}, P.UNKNOWN_TYPE),
+    ({"id": 1}, P.UNKNOWN_TYPE),
+    ({"t": P.GET, "id": 1}, P.BAD_REQUEST),
+    ({"t": P.GET, "id": 1, "e": 5}, P.BAD_REQUEST),
+    ({"t": P.WRITE, "id": 1, "w": [["e", "n", 1]]}, P.BAD_REQUEST),
+    ({"t": P.WRITE, "id": 1, "w": "x"}, P.BAD_REQUEST),
+    ({"t": P.MGET, "id": 1, "es": [1]}, P.BAD_REQUEST),
+    ({"t": P.MGET, "id": 1, "es": ["a"], "f": [3]}, P.BAD_REQUEST),
+    ([1, 2], P.MALFORMED),
+])
+def test_bad_requests_get_error_replies(shard, req, code):
+    reply = dispatch(shard, req)
+    assert reply["ok"] is False and reply["code"] == code
+
+
+def test_a_frame_mixing_good_and_bad_requests_answers_each(shard):
+    frame = P.encode([P.request(P.PING, 1), {"t": "bogus", "id": 2}, P.request(P.STATS, 3)])
+    replies = P.decode(handle_frame(shard, frame))
+    assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, False), (3, True)]
+
+
+def test_a_garbage_frame_gets_a_malformed_reply(shard):
+    (reply,) = P.decode(handle_frame(shard, b"\xc1garbage"))
+    assert reply["code"] == P.MALFORMED and reply["id"] is None
+    assert call(shard, P.PING)["ok"]
