@@ -70,3 +70,4 @@ async def serve(cfg: Config, sockets) -> None:
     await stop.wait()
     server.stop()
     client.close()
+    log.info("front end stopped")

@@ -1,6 +1,8 @@
 """The store's own endpoints: ``/features...``, ``/healthz``, ``/readyz``, ``/stats``."""
 from __future__ import annotations
 
+import os
+
 import orjson
 
 from common import protocol as P
@@ -177,10 +179,10 @@ async def read_many(handler: BaseHandler, eids: list, names: list | None) -> lis
 
 
 class HealthzHandler(BaseHandler):
-    """``GET /healthz``: this process is up."""
+    """``GET /healthz``: this process is up (``pid`` tells the front-end processes apart)."""
 
     def get(self) -> None:
-        self.finish(b'{"status":"ok"}')
+        self.finish(orjson.dumps({"status": "ok", "pid": os.getpid()}))
 
 
 class ReadyzHandler(BaseHandler):

@@ -114,7 +114,7 @@ def test_batch_read_keeps_request_order_and_reports_missing(api):
 
 
 def test_health_and_readiness(api):
-    assert api("GET", "/healthz")[0:3:2] == (200, {"status": "ok"})
+    assert api("GET", "/healthz")[0] == 200 and api("GET", "/healthz")[2]["status"] == "ok"
     status, _, body = api("GET", "/readyz")
     assert status == 200 and [s["ready"] for s in body["shards"]] == [True, True]
 
