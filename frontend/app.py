@@ -11,7 +11,7 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import native
+from frontend import native, ops
 from frontend.base import Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -30,14 +30,28 @@ def make_app(ctx: Context) -> tornado.web.Application:
         (r"/healthz", native.HealthzHandler),
         (r"/readyz", native.ReadyzHandler),
         (r"/stats", native.StatsHandler),
+        (r"/metrics", ops.MetricsHandler),
+        (r"/openapi.json", ops.OpenAPIHandler),
     ]
     return tornado.web.Application(
         [(path, handler, {"ctx": ctx}) for path, handler in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
-        log_function=_log_request if ctx.cfg.access_log else _log_failure,
+        log_function=_access_logger(ctx),
     )
+
+
+def _access_logger(ctx: Context):
+    """Count every request; log each one only with FS_ACCESS_LOG (logging costs CPU per request)."""
+    record = ctx.stats.record
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        record(handler)
+        if ctx.cfg.access_log or handler.get_status() >= 500:
+            _log_request(handler)
+
+    return log_request
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -45,14 +59,10 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     log.info("%d %s %.2fms", status, handler._request_summary(), 1000 * handler.request.request_time())
 
 
-def _log_failure(handler: tornado.web.RequestHandler) -> None:
-    """Without FS_ACCESS_LOG only server-side failures are logged: logging costs CPU per request."""
-    if handler.get_status() >= 500:
-        _log_request(handler)
-
 
 def make_context(cfg: Config, client: ShardClient) -> Context:
-    return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg))
+    return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg),
+                   stats=ops.RequestStats())
 
 
 async def serve(cfg: Config, sockets) -> None:

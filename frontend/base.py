@@ -35,6 +35,7 @@ class Context:
     client: ShardClient
     partitioner: Partitioner
     limits: Limits
+    stats: Any = None  # frontend.ops.RequestStats: per-process request counters
 
 
 _SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}

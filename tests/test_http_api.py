@@ -183,3 +183,24 @@ def test_json_without_content_type_as_curl_sends_it(api):
 def test_method_not_allowed_is_json(api):
     status, _, body = api("PUT", "/features/x")
     assert status == 405 and "detail" in body
+
+
+def test_metrics_in_prometheus_text_count_requests_and_shard_values(api):
+    api("POST", "/features", {"entity_id": "metered", "features": {"a": 1, "b": 2}})
+    before = api("GET", "/stats")[2]["totals"]["values"]
+    status, headers, body = api("GET", "/metrics")
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'featurestore_shard_up{shard="0"} 1.0' in text and 'featurestore_shard_up{shard="1"} 1.0' in text
+    values = sum(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("featurestore_shard_values{"))
+    assert values == before
+    assert 'featurestore_http_requests_total{handler="FeaturesHandler",method="POST",pid=' in text
+
+
+def test_openapi_describes_every_route(api, cluster):
+    status, _, spec = api("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    for path in ("/features", "/features/{entity_id}", "/features/{entity_id}/{name}", "/features/batch",
+                 "/healthz", "/readyz", "/metrics", "/get-online-features"):
+        assert path in spec["paths"]

@@ -1,0 +1,104 @@
+"""The OpenAPI 3 description served at ``GET /openapi.json``."""
+from __future__ import annotations
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    words = {400: "bad input, the detail names the field", 401: "a bearer token is required",
+             403: "the token may not do this, or the store is read-only", 404: "not found",
+             413: "body, batch or response over its limit", 503: "a shard did not answer in time "
+             "(Retry-After)", 507: "a shard cannot write its log (disk full)"}
+    return {str(c): _json(_ERROR, words[c]) for c in codes}
+
+
+_ENTITY = {"name": "entity_id", "in": "path", "required": True, "schema": {"type": "string"},
+           "description": "percent-encoded: user%2F1 is the entity user/1"}
+_NAME = {"name": "name", "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$"}}
+_ANY = {"description": "any JSON value: null, boolean, 64-bit integer, finite number, string, array, object"}
+_TS = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+       "description": "RFC 3339 with a zone, or seconds since the epoch; absent = time received"}
+_READ_ERRORS = (400, 401, 403, 404, 503)
+_WRITE_ERRORS = (400, 401, 403, 413, 503, 507)
+
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "shardstore feature store", "version": "0.1.0",
+             "description": "A sharded, in-memory online feature store. Last write wins by event time."},
+    "paths": {
+        "/features": {
+            "post": {"summary": "Write features (seed form, grouped form, or an array of either)",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                         {"$ref": "#/components/schemas/Write"},
+                         {"type": "array", "items": {"$ref": "#/components/schemas/Write"}}]}}}},
+                     "responses": {"200": _json({"$ref": "#/components/schemas/Saved"}, "applied"),
+                                   **_errors(*_WRITE_ERRORS)}},
+            "get": {"summary": "Read one feature (query form)",
+                    "parameters": [{"name": "entity_id", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Feature"}, "the feature"),
+                                  **_errors(*_READ_ERRORS)}},
+        },
+        "/features/{entity_id}": {
+            "parameters": [_ENTITY],
+            "get": {"summary": "All live features of an entity",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Entity"}, "the entity"),
+                                  **_errors(*_READ_ERRORS)}},
+            "delete": {"summary": "Delete an entity", "responses": {"200": _json({"type": "object"}, "deleted"),
+                                                                    **_errors(400, 401, 403, 404, 503, 507)}},
+        },
+        "/features/{entity_id}/{name}": {
+            "parameters": [_ENTITY, _NAME],
+            "get": {"summary": "One feature", "responses": {
+                "200": _json({"$ref": "#/components/schemas/Feature"}, "the feature"), **_errors(*_READ_ERRORS)}},
+            "delete": {"summary": "Delete one feature", "responses": {
+                "200": _json({"type": "object"}, "deleted"), **_errors(400, 401, 403, 404, 503, 507)}},
+        },
+        "/features/batch": {
+            "post": {"summary": "Many entities in one call, results in request order",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["entity_ids"], "properties": {
+                             "entity_ids": {"type": "array", "items": {"type": "string"}},
+                             "features": {"type": "array", "items": {"type": "string"}}}}}}},
+                     "responses": {"200": _json({"type": "object", "properties": {"results": {
+                         "type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Entity"},
+                                                              {"$ref": "#/components/schemas/Missing"}]}}}},
+                         "one result per requested id"), **_errors(400, 401, 403, 413, 503)}},
+        },
+        "/get-online-features": {"post": {"summary": "Feast feature-server compatible read",
+                                          "responses": {"200": _json({"type": "object"}, "column-major results"),
+                                                        **_errors(400, 401, 403, 413, 503)}}},
+        "/write-to-online-store": {"post": {"summary": "Feast compatible write (columnar df)",
+                                            "responses": {"200": _json({}, "null"), **_errors(*_WRITE_ERRORS)}}},
+        "/push": {"post": {"summary": "Feast compatible push (columnar df)",
+                           "responses": {"200": _json({}, "null"), **_errors(*_WRITE_ERRORS)}}},
+        "/health": {"get": {"summary": "Feast's health check", "responses": {"200": {"description": "up"}}}},
+        "/healthz": {"get": {"summary": "This process is up", "responses": {
+            "200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "up")}}},
+        "/readyz": {"get": {"summary": "Every shard answers", "responses": {
+            "200": _json({"type": "object"}, "ready"), "503": _json(_ERROR, "names the shards that did not answer")}}},
+        "/stats": {"get": {"summary": "Counters of every shard", "responses": {"200": _json({"type": "object"}, "")}}},
+        "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
+            "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "")}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+        "Write": {"type": "object", "required": ["entity_id"], "properties": {
+            "entity_id": {"type": "string", "minLength": 1}, "name": {"type": "string"}, "value": _ANY,
+            "features": {"type": "object", "additionalProperties": _ANY}, "event_timestamp": _TS}},
+        "Saved": {"type": "object", "properties": {"message": {"type": "string"}, "written": {"type": "integer"},
+                                                   "stale": {"type": "integer"}}},
+        "Feature": {"type": "object", "properties": {"entity_id": {"type": "string"}, "name": {"type": "string"},
+                                                     "value": _ANY, "event_timestamp": {"type": "string"}}},
+        "Entity": {"type": "object", "properties": {"entity_id": {"type": "string"},
+                                                    "features": {"type": "object", "additionalProperties": _ANY},
+                                                    "last_updated": {"type": "string", "format": "date-time"}}},
+        "Missing": {"type": "object", "properties": {"entity_id": {"type": "string"}, "detail": {"type": "string"}}},
+    }},
+}
