@@ -181,12 +181,16 @@ async def read_many(handler: BaseHandler, eids: list, names: list | None) -> lis
 class HealthzHandler(BaseHandler):
     """``GET /healthz``: this process is up (``pid`` tells the front-end processes apart)."""
 
+    open_access = True
+
     def get(self) -> None:
         self.finish(orjson.dumps({"status": "ok", "pid": os.getpid()}))
 
 
 class ReadyzHandler(BaseHandler):
     """``GET /readyz``: every shard answers a ping in time and has finished recovery."""
+
+    open_access = True
 
     async def get(self) -> None:
         replies = await self.ctx.client.call_all(P.PING)
