@@ -205,7 +205,7 @@ def request(method: str, url: str, body=None, headers: dict | None = None, timeo
             data = json.loads(raw) if raw else None
         except ValueError:
             data = raw
-        return resp.status, dict(resp.getheaders()), data
+        return resp.status, resp.headers, data  # headers: a case-insensitive mapping
     finally:
         conn.close()
 
