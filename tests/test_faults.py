@@ -102,7 +102,7 @@ def test_honcho_starts_the_procfile_and_ctrl_c_stops_every_process(tmp_path):
     pytest.importorskip("honcho")
     http_port, base = free_port(), free_port()
     env = base_env(http_port=http_port, shard_base_port=base, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
-                   dead_letter=str(tmp_path / "dead.jsonl"))
+                   dead_letter_path=str(tmp_path / "dead.jsonl"))
     env["FS_SHARD_BASE_PORT"] = str(base)
     # shard 1 binds base + 1: make sure that one is free too
     with socket.socket() as s:
