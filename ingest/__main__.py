@@ -169,7 +169,11 @@ def _bind_stats(ctx: zmq.Context, endpoint: str | None) -> zmq.Socket | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config.load(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = config.load(sys.argv[1:] if argv is None else argv)
+    except config.ConfigError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = zmq.Context()
