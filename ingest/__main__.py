@@ -60,8 +60,7 @@ class Ingest:
             ready = writer.poll(self._timeout_ms(room), self._watched(room))
             if self.stats_sock in ready:
                 self._answer_stats()
-            for batch in writer.done():
-                source.complete(batch)
+            self._release()
             if time.monotonic() >= next_log:
                 next_log += self.cfg.ingest_progress_s
                 self.log_progress()
@@ -93,12 +92,19 @@ class Ingest:
             ready = writer.poll(IDLE_POLL_MS, [self.stats_sock] if self.stats_sock is not None else [])
             if self.stats_sock in ready:
                 self._answer_stats()
-            for batch in writer.done():
-                self.source.complete(batch)
+            self._release()
         if writer.in_flight:
             log.error("stopping with %d batch(es) not acknowledged: they will be read again",
                       len(writer.in_flight))
         self.dead.flush()
+
+    def _release(self) -> None:
+        """Hand acknowledged batches back to the source (commit, ack), dead letters on disk first."""
+        batches = self.writer.done()
+        if batches:
+            self.dead.flush()
+            for batch in batches:
+                self.source.complete(batch)
 
     def stop(self, *_args) -> None:
         self.running = False
