@@ -120,7 +120,7 @@ class Ingest:
             self._last = (now, w.events)
         return {"source": self.source.name, "events": w.events, "applied": w.written,
                 "stale": w.stale, "rejected": w.rejected, "dead_letters": self.dead.count,
-                "refused": w.refused, "resends": w.resends, "in_flight": len(w.in_flight),
+                "refused": w.refused, "retries": w.retries, "resends": w.resends, "in_flight": len(w.in_flight),
                 "lag": self.source.lag(), "events_per_s": round(self._rate, 1),
                 "uptime_s": round(now - self.started, 1)}
 
@@ -143,8 +143,8 @@ class Ingest:
     def log_progress(self) -> None:
         s = self.stats()
         log.info("progress: %.0f events/s, events=%d applied=%d stale=%d rejected=%d lag=%s "
-                 "in_flight=%d resends=%d", s["events_per_s"], s["events"], s["applied"], s["stale"],
-                 s["rejected"], s["lag"], s["in_flight"], s["resends"])
+                 "in_flight=%d retries=%d", s["events_per_s"], s["events"], s["applied"], s["stale"],
+                 s["rejected"], s["lag"], s["in_flight"], s["retries"])
         self.dead.flush()
 
     def summary(self) -> dict:

@@ -101,7 +101,8 @@ class ShardWriter:
         self.written = 0
         self.stale = 0
         self.refused = 0  # values a shard refused for good (dead-lettered)
-        self.resends = 0
+        self.resends = 0  # frames sent again (or late) after a failure
+        self.retries = 0  # failures: missed acks, sends to a shard not connected, retryable errors
 
     @staticmethod
     def _connect(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -185,6 +186,7 @@ class ShardWriter:
 
     def _fail(self, link: _Link, now: float, why: str) -> None:
         """Mark every unacknowledged frame of a shard for resending after a backoff."""
+        self.retries += 1
         if link.retry_at <= now:
             log.warning("shard %d %s; resending %d batch(es) in %.2f s", link.index, why,
                         len(link.frames), link.backoff)

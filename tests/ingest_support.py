@@ -256,5 +256,16 @@ class Broker:
             producer.poll(0)
         assert producer.flush(30) == 0, "messages left unsent"
 
+    def committed(self, topic: str, group: str, partitions: int) -> list[int | None]:
+        """The group's committed offset of each partition (None: nothing committed)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+        try:
+            parts = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+            return [tp.offset if tp.offset >= 0 else None for tp in parts]
+        finally:
+            consumer.close()
+
     def stop(self) -> None:
         self.proc.stop()
