@@ -46,7 +46,7 @@ class Ingest:
         elif cfg.ingest_source == "kafka":
             self.source = KafkaSource(cfg, self.decoder, self.drain)
         else:
-            self.source = ZmqSource(ctx, cfg.ingest_endpoint, self.decoder, self.stats)
+            self.source = ZmqSource(ctx, cfg.ingest_endpoint, self.decoder, self.stats, cfg.max_body_bytes)
 
     def run(self) -> None:
         """Loop until the source ends or a signal asks to stop, then finish what is in flight."""
@@ -120,6 +120,7 @@ class Ingest:
             self._last = (now, w.events)
         return {"source": self.source.name, "events": w.events, "applied": w.written,
                 "stale": w.stale, "rejected": w.rejected, "dead_letters": self.dead.count,
+                "dead_letter_failures": self.dead.failures,
                 "refused": w.refused, "retries": w.retries, "resends": w.resends, "in_flight": len(w.in_flight),
                 "lag": self.source.lag(), "events_per_s": round(self._rate, 1),
                 "uptime_s": round(now - self.started, 1)}
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, ingest.stop)
     log.info("ingest from %s into %d shards (stats on %s)", ingest.source.name, cfg.shards,
              cfg.ingest_stats_endpoint if ingest.stats_sock is not None else "-")
+    up = ingest.writer.wait_connected(cfg.ingest_ack_timeout_s)
+    if len(up) < cfg.shards:
+        log.warning("shards %s do not answer yet: their writes wait", sorted(set(range(cfg.shards)) - set(up)))
     print(f"READY ingest {ingest.source.name}", file=sys.stderr, flush=True)
     try:
         ingest.run()

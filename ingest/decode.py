@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import logging
 from typing import Any, Iterable
+from zlib import crc32
 
 import orjson
 
 from common import timefmt
 from common.events import EventError, Limits, parse_event
-from common.partition import Partitioner
+from common.partition import SLOTS, Partitioner
 
 log = logging.getLogger("ingest")
 
@@ -43,6 +44,7 @@ class DeadLetters:
     def __init__(self, path: str) -> None:
         self.path = path
         self.count = 0
+        self.failures = 0  # dead letters that could not be written
         self._fh = None
 
     def add(self, source: str, reason: str, raw: Any) -> None:
@@ -67,19 +69,32 @@ class DeadLetters:
         except TypeError:  # e.g. an integer beyond 64 bits inside a msgpack event
             doc["event"] = repr(raw)[:MAX_DEAD_EVENT_CHARS]
             line = orjson.dumps(doc)
-        if self._fh is None:
-            self._fh = open(self.path, "ab")
-        self._fh.write(line + b"\n")
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "ab")
+            self._fh.write(line + b"\n")
+        except OSError as exc:  # a full disk must not stop the stream: the event is still counted
+            self.failures += 1
+            if self.failures <= 10 or self.failures % 1000 == 0:
+                log.error("dead letter not written to %s (%s): %s", self.path, exc, line[:2000])
         if self.count <= 10 or self.count % 1000 == 0:
             log.warning("dead letter #%d from %s: %s", self.count, source, reason)
 
     def flush(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self.failures += 1
+                log.error("dead letters not flushed to %s: %s", self.path, exc)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            self.flush()
+            try:
+                self._fh.close()
+            except OSError:
+                pass
             self._fh = None
 
 
@@ -102,7 +117,9 @@ class Decoder:
     def add_lines(self, unit: Unit, lines: Iterable[bytes], where) -> None:
         """Parse JSON lines into ``unit``; ``where(i)`` names line ``i`` for a dead letter."""
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
-        limit, now = self.max_event_bytes, timefmt.now_us()
+        limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
+        table, by_shard = self.partitioner.table, unit.by_shard
+        events = 0
         for i, raw in enumerate(lines):
             if len(raw) > limit:
                 self.reject(unit, where(i), f"event is larger than {limit} bytes", raw[:1024])
@@ -114,7 +131,22 @@ class Decoder:
                     continue  # a blank line is not an event
                 self.reject(unit, where(i), f"not JSON: {exc}", raw)
                 continue
-            self.add_object(unit, obj, where, i, raw, now)
+            if type(obj) is not dict:
+                self.add_object(unit, obj, where, i, raw, now)
+                continue
+            try:  # the hot path, inlined: one event object
+                writes = parse_event(obj, limits, now)
+            except Exception:
+                self._add_one(unit, obj, where, i, "", raw, now)  # rejects it, with the reason
+                continue
+            shard = table[crc32(writes[0][0].encode("utf-8")) % SLOTS]  # Partitioner.shard_for
+            bucket = by_shard.get(shard)
+            if bucket is None:
+                by_shard[shard] = writes
+            else:
+                bucket.extend(writes)
+            events += 1
+        unit.events += events
 
     def add_object(self, unit: Unit, obj: Any, where, i: int, raw: Any = None,
                    now: int | None = None) -> None:

@@ -28,6 +28,7 @@ from ingest.writer import Batch, ShardWriter
 log = logging.getLogger("ingest")
 
 READ_BYTES = 1 << 20  # one read of the file source
+RCVHWM = 16  # producer requests queued in the ZeroMQ source before producers must wait
 
 
 class FileSource:
@@ -102,10 +103,13 @@ class ZmqSource:
 
     name = "zmq"
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, decoder: Decoder, stats) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, decoder: Decoder, stats,
+                 max_request_bytes: int) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # an ack to a vanished producer is dropped
+        self.sock.setsockopt(zmq.RCVHWM, RCVHWM)  # unread requests wait in the producers' queues
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)  # a bigger one drops the peer
         self.sock.bind(endpoint)
         self.decoder = decoder
         self.stats = stats  # callable returning the counters for a ``stats`` request
@@ -207,6 +211,7 @@ class KafkaSource:
         self.finished = False
         self._lag: int | None = None
         self._lag_at = 0.0
+        self._last_error = ""
 
     def _assigned(self, consumer, partitions) -> None:
         log.info("kafka: assigned partitions %s", sorted(p.partition for p in partitions))
@@ -228,7 +233,8 @@ class KafkaSource:
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() != KafkaError._PARTITION_EOF and str(err) != self._last_error:
+                    self._last_error = str(err)  # logged once, not at every poll
                     log.warning("kafka: %s", err)
                 continue
             part, off = msg.partition(), msg.offset()

@@ -114,6 +114,27 @@ class ShardWriter:
         sock.connect(endpoint)
         return sock
 
+    def wait_connected(self, timeout_s: float) -> list[int]:
+        """Ping every shard until it answers or ``timeout_s`` passes (a first batch is then not
+        delayed by a backoff while the connections come up); return the shards that answered."""
+        deadline = time.monotonic() + timeout_s
+        waiting = {link.index for link in self.links}
+        while waiting and time.monotonic() < deadline:
+            for i in waiting:
+                try:
+                    self.links[i].sock.send(P.encode([P.request(P.PING, 0)]), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            for sock, _ in self.poller.poll(50):
+                link = self._by_sock[sock]
+                while True:
+                    try:
+                        link.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    waiting.discard(link.index)
+        return [link.index for link in self.links if link.index not in waiting]
+
     def close(self) -> None:
         for link in self.links:
             link.sock.close(0)
@@ -177,7 +198,7 @@ class ShardWriter:
     # ---- the shard side
     def _send(self, link: _Link, frame: Frame, now: float) -> bool:
         try:
-            link.sock.send(frame.payload, zmq.NOBLOCK)
+            link.sock.send(frame.payload, zmq.NOBLOCK, copy=True)  # zero-copy costs more here
         except zmq.Again:
             self._fail(link, now, "is not connected")
             return False
