@@ -17,7 +17,7 @@ same run: the figures are printed as a ratio to it.
 from __future__ import annotations
 
 import argparse
-import os
+import statistics
 import sys
 import tempfile
 import time
@@ -64,6 +64,7 @@ def wait_done(cluster: Cluster, stats_endpoint: str, n: int, last: bytes, timeou
 def bench_file(cluster: Cluster, lines: list[bytes], tmp: Path) -> float:
     path = tmp / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
+    path.read_bytes()  # in the page cache, as a file just written would be
     t0 = time.perf_counter()
     proc = cluster.start_process(["-m", "ingest", "--file", str(path)], "bench-file",
                                  ingest_stats_endpoint="", dead_letter_path=tmp / "dead-file.jsonl")
@@ -144,38 +145,46 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--sources", default="file,zmq,kafka")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
     args = parser.parse_args()
-    sources = args.sources.split(",")
     lines = make_lines(args.events, args.entities)
     values = args.events * FEATURES
+    runs = []
+    for source in args.sources.split(","):
+        runs += [("kafka live", True), ("kafka backlog", False)] if source == "kafka" else [(source, None)]
+    rates: dict[str, list[float]] = {name: [] for name, _ in [("reference", None), *runs]}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         broker = Broker(tmp)
         try:
             topic = broker.create_topic(4)
             produce(broker, topic, lines)
-            ref = values / consume_only(broker, topic, len(lines))
-            print(f"reference: broker consume-only {ref:,.0f} values/s ({ref / FEATURES:,.0f} msgs/s)")
-            results = {}
-            for source in sources:
-                runs = [("kafka live", True), ("kafka backlog", False)] if source == "kafka" else [(source, None)]
+            for r in range(args.repeat):
+                rates["reference"].append(values / consume_only(broker, topic, len(lines)))
+                print(f"run {r + 1}: reference (broker consume-only) {rates['reference'][-1]:,.0f} values/s",
+                      flush=True)
                 for name, live in runs:
-                    where = tmp / name.replace(" ", "-")
+                    where = tmp / f"{name.replace(' ', '-')}-{r}"
                     where.mkdir()
                     with Cluster(where) as cluster:  # fresh, empty shards
-                        if source == "file":
-                            elapsed = bench_file(cluster, lines, tmp)
-                        elif source == "zmq":
-                            elapsed = bench_zmq(cluster, lines, tmp)
+                        if name == "file":
+                            elapsed = bench_file(cluster, lines, where)
+                        elif name == "zmq":
+                            elapsed = bench_zmq(cluster, lines, where)
                         else:
-                            elapsed = bench_kafka(cluster, broker, lines, tmp, live)
-                    rate = values / elapsed
-                    results[name] = rate
-                    print(f"{name:14s} {args.events:,} events x {FEATURES} features in {elapsed:.2f} s: "
-                          f"{rate:,.0f} values/s = {rate / ref:.2f}x the broker's consume-only rate",
-                          flush=True)
+                            elapsed = bench_kafka(cluster, broker, lines, where, live)
+                    rates[name].append(values / elapsed)
+                    print(f"run {r + 1}: {name:14s} {elapsed:.2f} s, {rates[name][-1]:,.0f} values/s", flush=True)
         finally:
             broker.stop()
+    ref = statistics.median(rates["reference"])
+    print(f"\n{args.events:,} events x {FEATURES} features, {args.entities:,} entities, 2 shards; "
+          f"median of {args.repeat} runs")
+    print(f"{'reference':14s} {ref:>11,.0f} values/s  (broker consume-only, {ref / FEATURES:,.0f} msgs/s)")
+    for name, _ in runs:
+        med = statistics.median(rates[name])
+        print(f"{name:14s} {med:>11,.0f} values/s  = {med / ref:.2f}x the reference   "
+              f"(best {max(rates[name]):,.0f})")
     return 0
 
 
