@@ -131,8 +131,8 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
         raise EventError(f"{prefix}entity_id is required")
     eid = check_entity_id(obj["entity_id"], limits, prefix + "entity_id")
     if "features" in obj:
-        extra = obj.keys() - _GROUPED_FIELDS
-        if extra:
+        if not obj.keys() <= _GROUPED_FIELDS:  # no set is built unless there is an extra key
+            extra = obj.keys() - _GROUPED_FIELDS
             raise EventError(f"{prefix}{sorted(extra)[0]} is not a field of a write with features")
         feats = obj["features"]
         if type(feats) is not dict:
@@ -155,8 +155,8 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
                 value = check_value(value, limits, f"{prefix}features.{name}")
             out.append((eid, name, value, ts))
         return out
-    extra = obj.keys() - _SEED_FIELDS
-    if extra:
+    if not obj.keys() <= _SEED_FIELDS:
+        extra = obj.keys() - _SEED_FIELDS
         raise EventError(f"{prefix}{sorted(extra)[0]} is not a field of a feature write")
     if "name" not in obj:
         raise EventError(f"{prefix}name is required (or features)")
