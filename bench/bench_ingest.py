@@ -17,6 +17,8 @@ same run: the figures are printed as a ratio to it.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -34,6 +36,12 @@ from tests.ingest_support import Broker, free_port  # noqa: E402
 from tests.support import Cluster, poll_for, quote, request, zmq_call  # noqa: E402
 
 FEATURES = 5
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_lines(n: int, entities: int) -> list[bytes]:
@@ -65,13 +73,17 @@ def bench_file(cluster: Cluster, lines: list[bytes], tmp: Path) -> float:
     path = tmp / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     path.read_bytes()  # in the page cache, as a file just written would be
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = cluster.start_process(["-m", "ingest", "--file", str(path)], "bench-file",
                                  ingest_stats_endpoint="", dead_letter_path=tmp / "dead-file.jsonl")
     code = proc.popen.wait(600)
     assert code == 0, proc.output()[-2000:]
     poll_for(lambda: visible(cluster, lines[-1]), 30, interval=0.005, what="the last value")
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cluster.ingest_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed
 
 
 def bench_zmq(cluster: Cluster, lines: list[bytes], tmp: Path) -> float:
@@ -86,6 +98,7 @@ def bench_zmq(cluster: Cluster, lines: list[bytes], tmp: Path) -> float:
             producer.send(payload)
         producer.flush()
     t1 = wait_done(cluster, stats, len(lines), lines[-1])
+    cluster.ingest_cpu = cpu_s(proc.pid)
     proc.stop()
     return t1 - t0
 
@@ -136,6 +149,7 @@ def bench_kafka(cluster: Cluster, broker: Broker, lines: list[bytes], tmp: Path,
     if live:
         produce(broker, topic, lines)
     t1 = wait_done(cluster, stats, len(lines), lines[-1])
+    cluster.ingest_cpu = cpu_s(proc.pid)
     proc.stop()
     return t1 - t0
 
@@ -153,6 +167,7 @@ def main() -> int:
     for source in args.sources.split(","):
         runs += [("kafka live", True), ("kafka backlog", False)] if source == "kafka" else [(source, None)]
     rates: dict[str, list[float]] = {name: [] for name, _ in [("reference", None), *runs]}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         broker = Broker(tmp)
@@ -167,14 +182,19 @@ def main() -> int:
                     where = tmp / f"{name.replace(' ', '-')}-{r}"
                     where.mkdir()
                     with Cluster(where) as cluster:  # fresh, empty shards
+                        shards_cpu = sum(cpu_s(p.pid) for p in cluster.shards)
                         if name == "file":
                             elapsed = bench_file(cluster, lines, where)
                         elif name == "zmq":
                             elapsed = bench_zmq(cluster, lines, where)
                         else:
                             elapsed = bench_kafka(cluster, broker, lines, where, live)
+                        shards_cpu = sum(cpu_s(p.pid) for p in cluster.shards) - shards_cpu
                     rates[name].append(values / elapsed)
-                    print(f"run {r + 1}: {name:14s} {elapsed:.2f} s, {rates[name][-1]:,.0f} values/s", flush=True)
+                    cpu[name].append((cluster.ingest_cpu / values * 1e6, shards_cpu / values * 1e6))
+                    print(f"run {r + 1}: {name:14s} {elapsed:.2f} s, {rates[name][-1]:,.0f} values/s; CPU per "
+                          f"value: ingest {cpu[name][-1][0]:.2f} us, shards {cpu[name][-1][1]:.2f} us",
+                          flush=True)
         finally:
             broker.stop()
     ref = statistics.median(rates["reference"])
@@ -183,8 +203,11 @@ def main() -> int:
     print(f"{'reference':14s} {ref:>11,.0f} values/s  (broker consume-only, {ref / FEATURES:,.0f} msgs/s)")
     for name, _ in runs:
         med = statistics.median(rates[name])
+        ing = statistics.median(c[0] for c in cpu[name])
+        sh = statistics.median(c[1] for c in cpu[name])
         print(f"{name:14s} {med:>11,.0f} values/s  = {med / ref:.2f}x the reference   "
-              f"(best {max(rates[name]):,.0f})")
+              f"(best {max(rates[name]):,.0f}); CPU per value: ingest {ing:.2f} us + shards {sh:.2f} us "
+              f"(2 idle cores: {2e6 / (ing + sh):,.0f} values/s)")
     return 0
 
 

@@ -54,12 +54,12 @@ class Ingest:
         next_log = time.monotonic() + self.cfg.ingest_progress_s
         while self.running and not (source.finished and not writer.busy()):
             room = writer.can_accept() and not source.finished
-            if room:
-                source.pull(writer)
-            writer.flush_due(source.idle)
             ready = writer.poll(self._timeout_ms(room), self._watched(room))
             if self.stats_sock in ready:
                 self._answer_stats()
+            if room and (source.item is None or source.item in ready):  # never block in a read
+                source.pull(writer)
+            writer.flush_due(source.idle)
             self._release()
             if time.monotonic() >= next_log:
                 next_log += self.cfg.ingest_progress_s

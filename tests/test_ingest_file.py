@@ -94,3 +94,20 @@ def test_ingest_rejects_a_bad_setting():
     assert out.returncode != 0
     assert "FS_INGEST_SOURCE" in out.stderr
 
+
+
+def test_stdin_events_are_applied_before_the_stream_ends(cluster, tmp_path):
+    """A trickle on stdin is sent at once, not held until a batch fills or the input ends."""
+    first, second = make_stream("trickle", 30, seed=8, entities=10), make_stream("trickle2", 30, seed=9, entities=10)
+    proc = cluster.start_process(["-m", "ingest", "--file", "-"], "ingest-trickle", stdin=subprocess.PIPE,
+                                 dead_letter_path=tmp_path / "dead.jsonl", **INGEST_LIMITS)
+    proc.popen.stdin.write(b"\n".join(first.lines) + b"\n")
+    proc.popen.stdin.flush()
+    assert_store_matches(cluster.url, first.oracle(), first.entities)  # stdin still open
+    proc.popen.stdin.write(b"\n".join(second.lines) + b"\n")
+    proc.popen.stdin.flush()
+    assert_store_matches(cluster.url, second.oracle(), second.entities)
+    assert proc.alive()
+    proc.popen.stdin.close()
+    assert proc.popen.wait(30) == 0, proc.output()
+    assert orjson.loads(proc.output().splitlines()[-1])["events"] == first.events + second.events
