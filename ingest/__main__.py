@@ -68,10 +68,10 @@ class Ingest:
 
     def _timeout_ms(self, room: bool) -> int:
         source, writer = self.source, self.writer
-        if room and not source.idle:
-            return 0  # more is waiting in the source
-        if source.item is None and room:
-            return 0  # the source (Kafka) waits inside pull()
+        if not room:
+            return IDLE_POLL_MS  # a shard's reply wakes the loop up
+        if not source.idle or source.item is None:
+            return 0  # more is waiting in the source, or the source (Kafka) waits inside pull()
         if writer.current is not None and writer.current.units:
             left = writer.current.opened + writer.window_s - time.monotonic()
             return max(0, min(IDLE_POLL_MS, int(left * 1000) + 1))
