@@ -198,7 +198,7 @@ class ShardWriter:
     # ---- the shard side
     def _send(self, link: _Link, frame: Frame, now: float) -> bool:
         try:
-            link.sock.send(frame.payload, zmq.NOBLOCK, copy=True)  # zero-copy costs more here
+            link.sock.send(frame.payload, zmq.NOBLOCK)
         except zmq.Again:
             self._fail(link, now, "is not connected")
             return False
