@@ -19,7 +19,7 @@ from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
 from ingest.decode import DeadLetters, Decoder
-from ingest.sources import FileSource, KafkaSource, ZmqSource
+from ingest.sources import FileSource, KafkaSource, StartError, ZmqSource
 from ingest.writer import ShardWriter
 
 log = logging.getLogger("ingest")
@@ -184,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = zmq.Context()
-    ingest = Ingest(cfg, ctx)
+    try:
+        ingest = Ingest(cfg, ctx)
+    except (OSError, zmq.ZMQError, StartError) as exc:  # a missing file, an address in use
+        print(f"ingest: cannot start: {exc}", file=sys.stderr)
+        ctx.destroy(linger=0)
+        return 2
     signal.signal(signal.SIGTERM, ingest.stop)
     signal.signal(signal.SIGINT, ingest.stop)
     log.info("ingest from %s into %d shards (stats on %s)", ingest.source.name, cfg.shards,
              cfg.ingest_stats_endpoint if ingest.stats_sock is not None else "-")
-    up = ingest.writer.wait_connected(cfg.ingest_ack_timeout_s)
+    up = ingest.writer.wait_connected(cfg.shard_timeout_s)
     if len(up) < cfg.shards:
         log.warning("shards %s do not answer yet: their writes wait", sorted(set(range(cfg.shards)) - set(up)))
     print(f"READY ingest {ingest.source.name}", file=sys.stderr, flush=True)

@@ -31,6 +31,10 @@ READ_BYTES = 1 << 20  # one read of the file source
 RCVHWM = 16  # producer requests queued in the ZeroMQ source before producers must wait
 
 
+class StartError(Exception):
+    """A source that cannot start with the settings given."""
+
+
 class FileSource:
     """JSON lines from a file, or standard input for ``-``; ends at end of file."""
 
@@ -189,7 +193,7 @@ class KafkaSource:
         from confluent_kafka import Consumer  # only the Kafka source needs librdkafka loaded
 
         if not (cfg.kafka_bootstrap and cfg.kafka_topic and cfg.kafka_group):
-            raise SystemExit("the Kafka source needs FS_KAFKA_BOOTSTRAP, FS_KAFKA_TOPIC and FS_KAFKA_GROUP")
+            raise StartError("the Kafka source needs FS_KAFKA_BOOTSTRAP, FS_KAFKA_TOPIC and FS_KAFKA_GROUP")
         self.topic = cfg.kafka_topic
         self.decoder = decoder
         self.drain = drain  # callable: flush, wait for acks and complete batches (on revoke)

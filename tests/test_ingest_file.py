@@ -88,11 +88,16 @@ def test_file_waits_for_a_shard_that_is_down(cluster, tmp_path):
     assert_store_matches(cluster.url, stream.oracle(), stream.entities)
 
 
-def test_ingest_rejects_a_bad_setting():
+def test_ingest_rejects_a_bad_setting_or_a_missing_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ingest", "--ingest-source", "carrier-pigeon"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert "FS_INGEST_SOURCE" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "ingest", "--file", str(tmp_path / "missing.jsonl"),
+                          "--ingest-stats-endpoint", ""], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "cannot start" in out.stderr and "missing.jsonl" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 
