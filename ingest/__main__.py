@@ -122,6 +122,7 @@ class Ingest:
                 "stale": w.stale, "rejected": w.rejected, "dead_letters": self.dead.count,
                 "dead_letter_failures": self.dead.failures,
                 "refused": w.refused, "retries": w.retries, "resends": w.resends, "in_flight": len(w.in_flight),
+                "shards_connected": w.connected(),
                 "lag": self.source.lag(), "events_per_s": round(self._rate, 1),
                 "uptime_s": round(now - self.started, 1)}
 

@@ -24,6 +24,7 @@ import time
 from collections import deque
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from common import protocol as P
 from common.config import Config
@@ -64,7 +65,7 @@ class Frame:
 class _Link:
     """One shard: its DEALER socket, its unacknowledged frames (oldest first) and its backoff."""
 
-    __slots__ = ("index", "sock", "frames", "retry_at", "backoff")
+    __slots__ = ("index", "sock", "frames", "retry_at", "backoff", "connected")
 
     def __init__(self, index: int, sock: zmq.Socket) -> None:
         self.index = index
@@ -72,6 +73,7 @@ class _Link:
         self.frames: deque[Frame] = deque()
         self.retry_at = 0.0  # while in the future, nothing is sent to this shard
         self.backoff = RETRY_FIRST_S
+        self.connected = False  # from the socket's monitor
 
 
 class ShardWriter:
@@ -87,9 +89,13 @@ class ShardWriter:
         self.links = [_Link(i, self._connect(ctx, e)) for i, e in enumerate(cfg.endpoints())]
         self.poller = zmq.Poller()
         self._by_sock = {}
+        self._monitors = {}  # monitor socket -> link: a lost connection fails the link at once
         for link in self.links:
             self.poller.register(link.sock, zmq.POLLIN)
             self._by_sock[link.sock] = link
+            mon = link.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self.poller.register(mon, zmq.POLLIN)
+            self._monitors[mon] = link
         self._seq = itertools.count(1)
         self._ids = itertools.count(1)
         self.current: Batch | None = None
@@ -126,6 +132,9 @@ class ShardWriter:
                 except zmq.Again:
                     pass
             for sock, _ in self.poller.poll(50):
+                if sock in self._monitors:
+                    self._monitor(sock)
+                    continue
                 link = self._by_sock[sock]
                 while True:
                     try:
@@ -136,7 +145,10 @@ class ShardWriter:
         return [link.index for link in self.links if link.index not in waiting]
 
     def close(self) -> None:
+        for mon in self._monitors:
+            mon.close(0)
         for link in self.links:
+            link.sock.disable_monitor()
             link.sock.close(0)
 
     # ---- the source side
@@ -229,10 +241,12 @@ class ShardWriter:
         ready = set()
         for item, _ in events:
             link = self._by_sock.get(item)
-            if link is None:
-                ready.add(item)
-            else:
+            if link is not None:
                 self._drain(link)
+            elif item in self._monitors:
+                self._monitor(item)
+            else:
+                ready.add(item)
         self._chores(time.monotonic())
         return ready
 
@@ -251,6 +265,24 @@ class ShardWriter:
             for reply in replies:
                 if type(reply) is dict:
                     self._on_reply(link, reply)
+
+    def _monitor(self, mon: zmq.Socket) -> None:
+        """Connection events of a shard. When the connection drops, what the shard had not
+        acknowledged may be lost, so it is all sent again, oldest first, before anything newer:
+        a shard that restarts quickly never gets a newer batch ahead of an older one."""
+        link = self._monitors[mon]
+        while mon.poll(0):
+            event = recv_monitor_message(mon)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                link.connected = False
+                if link.frames:
+                    self._fail(link, time.monotonic(), "disconnected")
+
+    def connected(self) -> list[int]:
+        """The shards this process is connected to now."""
+        return [link.index for link in self.links if link.connected]
 
     def _on_reply(self, link: _Link, reply: dict) -> None:
         frame = self.pending.get(reply.get("id"))

@@ -100,3 +100,46 @@ def test_acks_wait_for_a_shard_that_is_down(cluster):
     producer.close()
     assert totals["written"] + totals["stale"] == stream.good_values
     assert_store_matches(cluster.url, stream.oracle(), stream.entities, timeout=0)
+
+
+def test_a_shard_that_restarts_gets_the_older_batch_first(cluster, tmp_path):
+    """A batch lost with a shard that dies is sent again before any newer one reaches the
+    restarted shard: two writes with the same event time keep their stream order."""
+    from common.partition import Partitioner
+
+    eid = next(f"restart:{i}" for i in range(100) if Partitioner(2).shard_for(f"restart:{i}") == 1)
+    endpoint, stats = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    cluster.shards[1].kill()
+    fake = zmq.Context.instance().socket(zmq.ROUTER)  # takes the write and never answers
+    fake.setsockopt(zmq.LINGER, 0)
+    fake.bind(cluster.endpoints[1])
+    ingest = cluster.start_process(["-m", "ingest"], "ingest-restart", ingest_endpoint=endpoint,
+                                   ingest_stats_endpoint=stats, dead_letter_path=tmp_path / "dead.jsonl",
+                                   ingest_ack_timeout_s=60)  # only the lost connection may resend
+    event = {"entity_id": eid, "name": "f", "event_timestamp": "2026-01-01T00:00:00Z"}
+    producer = Producer(endpoint, timeout_s=30)
+    try:
+        producer.send([{**event, "value": "older"}])
+
+        def write_arrived():  # answer pings, swallow the write
+            while fake.poll(0):
+                ident, frame = fake.recv_multipart()
+                reqs = P.decode(frame)
+                if any(r["t"] == P.WRITE for r in reqs):
+                    return True
+                fake.send_multipart([ident, P.encode([P.ok(r["id"], shard=1, ready=True) for r in reqs])])
+            return False
+
+        poll_for(write_arrived, 15, what="the write to reach the shard's endpoint")
+        fake.close()  # the shard dies with the batch unanswered
+        cluster.start_shard(1)
+        poll_for(lambda: 1 in zmq_call(stats, [P.request(P.STATS, 1)])[0]["shards_connected"], 15,
+                 what="ingest to connect to the restarted shard")
+        producer.send([{**event, "value": "newer"}])
+        totals = producer.flush()
+    finally:
+        producer.close()
+        ingest.stop()
+    assert totals["written"] == 2
+    status, _, body = request("GET", f"{cluster.url}/features/{eid}/f")
+    assert (status, body["value"]) == (200, "newer"), ingest.output()
