@@ -62,7 +62,7 @@ class Config:
     ingest_endpoint: str = "tcp://127.0.0.1:5690"  # FS_INGEST_ENDPOINT: ZeroMQ source
     ingest_source: str = "zmq"  # FS_INGEST_SOURCE: zmq | kafka | file
     ingest_file: str | None = None  # FS_INGEST_FILE ('-' = stdin)
-    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER
+    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER_PATH
     kafka_bootstrap: str | None = None  # FS_KAFKA_BOOTSTRAP
     kafka_topic: str | None = None  # FS_KAFKA_TOPIC
     kafka_group: str | None = None  # FS_KAFKA_GROUP
