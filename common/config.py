@@ -62,10 +62,20 @@ class Config:
     ingest_endpoint: str = "tcp://127.0.0.1:5690"  # FS_INGEST_ENDPOINT: ZeroMQ source
     ingest_source: str = "zmq"  # FS_INGEST_SOURCE: zmq | kafka | file
     ingest_file: str | None = None  # FS_INGEST_FILE ('-' = stdin)
-    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER
+    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER_PATH
     kafka_bootstrap: str | None = None  # FS_KAFKA_BOOTSTRAP
     kafka_topic: str | None = None  # FS_KAFKA_TOPIC
     kafka_group: str | None = None  # FS_KAFKA_GROUP
+    kafka_session_timeout_ms: int = 10000  # FS_KAFKA_SESSION_TIMEOUT_MS: group session (join ~half)
+    kafka_fetch_wait_ms: int = 50  # FS_KAFKA_FETCH_WAIT_MS: broker's longest wait for data
+    ingest_batch_events: int = 2000  # FS_INGEST_BATCH_EVENTS: events per batch (all shards)
+    ingest_batch_window_s: float = 0.005  # FS_INGEST_BATCH_WINDOW_S: longest a batch waits to fill
+    ingest_max_in_flight: int = 4  # FS_INGEST_MAX_IN_FLIGHT: batches sent and not yet acknowledged
+    ingest_ack_timeout_s: float = 5.0  # FS_INGEST_ACK_TIMEOUT_S: a shard's ack later than this: resend
+    ingest_retry_max_s: float = 2.0  # FS_INGEST_RETRY_MAX_S: longest backoff between resends
+    ingest_max_event_bytes: int = 1048576  # FS_INGEST_MAX_EVENT_BYTES: one JSON line / message
+    ingest_progress_s: float = 10.0  # FS_INGEST_PROGRESS_S: seconds between progress log lines
+    ingest_stats_endpoint: str | None = "tcp://127.0.0.1:5691"  # FS_INGEST_STATS_ENDPOINT
     # --- this process
     shard_index: int = 0  # --index of `python -m shard`
     config_file: str | None = None  # FS_CONFIG: TOML file with views and feature services
@@ -189,3 +199,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
     if cfg.shard_timeout_s <= 0:
         raise ConfigError("FS_SHARD_TIMEOUT_S must be positive")
+    if cfg.ingest_source not in ("zmq", "kafka", "file"):
+        raise ConfigError(f"FS_INGEST_SOURCE must be zmq, kafka or file, not {cfg.ingest_source!r}")
+    if cfg.ingest_batch_events < 1 or cfg.ingest_max_in_flight < 1:
+        raise ConfigError("FS_INGEST_BATCH_EVENTS and FS_INGEST_MAX_IN_FLIGHT must be at least 1")

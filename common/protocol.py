@@ -20,6 +20,19 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 | ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``  | ``written``, ``stale``                  |
 | ``del``   | ``e``, ``n`` name or nil                | ``deleted``                             |
 | ``stats`` | -                                       | counters of the shard                   |
+
+The ingest process binds a ROUTER of its own (``FS_INGEST_ENDPOINT``, the ZeroMQ source) that
+producers' DEALERs send the same kind of frames to, and answers ``stats`` on
+``FS_INGEST_STATS_ENDPOINT`` (the front end's ``/stats`` asks it there):
+
+| type      | request fields                          | ok reply fields                         |
+|-----------|-----------------------------------------|-----------------------------------------|
+| ``events``| ``json``: bytes, JSON lines of events   | ``written``, ``stale`` (values) and     |
+|           | (each an event or an array of events),  | ``rejected`` (events), ``errors``: the  |
+|           | or ``ev``: an array of event maps       | first reasons; sent once the shards     |
+|           |                                         | acknowledged every write of the request |
+| ``stats`` | -                                       | counters of the ingest process          |
+| ``ping``  | -                                       | ``source``                              |
 """
 from __future__ import annotations
 
@@ -35,7 +48,8 @@ MGET = "mget"
 WRITE = "write"
 DELETE = "del"
 STATS = "stats"
-TYPES = (PING, GET, GET1, MGET, WRITE, DELETE, STATS)
+EVENTS = "events"  # producer -> ingest process only
+TYPES = (PING, GET, GET1, MGET, WRITE, DELETE, STATS, EVENTS)
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature

@@ -9,6 +9,7 @@ from common import protocol as P
 from common import timefmt
 from common.events import EventError, check_entity_id, check_name, parse_body
 from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.ingest_stats import IngestStats
 from frontend.shard_client import ShardError, ShardUnavailable
 
 
@@ -206,7 +207,9 @@ class ReadyzHandler(BaseHandler):
 
 
 class StatsHandler(BaseHandler):
-    """``GET /stats``: each shard's counters and the totals."""
+    """``GET /stats``: each shard's counters and the totals (and ingest's, when configured)."""
+
+    ingest: IngestStats | None = None  # one per process, made on first use
 
     async def get(self) -> None:
         replies = await self.ctx.client.call_all(P.STATS)
@@ -220,4 +223,10 @@ class StatsHandler(BaseHandler):
             shards.append(stats)
             for k in totals:
                 totals[k] += stats.get(k, 0)
-        self.finish(orjson.dumps({"totals": totals, "shards": shards}))
+        body = {"totals": totals, "shards": shards}
+        endpoint = self.ctx.cfg.ingest_stats_endpoint
+        if endpoint:
+            if StatsHandler.ingest is None:
+                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s)
+            body["ingest"] = await StatsHandler.ingest.fetch()
+        self.finish(orjson.dumps(body))

@@ -1,0 +1,53 @@
+"""Asks the ingest process for its counters (``stats`` on ``FS_INGEST_STATS_ENDPOINT``) for ``/stats``."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import zmq
+import zmq.asyncio
+
+from common import protocol as P
+
+CONNECT_WAIT_S = 0.05  # a socket made by this call gets this long to connect before giving up
+
+
+class IngestStats:
+    """One DEALER per front-end process, made on first use; answers in at most ``timeout_s``."""
+
+    def __init__(self, endpoint: str, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.sock: zmq.asyncio.Socket | None = None
+        self.lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+
+    async def fetch(self) -> dict:
+        """The ingest counters, or ``{"detail"}`` when ingest is not running or does not answer."""
+        async with self.lock:
+            fresh = self.sock is None
+            if fresh:
+                self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+                self.sock.setsockopt(zmq.LINGER, 0)
+                self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no ingest connected: fail at once
+                self.sock.connect(self.endpoint)
+            req_id = next(self.ids)
+            frame = P.encode([P.request(P.STATS, req_id)])
+            try:
+                await self.sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                if not fresh:
+                    return {"detail": f"ingest is not running at {self.endpoint}"}
+                await asyncio.sleep(CONNECT_WAIT_S)
+                try:
+                    await self.sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    return {"detail": f"ingest is not running at {self.endpoint}"}
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    while True:  # skip late answers to earlier calls that timed out
+                        reply = P.decode(await self.sock.recv())[0]
+                        if reply.get("id") == req_id:
+                            return {k: v for k, v in reply.items() if k not in ("id", "ok")}
+            except (TimeoutError, P.ProtocolError, IndexError, AttributeError):
+                return {"detail": f"ingest did not answer in {self.timeout_s:g} s"}
