@@ -116,6 +116,9 @@ class Cluster:
         self.fs = fs
         self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(shards)]
         self.http_port = free_port()
+        # never the defaults: a store running on this machine must not show up in a test
+        self.ingest_endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.ingest_stats_endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.frontend_processes = frontend_processes
         self.shards: list[Proc | None] = [None] * shards
         self.frontend: Proc | None = None
@@ -127,7 +130,8 @@ class Cluster:
 
     def env(self, **extra) -> dict:
         settings = dict(shard_endpoints=",".join(self.endpoints), http_port=self.http_port,
-                        shard_timeout_s=1.0, frontend_processes=self.frontend_processes)
+                        shard_timeout_s=1.0, frontend_processes=self.frontend_processes,
+                        ingest_endpoint=self.ingest_endpoint, ingest_stats_endpoint=self.ingest_stats_endpoint)
         settings.update(self.fs)
         settings.update(extra)
         return base_env(**settings)

@@ -102,6 +102,7 @@ def test_honcho_starts_the_procfile_and_ctrl_c_stops_every_process(tmp_path):
     pytest.importorskip("honcho")
     http_port, base = free_port(), free_port()
     env = base_env(http_port=http_port, shard_base_port=base, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                   ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    dead_letter_path=str(tmp_path / "dead.jsonl"))
     env["FS_SHARD_BASE_PORT"] = str(base)
     # shard 1 binds base + 1: make sure that one is free too
@@ -125,7 +126,7 @@ def test_honcho_starts_the_procfile_and_ctrl_c_stops_every_process(tmp_path):
             proc.wait()
     text = out.decode(errors="replace")
     assert proc.returncode in (0, 130), text  # honcho exits 130 after a Ctrl-C
-    for line in ("shard 0 stopped", "shard 1 stopped", "front end stopped"):
+    for line in ("shard 0 stopped", "shard 1 stopped", "front end stopped", "ingest.1 stopped"):
         assert line in text, text
     for port in (http_port, base, base + 1):
         with socket.socket() as s:
