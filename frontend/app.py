@@ -11,7 +11,7 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import native, ops
+from frontend import feast, native, ops
 from frontend.base import Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -34,7 +34,7 @@ def make_app(ctx: Context) -> tornado.web.Application:
         (r"/openapi.json", ops.OpenAPIHandler),
     ]
     return tornado.web.Application(
-        [(path, handler, {"ctx": ctx}) for path, handler in routes],
+        [(path, handler, {"ctx": ctx}) for path, handler in routes] + feast.routes(ctx),
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
