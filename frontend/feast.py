@@ -31,7 +31,7 @@ import tornado.web
 from common import protocol as P
 from common import timefmt
 from common.config import Config, FeatureView
-from common.events import EventError, Limits, check_entity_id, check_name, check_value
+from common.events import EventError, Limits, check_entity_ids, check_name, check_value
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.native import write_all
 from frontend.shard_client import ShardError, ShardUnavailable
@@ -114,14 +114,10 @@ def entity_ids(keys: list[str], columns: list[list], limits: Limits) -> list[str
     else:
         parts = [[f"{_escape(k)}={_escape(v)}" for v in _key_text(k, col)] for k, col in zip(keys, columns)]
         eids = ["&".join(row) for row in zip(*parts)]
-    if eids and (not all(eids) or max(map(len, eids)) * 4 > limits.max_entity_id_bytes
-                 or max(map(max, eids)) >= "\ud800"):
-        for i, eid in enumerate(eids):  # the slow path names the first bad row
-            try:
-                check_entity_id(eid, limits, f"entity row {i} ({'+'.join(keys)})")
-            except EventError as exc:
-                raise FeastFailure(400, "FeastError", exc.detail) from None
-    return eids
+    try:
+        return check_entity_ids(eids, limits, f"entity row ({'+'.join(keys)})")
+    except EventError as exc:
+        raise FeastFailure(400, "FeastError", exc.detail) from None
 
 
 def join_keys_of(view: FeatureView, columns, where: str) -> list[str]:
