@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -77,6 +78,7 @@ async def serve(cfg: Config, sockets) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("front end serving http://%s:%d with %d shards", cfg.http_host, cfg.http_port, cfg.shards)
+    gc.freeze()  # what exists now lives as long as the process: keep it out of every GC pass
     await stop.wait()
     server.stop()
     client.close()
