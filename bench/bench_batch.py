@@ -110,7 +110,7 @@ def bodies(path: str) -> list[str]:
 
 def check(url: str, path: str, body: str) -> None:
     """One request before measuring: every entity found, all 10 features."""
-    status, _, reply = request("POST", url + path, body)
+    status, _, reply = request("POST", url + path, body, {"Content-Type": "application/json"})
     assert status == 200, reply
     if path == "/features/batch":
         assert all(len(r.get("features", ())) == len(FEATURES) for r in reply["results"]), reply
