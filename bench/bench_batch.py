@@ -83,7 +83,7 @@ def load(url: str) -> float:
     """Write ENTITIES x FEATURES through /write-to-online-store; return values written per second."""
     rng = random.Random(1)
     start = time.perf_counter()
-    rows = 2000
+    rows = 1000
     for first in range(0, ENTITIES, rows):
         ids = list(range(first, min(first + rows, ENTITIES)))
         df = {"driver_id": ids, "event_timestamp": ["2026-11-25T12:00:00"] * len(ids)}
@@ -132,7 +132,8 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
     config.write_text(f'[views.{VIEW}]\njoin_keys = ["driver_id"]\n')
     rows = []
     (tmp / f"p{processes}").mkdir()
-    with Cluster(tmp / f"p{processes}", frontend_processes=processes, config_file=config) as cluster:
+    with Cluster(tmp / f"p{processes}", frontend_processes=processes, config_file=config,
+                 shard_timeout_s=10) as cluster:
         rate = load(cluster.url)
         print(f"loaded {ENTITIES} entities x {len(FEATURES)} features at {rate:,.0f} values/s "
               f"({processes} front-end process(es))", flush=True)

@@ -102,7 +102,7 @@ def ours_side(tmp: Path, processes: int, connections: list[int], seconds: float,
     config = tmp / "store.toml"
     config.write_text(f'[views.{B.VIEW}]\njoin_keys = ["driver_id"]\n')
     (tmp / "ours").mkdir()
-    with Cluster(tmp / "ours", frontend_processes=processes, config_file=config) as cluster:
+    with Cluster(tmp / "ours", frontend_processes=processes, config_file=config, shard_timeout_s=10) as cluster:
         B.load(cluster.url)
         B.check(cluster.url, "/get-online-features", Path(body_file).read_text().splitlines()[0])
         B.wrk(cluster.url, "/get-online-features", body_file, 4, 2, script)
