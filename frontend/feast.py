@@ -67,6 +67,7 @@ class Catalog:
 
     views: dict[str, FeatureView] = field(default_factory=dict)
     services: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    plans: dict = field(default_factory=dict, compare=False)  # resolved feature lists, see resolve_refs
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Catalog":
@@ -209,10 +210,27 @@ def plan_read(body: dict, catalog: Catalog, cfg: Config, limits: Limits) -> Read
     if n > cfg.max_batch_entities:
         raise FeastFailure(413, "FeastError", f"entities have {n} rows; the limit is {cfg.max_batch_entities} "
                                               "(FS_MAX_BATCH_ENTITIES)")
+    views, names, refs = resolve_refs(catalog, features, full, limits)
+    ids_by_keys: dict[tuple, list] = {}
+    plan_views = []
+    for view, stored in views:
+        keys = tuple(join_keys_of(view, entities, "entities"))
+        if keys not in ids_by_keys:
+            ids_by_keys[keys] = entity_ids(list(keys), [entities[k] for k in keys], limits)
+        plan_views.append((view.name, ids_by_keys[keys], stored))
+    return ReadPlan(n, entities, plan_views, names, refs)
+
+
+def resolve_refs(catalog: Catalog, features: list, full: bool, limits: Limits) -> tuple[list, list, list]:
+    """The views of ``features`` with the names stored for each, the response names, and for each
+    reference its (view index, position). Memoised per feature list: clients repeat theirs."""
+    key = (tuple(features), full)
+    hit = catalog.plans.get(key)
+    if hit is not None:
+        return hit
     by_view: dict[str, int] = {}
     views: list = []
     refs, names = [], []
-    ids_by_keys: dict[tuple, list] = {}
     for ref in features:
         view_name, sep, feat = ref.partition(":")
         if not sep or not view_name or not feat:
@@ -222,13 +240,9 @@ def plan_read(body: dict, catalog: Catalog, cfg: Config, limits: Limits) -> Read
         except EventError as exc:
             raise FeastFailure(400, "FeastError", exc.detail) from None
         if view_name not in by_view:
-            view = catalog.view(view_name)
-            keys = tuple(join_keys_of(view, entities, "entities"))
-            if keys not in ids_by_keys:
-                ids_by_keys[keys] = entity_ids(list(keys), [entities[k] for k in keys], limits)
             by_view[view_name] = len(views)
-            views.append((view, ids_by_keys[keys], []))
-        view, _, stored = views[by_view[view_name]]
+            views.append((catalog.view(view_name), []))
+        view, stored = views[by_view[view_name]]
         if view.features and feat not in view.features:
             raise FeastFailure(404, "FeastObjectNotFoundException", f"Feature {feat} not found in projection "
                                                                     f"{view_name}")
@@ -239,7 +253,10 @@ def plan_read(body: dict, catalog: Catalog, cfg: Config, limits: Limits) -> Read
         dup = sorted({x for x in names if names.count(x) > 1})
         raise FeastFailure(400, "FeatureNameCollisionError", f"Duplicate features named {dup}: use "
                                                              "full_feature_names=true or distinct references")
-    return ReadPlan(n, entities, [(v.name, ids, stored) for v, ids, stored in views], names, refs)
+    if len(catalog.plans) >= 1024:
+        catalog.plans.clear()
+    catalog.plans[key] = (views, names, refs)
+    return views, names, refs
 
 
 def df_writes(view: FeatureView, df: dict, n: int, limits: Limits, now_us: int) -> list:
