@@ -224,3 +224,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"FS_INGEST_SOURCE must be zmq, kafka or file, not {cfg.ingest_source!r}")
     if cfg.ingest_batch_events < 1 or cfg.ingest_max_in_flight < 1:
         raise ConfigError("FS_INGEST_BATCH_EVENTS and FS_INGEST_MAX_IN_FLIGHT must be at least 1")
+    if cfg.ttl_s is not None and cfg.ttl_s <= 0:
+        raise ConfigError("FS_TTL_S must be a positive number of seconds (unset = no TTL)")
+    if cfg.ttl_grace_s is not None and cfg.ttl_grace_s < 0:
+        raise ConfigError("FS_TTL_GRACE_S must be >= 0")
+    if cfg.render_cache_entities < 0:
+        raise ConfigError("FS_RENDER_CACHE_ENTITIES must be >= 0 (0 = no cache)")
+    if cfg.max_batch_entities < 1 or cfg.max_response_bytes < 1:
+        raise ConfigError("FS_MAX_BATCH_ENTITIES and FS_MAX_RESPONSE_BYTES must be positive")

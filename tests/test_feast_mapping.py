@@ -165,3 +165,36 @@ def test_rows_become_columns_in_request_order():
 def test_join_key_column_echoes_the_request():
     assert orjson.loads(key_column([1, "x"])) == {"values": [1, "x"], "statuses": ["PRESENT", "PRESENT"],
                                                   "event_timestamps": ["1970-01-01T00:00:00Z"] * 2}
+
+
+def test_views_with_push_sources_and_ttls_load_from_the_file(tmp_path):
+    from common import config
+    path = tmp_path / "store.toml"
+    path.write_text('[views.v]\njoin_keys = ["a_id", "b_id"]\nttl_s = 0\npush_source = "src"\n'
+                    '[views.w]\nttl_s = 60\n')
+    cfg = config.load(["--config-file", str(path)], environ={"FS_TTL_S": "30", "FS_TTL_GRACE_S": "5"})
+    assert cfg.views[0] == FeatureView("v", ("a_id", "b_id"), 0, (), "src")
+    assert cfg.view_ttls() == {"v:": 0, "w:": 60} and (cfg.ttl_s, cfg.ttl_grace_s) == (30, 5)
+    assert [v.name for v in Catalog.from_config(cfg).push_views("src")] == ["v"]
+
+
+@pytest.mark.parametrize("text, words", [('[views.v]\nttl_s = "1d"\n', "views.v.ttl_s"),
+                                         ('[views.v]\nttl_s = -1\n', "views.v.ttl_s"),
+                                         ('[views.v]\njoin_keys = "driver_id"\n', "views.v.join_keys"),
+                                         ('[views.v]\npush_source = 3\n', "views.v.push_source")])
+def test_bad_views_are_refused_naming_the_setting(tmp_path, text, words):
+    from common import config
+    path = tmp_path / "store.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(["--config-file", str(path)], environ={})
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize("env", [{"FS_TTL_S": "0"}, {"FS_TTL_S": "-5"}, {"FS_TTL_GRACE_S": "-1"},
+                                 {"FS_RENDER_CACHE_ENTITIES": "-1"}, {"FS_MAX_BATCH_ENTITIES": "0"}])
+def test_bad_ttl_and_limit_settings_are_refused(env):
+    from common import config
+    with pytest.raises(config.ConfigError) as err:
+        config.load([], environ=env)
+    assert next(iter(env)) in str(err.value)
