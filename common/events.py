@@ -193,6 +193,8 @@ def check_entity_ids(eids: list, limits: Limits, field: str = "entity_ids") -> l
     Checks the whole list in a few C-level passes (a batch read's hot path); only a list that
     fails them is walked item by item, to name the bad item.
     """
+    if not eids:
+        return eids
     try:
         text = "".join(eids)
     except TypeError:

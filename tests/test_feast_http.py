@@ -265,3 +265,13 @@ def test_a_shard_down_is_503_with_retry_after(tmp_path):
                                         {"features": ["v:f"], "entities": {"driver_id": ids}})
         assert (status, headers["Retry-After"]) == (503, "1") and "shard 1" in body["detail"]
         assert request("GET", c.url + "/health")[0] == 503
+
+
+def test_no_entity_rows_and_view_version_metadata(api):
+    status, _, body = api("POST", "/get-online-features", {"features": ["recent_stats:conv_rate"],
+                                                           "entities": {"driver_id": []},
+                                                           "include_feature_view_version_metadata": True})
+    assert status == 200
+    assert body["results"] == [{"values": [], "statuses": [], "event_timestamps": []}] * 2
+    assert body["metadata"] == {"feature_names": ["driver_id", "conv_rate"],
+                                "feature_view_metadata": [{"name": "recent_stats", "version": 0}]}

@@ -198,3 +198,16 @@ def test_bad_ttl_and_limit_settings_are_refused(env):
     with pytest.raises(config.ConfigError) as err:
         config.load([], environ=env)
     assert next(iter(env)) in str(err.value)
+
+
+@pytest.mark.parametrize("eids, words", [([], None), (["a", "ü", "日本"], None), (["a", 1], "x[1] must be a string"),
+                                         (["a", ""], "x[1] must not be empty"), (["\ud800"], "x[0] is not valid Unicode"),
+                                         (["a", "é" * 257], "x[1] is longer than 512 bytes"), (["é" * 256], None)])
+def test_check_entity_ids_names_the_first_bad_item(eids, words):
+    from common.events import EventError, check_entity_ids
+    if words is None:
+        assert check_entity_ids(eids, LIMITS, "x") is eids
+    else:
+        with pytest.raises(EventError) as err:
+            check_entity_ids(eids, LIMITS, "x")
+        assert err.value.detail == words
