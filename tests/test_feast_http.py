@@ -275,3 +275,53 @@ def test_no_entity_rows_and_view_version_metadata(api):
     assert body["results"] == [{"values": [], "statuses": [], "event_timestamps": []}] * 2
     assert body["metadata"] == {"feature_names": ["driver_id", "conv_rate"],
                                 "feature_view_metadata": [{"name": "recent_stats", "version": 0}]}
+
+
+def _garbage(rng: random.Random, depth: int = 0):
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 2**63 - 1, 10**30, 1.5])
+    if kind == 3:
+        return rng.choice(["", "driver_id", "driver_hourly_stats:conv_rate", "v:f", ":", "x" * 600, "ü"])
+    if kind == 4:
+        return rng.choice(["2026-01-01T00:00:00", "soon", "2026-01-01T00:00:00+02:00"])
+    if kind == 5:
+        return []
+    if kind == 6:
+        return [_garbage(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["entities", "features", "feature_service", "full_feature_names", "df", "feature_view_name",
+            "push_source_name", "to", "driver_id", "conv_rate", "event_timestamp", "customer_id"]
+    return {rng.choice(keys): _garbage(rng, depth + 1) for _ in range(rng.randrange(5))}
+
+
+@pytest.mark.parametrize("path", ["/get-online-features", "/write-to-online-store", "/push"])
+def test_garbage_bodies_never_get_a_server_error(api, path):
+    rng = random.Random(path)
+    statuses = set()
+    for _ in range(150):
+        status, _, body = api("POST", path, json.dumps(_garbage(rng)))
+        assert status < 500, body
+        statuses.add(status)
+    assert statuses & {400, 404, 422}
+
+
+def test_well_formed_bodies_with_garbage_values_never_get_a_server_error(api):
+    rng = random.Random(11)
+    leaf = lambda: _garbage(rng, 3)  # noqa: E731
+    for _ in range(100):
+        n = rng.randrange(3)
+        keys = rng.choice([["driver_id"], ["driver_id", "customer_id"], ["x_id"], ["note"]])
+        read = {"entities": {k: [leaf() for _ in range(n)] for k in keys},
+                "features": rng.choice([["recent_stats:conv_rate"], ["trips:fare", "recent_stats:x"], [leaf()]])}
+        status, _, body = api("POST", "/get-online-features", read)
+        assert status < 500, (read, body)
+        df = {k: [leaf() for _ in range(n)] for k in keys + ["conv_rate", "event_timestamp"]}
+        for path, body in (("/write-to-online-store", {"feature_view_name": rng.choice(["recent_stats", "trips"]),
+                                                       "df": df}),
+                           ("/push", {"push_source_name": "driver_stats_push", "df": df})):
+            status, _, reply = api("POST", path, body)
+            assert status < 500, (body, reply)
