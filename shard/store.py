@@ -156,6 +156,8 @@ class Store:
             return None
         feats, until = self._live(_decode(blob), now)
         body = _render(eid, feats) if feats else None
+        if body is not None and self._cap > 0:
+            body = memoryview(body).tobytes()  # orjson's buffer holds 4 KiB; keep an exact copy
         self._remember(self._json, eid, (body, until))
         return body
 
