@@ -195,3 +195,20 @@ def test_fget_handler_validates_and_answers_rows():
     for bad in ({"es": "1", "f": ["v:a"]}, {"es": [1], "f": ["v:a"]}, {"es": ["1"], "f": []}, {"es": ["1"]}):
         reply = dispatch(shard, P.request(P.FGET, 4, **bad))
         assert (reply["ok"], reply["code"]) == (False, P.BAD_REQUEST)
+
+
+def test_cached_renderings_cost_about_their_size(clock):
+    """orjson's output holds a 4 KiB buffer: the cache must keep exact copies, not 4 KiB per entity."""
+    import tracemalloc
+    st = store(clock)
+    ids = [str(i) for i in range(2000)]
+    st.apply([(e, f"v:f{k}", k * 0.5, T0) for e in ids for k in range(10)])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        st.render_many(ids)
+        st.render_rows(ids, [f"v:f{k}" for k in range(10)])
+        per_entity = (tracemalloc.get_traced_memory()[0] - before) / len(ids)
+    finally:
+        tracemalloc.stop()
+    assert per_entity < 1500, per_entity
