@@ -5,7 +5,7 @@ with wrk (a Lua script cycling through pre-built bodies of 100 random existing e
 features) at several connection counts, and a bare Tornado handler (reads the same POST body,
 answers a small JSON) with the same number of processes in the same run, as the reference.
 
-    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5]
+    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5] [--shards 2]
 
 Prints requests/s, p50/p99 latency, feature values served per second, and the ratio of
 requests/s to the bare handler's.
@@ -127,16 +127,17 @@ def wrk(url: str, path: str, body_file: str, connections: int, seconds: float, s
     return result
 
 
-def run(processes: int, connections: list[int], seconds: float, tmp: Path, script: str) -> list[dict]:
+def run(processes: int, connections: list[int], seconds: float, tmp: Path, script: str,
+        shards: int = 2) -> list[dict]:
     config = tmp / "store.toml"
     config.write_text(f'[views.{VIEW}]\njoin_keys = ["driver_id"]\n')
     rows = []
     (tmp / f"p{processes}").mkdir()
-    with Cluster(tmp / f"p{processes}", frontend_processes=processes, config_file=config,
+    with Cluster(tmp / f"p{processes}", shards=shards, frontend_processes=processes, config_file=config,
                  shard_timeout_s=10) as cluster:
         rate = load(cluster.url)
         print(f"loaded {ENTITIES} entities x {len(FEATURES)} features at {rate:,.0f} values/s "
-              f"({processes} front-end process(es))", flush=True)
+              f"({processes} front-end process(es), {shards} shard(s))", flush=True)
         bare_port = free_port()
         bare = Proc([sys.executable, __file__, "--bare", str(bare_port), str(processes)], base_env(),
                     tmp / f"bare{processes}.log")
@@ -174,13 +175,14 @@ def main() -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--shards", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(LUA)
         rows = []
         for p in args.processes:
-            rows += run(p, args.connections, args.seconds, Path(tmp), str(script))
+            rows += run(p, args.connections, args.seconds, Path(tmp), str(script), args.shards)
     best = max(rows, key=lambda r: r["values_per_s"])
     print(f"best: {best['values_per_s']:,.0f} values/s ({best['path']}, {best['processes']} proc, "
           f"c={best['connections']})")
