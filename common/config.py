@@ -25,6 +25,7 @@ class FeatureView:
     join_keys: tuple[str, ...] = ()
     ttl_s: float | None = None  # None: the global default applies
     features: tuple[str, ...] = ()  # empty: any feature name is accepted
+    push_source: str | None = None  # the Feast push source whose pushes land in this view
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Config:
     ttl_s: float | None = None  # FS_TTL_S: default TTL of every feature; None = none
     views: tuple[FeatureView, ...] = ()  # from the configuration file
     feature_services: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> references
+    ttl_grace_s: float | None = None  # FS_TTL_GRACE_S: kept this long past TTL (Feast: OUTSIDE_MAX_AGE); None = one TTL
+    render_cache_entities: int = 100_000  # FS_RENDER_CACHE_ENTITIES: per shard, entities kept rendered; 0 = off
     # --- access
     read_only: bool = False  # FS_READ_ONLY
     read_token: str | None = None  # FS_READ_TOKEN
@@ -128,17 +131,35 @@ def _views_from_file(path: str) -> dict[str, Any]:
             doc = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"configuration file {path}: {exc}") from None
+    for name, spec in doc.get("views", {}).items():
+        _check_view(path, name, spec)
     views = tuple(
         FeatureView(
             name=name,
             join_keys=tuple(spec.get("join_keys", ())),
             ttl_s=spec.get("ttl_s"),
             features=tuple(spec.get("features", ())),
+            push_source=spec.get("push_source"),
         )
         for name, spec in doc.get("views", {}).items()
     )
     services = tuple((name, tuple(refs)) for name, refs in doc.get("feature_services", {}).items())
     return {"views": views, "feature_services": services}
+
+
+def _check_view(path: str, name: str, spec: Any) -> None:
+    where = f"configuration file {path}: views.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table")
+    ttl = spec.get("ttl_s")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl < 0):
+        raise ConfigError(f"{where}.ttl_s must be a number of seconds >= 0 (0 = no TTL)")
+    for key in ("join_keys", "features"):
+        items = spec.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ConfigError(f"{where}.{key} must be a list of names")
+    if not isinstance(spec.get("push_source", ""), str):
+        raise ConfigError(f"{where}.push_source must be a string")
 
 
 def build_parser(prog: str = "feature-store") -> argparse.ArgumentParser:
@@ -203,3 +224,11 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"FS_INGEST_SOURCE must be zmq, kafka or file, not {cfg.ingest_source!r}")
     if cfg.ingest_batch_events < 1 or cfg.ingest_max_in_flight < 1:
         raise ConfigError("FS_INGEST_BATCH_EVENTS and FS_INGEST_MAX_IN_FLIGHT must be at least 1")
+    if cfg.ttl_s is not None and cfg.ttl_s <= 0:
+        raise ConfigError("FS_TTL_S must be a positive number of seconds (unset = no TTL)")
+    if cfg.ttl_grace_s is not None and cfg.ttl_grace_s < 0:
+        raise ConfigError("FS_TTL_GRACE_S must be >= 0")
+    if cfg.render_cache_entities < 0:
+        raise ConfigError("FS_RENDER_CACHE_ENTITIES must be >= 0 (0 = no cache)")
+    if cfg.max_batch_entities < 1 or cfg.max_response_bytes < 1:
+        raise ConfigError("FS_MAX_BATCH_ENTITIES and FS_MAX_RESPONSE_BYTES must be positive")

@@ -185,3 +185,23 @@ def group_by_shard(writes: Iterable[Write], shard_for) -> dict[int, list[list]]:
     for w in writes:
         out.setdefault(shard_for(w[0]), []).append(list(w))
     return out
+
+
+def check_entity_ids(eids: list, limits: Limits, field: str = "entity_ids") -> list:
+    """Return ``eids`` if every item is a valid entity id, else raise for the first bad one.
+
+    Checks the whole list in a few C-level passes (a batch read's hot path); only a list that
+    fails them is walked item by item, to name the bad item.
+    """
+    if not eids:
+        return eids
+    try:
+        text = "".join(eids)
+    except TypeError:
+        text = None
+    if (text is not None and all(eids) and max(map(len, eids)) * 4 <= limits.max_entity_id_bytes
+            and (text.isascii() or max(text) < "\ud800")):
+        return eids
+    for i, eid in enumerate(eids):
+        check_entity_id(eid, limits, f"{field}[{i}]")
+    return eids

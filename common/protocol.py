@@ -17,9 +17,19 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 | ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
+| ``fget``  | ``es`` entity ids, ``f`` names          | ``v``, ``s``, ``ts``: one row per id    |
 | ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``  | ``written``, ``stale``                  |
 | ``del``   | ``e``, ``n`` name or nil                | ``deleted``                             |
 | ``stats`` | -                                       | counters of the shard                   |
+
+``fget`` serves Feast reads with pre-rendered fragments, one row per requested entity id, in
+order, so the front end transposes rows into Feast's columns without decoding any value:
+
+- ``v[i]``: the JSON of each requested name's value, joined by :data:`SEP` (``null`` when
+  absent). :data:`SEP` (0x1F) cannot occur in JSON text, so splitting on it is exact.
+- ``s[i]``: one status byte per requested name (:data:`FEAST_STATUS` gives Feast's names).
+- ``ts[i]``: the JSON string of each name's event time joined by :data:`SEP`, or a single
+  fragment when every name of the row has the same event time (the usual case).
 
 The ingest process binds a ROUTER of its own (``FS_INGEST_ENDPOINT``, the ZeroMQ source) that
 producers' DEALERs send the same kind of frames to, and answers ``stats`` on
@@ -45,11 +55,12 @@ PING = "ping"
 GET = "get"
 GET1 = "get1"
 MGET = "mget"
+FGET = "fget"
 WRITE = "write"
 DELETE = "del"
 STATS = "stats"
 EVENTS = "events"  # producer -> ingest process only
-TYPES = (PING, GET, GET1, MGET, WRITE, DELETE, STATS, EVENTS)
+TYPES = (PING, GET, GET1, MGET, FGET, WRITE, DELETE, STATS, EVENTS)
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature
@@ -60,6 +71,14 @@ UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
 CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL)
+
+
+# fget rows
+SEP = b"\x1f"  # separates the fragments of one row; never part of JSON text
+PRESENT, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE = b"P", b"N", b"U", b"O"  # status bytes
+FEAST_STATUS = {ord(PRESENT): "PRESENT", ord(NOT_FOUND_S): "NOT_FOUND",
+                ord(NULL_VALUE): "NULL_VALUE", ord(OUTSIDE_MAX_AGE): "OUTSIDE_MAX_AGE"}
+EPOCH_TS = b'"1970-01-01T00:00:00Z"'  # the event time of an absent value, as Feast renders it
 
 
 class ProtocolError(ValueError):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -11,7 +12,7 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import native, ops
+from frontend import feast, native, ops
 from frontend.base import Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -34,7 +35,7 @@ def make_app(ctx: Context) -> tornado.web.Application:
         (r"/openapi.json", ops.OpenAPIHandler),
     ]
     return tornado.web.Application(
-        [(path, handler, {"ctx": ctx}) for path, handler in routes],
+        [(path, handler, {"ctx": ctx}) for path, handler in routes] + feast.routes(ctx),
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
@@ -77,6 +78,7 @@ async def serve(cfg: Config, sockets) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("front end serving http://%s:%d with %d shards", cfg.http_host, cfg.http_port, cfg.shards)
+    gc.freeze()  # what exists now lives as long as the process: keep it out of every GC pass
     await stop.wait()
     server.stop()
     client.close()

@@ -7,7 +7,7 @@ import orjson
 
 from common import protocol as P
 from common import timefmt
-from common.events import EventError, check_entity_id, check_name, parse_body
+from common.events import EventError, check_entity_id, check_entity_ids, check_name, parse_body
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.ingest_stats import IngestStats
 from frontend.shard_client import ShardError, ShardUnavailable
@@ -144,8 +144,7 @@ class BatchHandler(BodyHandler, EntityReads):
         try:
             if extra:
                 raise EventError(f"{sorted(extra)[0]} is not a field of a batch read")
-            for i, eid in enumerate(eids):
-                check_entity_id(eid, limits, f"entity_ids[{i}]")
+            check_entity_ids(eids, limits)
             if names is not None:
                 if type(names) is not list or not names:
                     raise EventError("features must be a non-empty array of names")

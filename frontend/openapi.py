@@ -16,6 +16,16 @@ def _errors(*codes: int) -> dict:
     return {str(c): _json(_ERROR, words[c]) for c in codes}
 
 
+_FEAST_ERROR = {"type": "string", "description": 'Feast\'s error: a JSON string holding {"module", "class", '
+                                                '"message"}, rebuilt by the Feast SDK into that exception'}
+_FEAST_ERRORS = {
+    "400": _json(_FEAST_ERROR, "bad input (FeastError)"),
+    "404": _json(_FEAST_ERROR, "unknown feature view, feature or feature service"),
+    "413": _json(_FEAST_ERROR, "more entity rows or a larger answer than the limits"),
+    "422": _json({"type": "object"}, "a body of the wrong shape, in FastAPI's validation form; an unknown push "
+                                     "source (Feast's error string)"),
+}
+
 _ENTITY = {"name": "entity_id", "in": "path", "required": True, "schema": {"type": "string"},
            "description": "percent-encoded: user%2F1 is the entity user/1"}
 _NAME = {"name": "name", "in": "path", "required": True,
@@ -70,14 +80,31 @@ SPEC = {
                                                               {"$ref": "#/components/schemas/Missing"}]}}}},
                          "one result per requested id"), **_errors(400, 401, 403, 413, 503)}},
         },
-        "/get-online-features": {"post": {"summary": "Feast feature-server compatible read",
-                                          "responses": {"200": _json({"type": "object"}, "column-major results"),
-                                                        **_errors(400, 401, 403, 413, 503)}}},
-        "/write-to-online-store": {"post": {"summary": "Feast compatible write (columnar df)",
-                                            "responses": {"200": _json({}, "null"), **_errors(*_WRITE_ERRORS)}}},
-        "/push": {"post": {"summary": "Feast compatible push (columnar df)",
-                           "responses": {"200": _json({}, "null"), **_errors(*_WRITE_ERRORS)}}},
-        "/health": {"get": {"summary": "Feast's health check", "responses": {"200": {"description": "up"}}}},
+        "/get-online-features": {"post": {
+            "summary": "Feast feature-server compatible read (docs/FEAST.md)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["entities"], "properties": {
+                    "entities": {"type": "object", "additionalProperties": {"type": "array"}},
+                    "features": {"type": "array", "items": {"type": "string"}},
+                    "feature_service": {"type": "string"}, "full_feature_names": {"type": "boolean"},
+                    "include_feature_view_version_metadata": {"type": "boolean"}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "values": {"type": "array"}, "statuses": {"type": "array", "items": {
+                        "type": "string", "enum": ["PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"]}},
+                    "event_timestamps": {"type": "array", "items": {"type": "string"}}}}},
+                "metadata": {"type": "object", "properties": {"feature_names": {
+                    "type": "array", "items": {"type": "string"}}}}}}, "column-major results, join keys first"),
+                **_FEAST_ERRORS, **_errors(401, 403, 503)}}},
+        "/write-to-online-store": {"post": {"summary": "Feast compatible write (columnar df, naive times are UTC)",
+                                            "responses": {"200": _json({}, "null"), **_FEAST_ERRORS,
+                                                          **_errors(401, 403, 503, 507)}}},
+        "/push": {"post": {"summary": "Feast compatible push (columnar df) to the views of a push source",
+                           "responses": {"200": {"description": "written; empty body"}, **_FEAST_ERRORS,
+                                         **_errors(401, 403, 503, 507)}}},
+        "/health": {"get": {"summary": "Feast's health check", "responses": {
+            "200": {"description": "every shard answers; empty body"},
+            "503": _json(_ERROR, "names the shards that did not answer")}}},
         "/healthz": {"get": {"summary": "This process is up", "responses": {
             "200": _json({"type": "object", "properties": {"status": {"type": "string"}}}, "up")}}},
         "/readyz": {"get": {"summary": "Every shard answers", "responses": {

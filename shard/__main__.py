@@ -8,6 +8,7 @@ import zmq
 
 from common import config
 from shard.handlers import ShardState
+from shard.store import Store
 from shard.server import Server, bind
 
 log = logging.getLogger("shard")
@@ -19,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = cfg.endpoints()[cfg.shard_index]
     ctx = zmq.Context()
     sock = bind(ctx, endpoint)
-    server = Server(ShardState(cfg.shard_index), sock)
+    store = Store.from_config(cfg)
+    server = Server(ShardState(cfg.shard_index, store), sock, chores=[store.sweep])
     server.install_signal_handlers()
     log.info("shard %d of %d listening on %s", cfg.shard_index, cfg.shards, endpoint)
     print(f"READY shard {cfg.shard_index} {endpoint}", flush=True)

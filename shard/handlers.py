@@ -72,6 +72,18 @@ def handle_mget(shard: ShardState, req: dict) -> dict:
     return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
 
 
+def handle_fget(shard: ShardState, req: dict) -> dict:
+    """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
+    eids = _field(req, "es", list)
+    if not all(type(e) is str for e in eids):
+        raise BadRequest("field 'es' must be a list of strings")
+    names = _names(req)
+    if not names:
+        raise BadRequest("field 'f' must be a non-empty list of names")
+    v, s, ts = shard.store.render_rows(eids, names)
+    return P.ok(req["id"], v=v, s=s, ts=ts)
+
+
 def handle_write(shard: ShardState, req: dict) -> dict:
     """``{w: [[e, n, value, ts_us], ...]}`` -> ``{written, stale}``."""
     writes = _field(req, "w", list)
@@ -104,6 +116,7 @@ HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
     P.GET: handle_get,
     P.GET1: handle_get1,
     P.MGET: handle_mget,
+    P.FGET: handle_fget,
     P.WRITE: handle_write,
     P.DELETE: handle_delete,
     P.STATS: handle_stats,

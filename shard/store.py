@@ -6,17 +6,32 @@ a read decodes it in microseconds. Only this class knows the layout.
 
 Writes are last-write-wins by event time per (entity, name): an older event is counted as
 stale and ignored; on an equal event time the later arrival wins.
+
+TTL: a value whose age (now - event time) exceeds the TTL of its name is *expired*. Native reads
+omit it (an entity with only expired values is absent); Feast reads (:meth:`Store.render_rows`)
+report it ``OUTSIDE_MAX_AGE`` with its value. A write is stored whatever its age, so a late
+backfill is still reported to Feast clients; :meth:`Store.sweep` reclaims a value once it is
+older than its TTL plus a grace (one more TTL unless configured), a bounded step at a time.
+
+Render caches: reads are served from rendered bytes kept per entity (the native JSON of the
+whole entity, and the Feast row of the last requested feature list), each valid until the first
+moment a TTL could change it, and dropped when the entity changes. They are bounded by
+``cache_entities``; the blob stays the single source of truth.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 import orjson
 
 from common import timefmt
+from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP
 
 NOT_FOUND_DETAIL = "No features found for entity"
+NEVER = 1 << 62  # "valid until" of a rendering that no TTL will change
+_UNSET = object()
 
 
 def _decode(blob: bytes) -> dict:
@@ -27,39 +42,124 @@ def _encode(feats: dict) -> bytes:
     return msgpack.packb(feats, use_bin_type=True)
 
 
-class Store:
-    """Entities of one shard, with last-write-wins writes and rendered JSON reads."""
+@lru_cache(maxsize=65536)
+def _ts_json(us: int) -> bytes:
+    return b'"' + timefmt.render(us).encode() + b'"'
 
-    def __init__(self) -> None:
+
+def _missing_json(eid: str) -> bytes:
+    return orjson.dumps({"entity_id": eid, "detail": NOT_FOUND_DETAIL})
+
+
+def _to_us(seconds: float | None) -> int | None:
+    """A TTL in microseconds; None or <= 0 means no TTL (as Feast's ttl=0)."""
+    return None if seconds is None or seconds <= 0 else int(seconds * 1_000_000)
+
+
+class Store:
+    """Entities of one shard, with last-write-wins writes, TTLs and rendered reads.
+
+    :arg ttl_s: default TTL of every value (None: none).
+    :arg view_ttls: TTL by name prefix (``{"driver_stats:": 86400}``), as ``Config.view_ttls()``;
+        a TTL of 0 means none, overriding the default.
+    :arg grace_s: how long past its TTL an expired value is kept (None: one more TTL).
+    :arg cache_entities: entities whose renderings are kept (0: no cache).
+    :arg clock: current time in microseconds (tests inject one).
+    """
+
+    SWEEP_BATCH = 500  # entities examined per sweep step: about 1 ms of work
+    SWEEP_INTERVAL_US = 10_000  # between two sweep steps
+    SWEEP_PAUSE_US = 1_000_000  # between two passes over the whole shard
+
+    def __init__(self, ttl_s: float | None = None, view_ttls: dict[str, float] | None = None,
+                 grace_s: float | None = None, cache_entities: int = 100_000,
+                 clock: Callable[[], int] = timefmt.now_us) -> None:
         self.data: dict[str, bytes] = {}
         self.values = 0  # number of stored (entity, name) values
         self.writes = 0
         self.stale = 0
+        self.reclaimed = 0  # values removed by the sweep
+        self.clock = clock
+        self._default_ttl = _to_us(ttl_s)
+        self._view_ttls = {prefix: _to_us(t) for prefix, t in (view_ttls or {}).items()}
+        self._grace = None if grace_s is None else int(grace_s * 1_000_000)
+        self._ttl_any = self._default_ttl is not None or any(self._view_ttls.values())
+        self._ttls: dict[str, int | None] = {}  # name -> TTL in us, memoised
+        self._cap = cache_entities
+        self._json: dict[str, tuple[bytes | None, int]] = {}  # eid -> (entity JSON, valid until)
+        self._rows: dict[str, tuple] = {}  # eid -> (names, v, s, ts, valid until)
+        self._keys: dict[tuple, tuple] = {}  # interned name lists, so a cache hit is an `is`
+        self._sweep_keys: list[str] = []
+        self._sweep_pos = 0
+        self._sweep_at = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "Store":
+        return cls(cfg.ttl_s, cfg.view_ttls(), cfg.ttl_grace_s, cfg.render_cache_entities)
+
+    # ---- TTL
+    def ttl_of(self, name: str) -> int | None:
+        """The TTL of ``name`` in microseconds (its view's, else the default), or None."""
+        ttl = self._ttls.get(name, _UNSET)
+        if ttl is _UNSET:
+            cut = name.find(":")
+            ttl = self._default_ttl
+            if cut > 0:
+                ttl = self._view_ttls.get(name[: cut + 1], ttl)
+            if len(self._ttls) > 10_000:
+                self._ttls.clear()
+            self._ttls[name] = ttl
+        return ttl
+
+    def _live(self, feats: dict, now: int) -> tuple[dict, int]:
+        """The values of ``feats`` that have not expired, and until when that holds."""
+        if not self._ttl_any:
+            return feats, NEVER
+        live, until, ttl_of = {}, NEVER, self.ttl_of
+        for name, vt in feats.items():
+            ttl = ttl_of(name)
+            if ttl is None:
+                live[name] = vt
+                continue
+            end = vt[1] + ttl
+            if now > end:
+                continue
+            live[name] = vt
+            if end < until:
+                until = end + 1
+        return live, until
 
     # ---- reads
     def features(self, eid: str) -> dict | None:
-        """``{name: [value, event_us]}`` of an entity, or None."""
+        """``{name: [value, event_us]}`` of an entity, expired values included, or None."""
         blob = self.data.get(eid)
         return None if blob is None else _decode(blob)
 
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
-        """JSON bytes ``{"entity_id","features","last_updated"}``, or None when absent."""
+        """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
+        now = self.clock()
+        if names is None:
+            return self._entity_json(eid, now)
         blob = self.data.get(eid)
         if blob is None:
             return None
         feats = _decode(blob)
-        if names is not None:
-            feats = {n: feats[n] for n in names if n in feats}
-            if not feats:
-                return None
-        last = max(vt[1] for vt in feats.values())
-        return orjson.dumps(
-            {
-                "entity_id": eid,
-                "features": {n: vt[0] for n, vt in feats.items()},
-                "last_updated": timefmt.render(last),
-            }
-        )
+        feats, _ = self._live({n: feats[n] for n in names if n in feats}, now)
+        return _render(eid, feats) if feats else None
+
+    def _entity_json(self, eid: str, now: int) -> bytes | None:
+        hit = self._json.get(eid)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        blob = self.data.get(eid)
+        if blob is None:
+            return None
+        feats, until = self._live(_decode(blob), now)
+        body = _render(eid, feats) if feats else None
+        if body is not None and self._cap > 0:
+            body = memoryview(body).tobytes()  # orjson's buffer holds 4 KiB; keep an exact copy
+        self._remember(self._json, eid, (body, until))
+        return body
 
     def render_feature(self, eid: str, name: str) -> bytes | None:
         """JSON bytes ``{"entity_id","name","value","event_timestamp"}``, or None."""
@@ -69,19 +169,90 @@ class Store:
         vt = _decode(blob).get(name)
         if vt is None:
             return None
+        ttl = self.ttl_of(name) if self._ttl_any else None
+        if ttl is not None and self.clock() > vt[1] + ttl:
+            return None
         return orjson.dumps(
             {"entity_id": eid, "name": name, "value": vt[0], "event_timestamp": timefmt.render(vt[1])}
         )
 
     def render_many(self, eids: Iterable[str], names: Sequence[str] | None = None) -> list[bytes]:
         """One JSON object per id, in order; a missing entity is ``{"entity_id","detail"}``."""
+        now = self.clock()
         out = []
+        if names is None:
+            cache = self._json
+            for eid in eids:
+                hit = cache.get(eid)
+                body = hit[0] if hit is not None and now < hit[1] else self._entity_json(eid, now)
+                out.append(body if body is not None else _missing_json(eid))
+            return out
         for eid in eids:
             body = self.render_entity(eid, names)
-            if body is None:
-                body = orjson.dumps({"entity_id": eid, "detail": NOT_FOUND_DETAIL})
-            out.append(body)
+            out.append(body if body is not None else _missing_json(eid))
         return out
+
+    def render_rows(self, eids: Iterable[str], names: Sequence[str]) -> tuple[list, list, list]:
+        """Feast rows of ``eids`` for ``names``: the ``v``, ``s``, ``ts`` lists of an ``fget``
+        reply (see common/protocol.py). Expired values are ``OUTSIDE_MAX_AGE`` with their value."""
+        key = tuple(names)
+        key = self._keys.setdefault(key, key)
+        if len(self._keys) > 1000:
+            self._keys.clear()
+        now = self.clock()
+        cache = self._rows
+        vs, ss, tss = [], [], []
+        for eid in eids:
+            row = cache.get(eid)
+            if row is None or row[0] is not key or now >= row[4]:
+                row = self._render_row(eid, key, now)
+            vs.append(row[1])
+            ss.append(row[2])
+            tss.append(row[3])
+        return vs, ss, tss
+
+    def _render_row(self, eid: str, key: tuple, now: int) -> tuple:
+        blob = self.data.get(eid)
+        if blob is None:
+            n = len(key)
+            return (key, SEP.join([b"null"] * n), NOT_FOUND_S * n, EPOCH_TS, NEVER)
+        feats = _decode(blob)
+        vals, stats, stamps = [], bytearray(), []
+        until = NEVER
+        ttl_any, ttl_of = self._ttl_any, self.ttl_of
+        for name in key:
+            vt = feats.get(name)
+            if vt is None:
+                vals.append(b"null")
+                stats += NOT_FOUND_S
+                stamps.append(EPOCH_TS)
+                continue
+            value, ts = vt
+            vals.append(orjson.dumps(value))
+            stamps.append(_ts_json(ts))
+            ttl = ttl_of(name) if ttl_any else None
+            if ttl is not None and now > ts + ttl:
+                stats += OUTSIDE_MAX_AGE
+                continue
+            stats += NULL_VALUE if value is None else PRESENT
+            if ttl is not None and ts + ttl < until:
+                until = ts + ttl + 1
+        first = stamps[0] if stamps else EPOCH_TS
+        same = all(t is first for t in stamps)
+        row = (key, SEP.join(vals), bytes(stats), first if same else SEP.join(stamps), until)
+        self._remember(self._rows, eid, row)
+        return row
+
+    def _remember(self, cache: dict, eid: str, entry: tuple) -> None:
+        if self._cap <= 0:
+            return
+        if len(cache) >= self._cap:
+            cache.popitem()
+        cache[eid] = entry
+
+    def _forget(self, eid: str) -> None:
+        self._json.pop(eid, None)
+        self._rows.pop(eid, None)
 
     # ---- writes
     def apply(self, writes: Iterable[Sequence[Any]]) -> tuple[int, int]:
@@ -107,6 +278,7 @@ class Store:
             if changed:
                 data[eid] = _encode(feats)
                 self.values += len(feats) - before
+                self._forget(eid)
         self.writes += written
         self.stale += stale
         return written, stale
@@ -116,6 +288,7 @@ class Store:
         blob = self.data.get(eid)
         if blob is None:
             return 0
+        self._forget(eid)
         if name is None:
             n = len(_decode(blob))
             del self.data[eid]
@@ -131,10 +304,72 @@ class Store:
         self.values -= 1
         return 1
 
+    # ---- background reclamation
+    def sweep(self) -> int:
+        """Reclaim values older than TTL + grace; one bounded step, run as a loop chore.
+
+        A pass walks a snapshot of the entity ids, :data:`SWEEP_BATCH` ids per step and a step
+        every :data:`SWEEP_INTERVAL_US`, so a read never waits behind more than one step.
+        Returns the number of values reclaimed by this step.
+        """
+        if not self._ttl_any:
+            return 0
+        now = self.clock()
+        if now < self._sweep_at:
+            return 0
+        keys, pos = self._sweep_keys, self._sweep_pos
+        if pos >= len(keys):
+            if keys:  # a pass just ended: rest before the next
+                self._sweep_keys, self._sweep_pos = [], 0
+                self._sweep_at = now + self.SWEEP_PAUSE_US
+                return 0
+            keys, pos = self._sweep_keys, self._sweep_pos = list(self.data), 0
+        end = min(pos + self.SWEEP_BATCH, len(keys))
+        data, ttl_of, grace = self.data, self.ttl_of, self._grace
+        reclaimed = 0
+        for eid in keys[pos:end]:
+            blob = data.get(eid)
+            if blob is None:
+                continue
+            feats = _decode(blob)
+            dead = []
+            for name, vt in feats.items():
+                ttl = ttl_of(name)
+                if ttl is not None and now - vt[1] > ttl + (ttl if grace is None else grace):
+                    dead.append(name)
+            if not dead:
+                continue
+            for name in dead:
+                del feats[name]
+            if feats:
+                data[eid] = _encode(feats)
+            else:
+                del data[eid]
+            self._forget(eid)
+            reclaimed += len(dead)
+        self._sweep_pos = end
+        self._sweep_at = now + self.SWEEP_INTERVAL_US
+        self.values -= reclaimed
+        self.reclaimed += reclaimed
+        return reclaimed
+
     def stats(self) -> dict:
         return {
             "entities": len(self.data),
             "values": self.values,
             "writes": self.writes,
             "stale": self.stale,
+            "reclaimed": self.reclaimed,
         }
+
+
+def _render(eid: str, feats: dict) -> bytes:
+    """The native JSON of an entity with live values ``feats`` (not empty)."""
+    last = max(vt[1] for vt in feats.values())
+    return orjson.dumps(
+        {
+            "entity_id": eid,
+            "features": {n: vt[0] for n, vt in feats.items()},
+            "last_updated": timefmt.render(last),
+        }
+    )

@@ -17,7 +17,7 @@ def auth(token):
 
 
 def test_probes_are_always_open(secured):
-    for path in ("/healthz", "/readyz"):
+    for path in ("/healthz", "/readyz", "/health"):
         assert request("GET", secured.url + path)[0] == 200
 
 
@@ -38,6 +38,17 @@ def test_reads_take_either_token(secured):
         assert request("POST", secured.url + "/features/batch", {"entity_ids": ["t"]}, auth(token))[0] == 200
 
 
+def test_feast_reads_take_the_read_token_and_feast_writes_the_write_token(secured):
+    read = {"features": ["v:f"], "entities": {"driver_id": [1]}}
+    assert request("POST", secured.url + "/get-online-features", read)[0] == 401
+    assert request("POST", secured.url + "/get-online-features", read, auth("reader"))[0] == 200
+    write = {"feature_view_name": "v", "df": {"driver_id": [1], "f": [1]}}
+    assert request("POST", secured.url + "/write-to-online-store", write, auth("reader"))[0] == 403
+    assert request("POST", secured.url + "/write-to-online-store", write, auth("writer"))[0] == 200
+    push = {"push_source_name": "v", "df": {"driver_id": [1], "f": [2]}}
+    assert request("POST", secured.url + "/push", push, auth("reader"))[0] == 403
+
+
 def test_deletes_need_the_write_token(secured):
     assert request("DELETE", secured.url + "/features/t/x", headers=auth("reader"))[0] == 403
 
@@ -49,3 +60,8 @@ def test_read_only_mode_refuses_every_mutation(tmp_path):
         assert request("DELETE", c.url + "/features/t")[0] == 403
         assert request("GET", c.url + "/features/t")[0] == 404
         assert request("POST", c.url + "/features/batch", {"entity_ids": ["t"]})[0] == 200
+        feast_write = {"feature_view_name": "v", "df": {"driver_id": [1], "f": [1]}}
+        assert request("POST", c.url + "/write-to-online-store", feast_write)[0] == 403
+        assert request("POST", c.url + "/push", {"push_source_name": "v", "df": feast_write["df"]})[0] == 403
+        assert request("POST", c.url + "/get-online-features",
+                       {"features": ["v:f"], "entities": {"driver_id": [1]}})[0] == 200
