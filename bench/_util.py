@@ -93,7 +93,7 @@ def wrk(url: str, connections: int, duration_s: float, script: str | None = None
     try:
         out = subprocess.run(
             [exe, "-t", str(min(threads, connections)), "-c", str(connections),
-             "-d", f"{duration_s:g}s", "--timeout", f"{timeout_s}s", "-s", path, url],
+             "-d", f"{max(1, round(duration_s))}s", "--timeout", f"{timeout_s}s", "-s", path, url],
             capture_output=True, text=True, timeout=duration_s + 60, check=False)
     finally:
         os.unlink(path)

@@ -100,7 +100,7 @@ def print_block(processes: int, ref: dict, rows: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    ap.add_argument("--duration", type=int, default=5, help="whole seconds per wrk run (default 5)")
     ap.add_argument("--entities", type=int, default=100_000)
     ap.add_argument("--features", type=int, default=10)
     ap.add_argument("--json", help="also write the figures to this file")

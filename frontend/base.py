@@ -1,6 +1,7 @@
 """The base handler: JSON errors, auth, body parsing, and shard calls mapped to HTTP."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
@@ -93,6 +94,33 @@ class BaseHandler(tornado.web.RequestHandler):
     # ---- helpers for subclasses
     def unavailable(self, exc: ShardUnavailable) -> APIError:
         return APIError(503, str(exc), {"Retry-After": str(self.ctx.cfg.retry_after_s)})
+
+    def reply_with_body(self, eid: str, request: dict) -> asyncio.Future:
+        """Send a read of ``eid`` to its shard and finish with the reply's JSON ``body``.
+
+        The response is written from the socket's reader as soon as the reply arrives, without
+        waking a coroutine (the hot path of single-entity reads). Return the future Tornado
+        awaits: it fails with the HTTP error when the shard does not answer or says no.
+        """
+        done = asyncio.get_running_loop().create_future()
+        shard = self.ctx.partitioner.shard_for(eid)
+
+        def on_reply(reply) -> None:
+            if done.done():  # Tornado stopped waiting: the handler's task was cancelled
+                return
+            try:
+                if type(reply) is dict and reply["ok"]:
+                    self.finish(reply["body"])
+                    done.set_result(None)
+                elif isinstance(reply, ShardUnavailable):
+                    done.set_exception(self.unavailable(reply))
+                else:
+                    done.set_exception(self.shard_error(ShardError(shard, reply)))
+            except Exception as exc:  # becomes a 500 through Tornado's one error path
+                done.set_exception(exc)
+
+        self.ctx.client.send(shard, request, on_reply)
+        return done
 
     async def call(self, shard: int, kind: str, **fields) -> dict:
         """Call a shard; map its failures to HTTP errors."""
