@@ -42,6 +42,18 @@ class Context:
 _SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
 
 
+def shard_failure(exc: ShardUnavailable | ShardError, cfg: Config) -> APIError:
+    """The HTTP error for a shard that did not answer, or answered with an error reply."""
+    retry = {"Retry-After": str(cfg.retry_after_s)}
+    if isinstance(exc, ShardUnavailable):
+        return APIError(503, str(exc), retry)
+    status = _SHARD_STATUS.get(exc.code)
+    if status is None:
+        log.error("%s", exc)
+        return APIError(500, "Internal server error")
+    return APIError(status, exc.reason or "shard error", retry if status == 503 else None)
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Shared hooks. Subclasses list in ``read_methods`` the methods that do not mutate."""
 
@@ -93,7 +105,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ---- helpers for subclasses
     def unavailable(self, exc: ShardUnavailable) -> APIError:
-        return APIError(503, str(exc), {"Retry-After": str(self.ctx.cfg.retry_after_s)})
+        return shard_failure(exc, self.ctx.cfg)
 
     def reply_with_body(self, eid: str, request: dict) -> asyncio.Future:
         """Send a read of ``eid`` to its shard and finish with the reply's JSON ``body``.
@@ -132,12 +144,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise self.shard_error(exc) from None
 
     def shard_error(self, exc: ShardError) -> APIError:
-        status = _SHARD_STATUS.get(exc.code)
-        if status is None:
-            log.error("%s", exc)
-            return APIError(500, "Internal server error")
-        headers = {"Retry-After": str(self.ctx.cfg.retry_after_s)} if status == 503 else None
-        return APIError(status, exc.reason or "shard error", headers)
+        return shard_failure(exc, self.ctx.cfg)
 
 
 class NotFoundHandler(BaseHandler):
