@@ -67,7 +67,10 @@ def make_context(cfg: Config, client: ShardClient) -> Context:
 
 
 async def serve(cfg: Config, sockets) -> None:
-    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT."""
+    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
+
+    Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
+    """
     client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
     client.start()
     ctx = make_context(cfg, client)

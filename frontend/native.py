@@ -42,7 +42,11 @@ class EntityReads(BaseHandler):
 
 
 class EntityHandler(EntityReads):
-    """``GET|DELETE /features/{entity_id}``."""
+    """``GET|DELETE /features/{entity_id}``.
+
+    Most GETs never reach this class: ``frontend/fast.py`` answers them identically with less
+    CPU (tests/test_http_fastpath.py compares the two). Change both together.
+    """
 
     def get(self, eid: str) -> asyncio.Future:
         if not eid:
@@ -54,7 +58,7 @@ class EntityHandler(EntityReads):
 
 
 class FeatureHandler(EntityReads):
-    """``GET|DELETE /features/{entity_id}/{name}``."""
+    """``GET|DELETE /features/{entity_id}/{name}`` (GETs: see :class:`EntityHandler`)."""
 
     def get(self, eid: str, name: str) -> asyncio.Future:
         if not eid or not name:
