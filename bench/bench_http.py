@@ -17,6 +17,7 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Run from the repository root
 
     python3 -m bench.bench_http                 # about 3 minutes
     python3 -m bench.bench_http --duration 2    # quicker, noisier
+    python3 -m bench.bench_http --transport ipc # shards on ipc:// sockets instead of tcp://
 
 The targets of issue 2 (2 cores) are checked at the end: whole-entity GET through one front-end
 process >= 0.85x the bare handler's requests/s at 64 connections; p50 of a whole-entity GET at
@@ -103,13 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=5, help="whole seconds per wrk run (default 5)")
     ap.add_argument("--entities", type=int, default=100_000)
     ap.add_argument("--features", type=int, default=10)
+    ap.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
+                    help="shard endpoints: tcp://127.0.0.1 (the default) or ipc:// sockets")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     lua = scripts(args.entities, args.features)
-    print(f"bench_http: {cpu_count()} cores, {args.duration:g} s per wrk run, 1 wrk thread", flush=True)
+    print(f"bench_http: {cpu_count()} cores, {args.duration:g} s per wrk run, 1 wrk thread, "
+          f"{args.transport} shard endpoints", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_http.") as tmpdir:
         tmp = Path(tmpdir)
         cluster = Cluster(tmp, shards=2, frontend_processes=1)
+        if args.transport == "ipc":
+            cluster.endpoints = [f"ipc://{tmp}/shard{i}.sock" for i in range(2)]
         try:
             for i in range(2):
                 cluster.start_shard(i)
