@@ -124,7 +124,8 @@ class ShardClient:
     # ---- calls
     def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None]) -> None:
         """Send ``request`` (a map with ``t``, without ``id``) to ``shard``; ``done`` is called
-        once, from the loop, with the reply map or a :class:`ShardUnavailable`."""
+        once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
+        returns when the shard is not connected."""
         req_id = request["id"] = next(self._ids)
         idle = not self.pending
         self.pending[req_id] = (done, time.monotonic() + self.timeout_s, shard)
