@@ -21,6 +21,7 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Run from the repository root
     python3 -m bench.bench_http                 # about 3 minutes
     python3 -m bench.bench_http --duration 1 --reps 1   # a quick look, noisier
     python3 -m bench.bench_http --transport ipc # shards on ipc:// sockets instead of tcp://
+    python3 -m bench.bench_http --busy-cpus     # no idle vCPU: what waking idle vCPUs costs
 
 The targets of issue 2 (2 cores) are checked at the end: whole-entity GET through one front-end
 process >= 0.85x the bare handler's requests/s at 64 connections; p50 of a whole-entity GET at
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", type=int, default=10)
     ap.add_argument("--transport", choices=("tcp", "ipc"), default="tcp",
                     help="shard endpoints: tcp://127.0.0.1 (the default) or ipc:// sockets")
+    ap.add_argument("--busy-cpus", action="store_true",
+                    help="run one nice-19 busy loop per core meanwhile, so that no vCPU sits idle: "
+                         "shows how much of the latency is waking idle vCPUs (not the recorded figure)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     lua = scripts(args.entities, args.features)
@@ -132,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(tmp, shards=2, frontend_processes=1)
         if args.transport == "ipc":
             cluster.endpoints = [f"ipc://{tmp}/shard{i}.sock" for i in range(2)]
-        bares = []
+        bares, spinners = [], []
         try:
+            if args.busy_cpus:
+                spinners = [subprocess.Popen([sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"])
+                            for _ in range(cpu_count())]
+                print(f"--busy-cpus: {len(spinners)} nice-19 busy loops running", flush=True)
             for i in range(2):
                 cluster.start_shard(i)
             took = load_entities(cluster.endpoints, args.entities, args.features)
@@ -154,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             for bare in bares:
                 bare.stop()
             cluster.stop()
+            for spinner in spinners:
+                spinner.kill()
+                spinner.wait()
     print_table(rows)
     print("\nload average (1, 5, 15 min) at the end: %.2f %.2f %.2f" % os.getloadavg())
 
