@@ -139,7 +139,7 @@ class BareServer:
 
 
 def _serve_bare(port: int, processes: int) -> None:
-    """Bind, fork ``processes`` children (Tornado's own way), serve ``{"status": "ok"}``."""
+    """Serve ``{"status": "ok", "service": "bare"}`` from ``processes`` processes on ``port``."""
     import asyncio
     import signal
 
@@ -151,7 +151,7 @@ def _serve_bare(port: int, processes: int) -> None:
         def get(self) -> None:
             self.write({"status": "ok", "service": "bare"})
 
-    async def main() -> None:
+    async def main(sockets) -> None:
         server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/", Hello)]))
         server.add_sockets(sockets)
         stop = asyncio.Event()
@@ -159,15 +159,16 @@ def _serve_bare(port: int, processes: int) -> None:
         await stop.wait()
 
     def child(_task_id: int) -> int:
-        asyncio.run(main())
+        asyncio.run(main(sockets or tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True)))
         return 0
 
-    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     if processes == 1:
+        sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
         child(0)
-    else:  # bind, then fork: the front end's own supervisor, which forwards SIGTERM
+    else:  # as the front end does: a SO_REUSEPORT socket per process, the same supervisor
         from frontend.__main__ import supervise
 
+        sockets = None
         supervise(processes, child)
 
 
