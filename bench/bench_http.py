@@ -18,7 +18,7 @@ blocking ZeroMQ ping to a shard.
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Run from the repository root::
 
-    python3 -m bench.bench_http                 # about 3 minutes
+    python3 -m bench.bench_http                 # about 2.5 minutes
     python3 -m bench.bench_http --duration 1 --reps 1   # a quick look, noisier
     python3 -m bench.bench_http --transport ipc # shards on ipc:// sockets instead of tcp://
     python3 -m bench.bench_http --busy-cpus     # no idle vCPU: what waking idle vCPUs costs
