@@ -66,14 +66,21 @@ def supervise(n: int, run_child) -> int:
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host)
-    if cfg.frontend_processes == 1:
+    several = cfg.frontend_processes > 1
+    sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host, reuse_port=several)
+    if not several:
         asyncio.run(serve(cfg, sockets))
         return 0
+    # Each process listens on a socket of its own, bound with SO_REUSEPORT, so that the kernel
+    # spreads new connections evenly. On one shared socket, whichever process wakes first
+    # accepts a whole burst: all of wrk's 64 connections went to one process in 2 runs of 5.
+    port = sockets[0].getsockname()[1]  # the parent's bind only checked that the port is free
+    for sock in sockets:
+        sock.close()
 
     def run_child(task_id: int) -> int:
         log.info("front-end process %d (pid %d)", task_id, os.getpid())
-        asyncio.run(serve(cfg, sockets))
+        asyncio.run(serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True)))
         return 0
 
     return supervise(cfg.frontend_processes, run_child)

@@ -12,7 +12,7 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import feast, native, ops
+from frontend import fast, feast, native, ops
 from frontend.base import Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -67,10 +67,14 @@ def make_context(cfg: Config, client: ShardClient) -> Context:
 
 
 async def serve(cfg: Config, sockets) -> None:
-    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT."""
+    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
+
+    Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
+    """
     client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
     client.start()
-    server = tornado.httpserver.HTTPServer(make_app(make_context(cfg, client)),
+    ctx = make_context(cfg, client)
+    server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
                                            max_body_size=cfg.max_body_bytes)
     server.add_sockets(sockets)
     stop = asyncio.Event()

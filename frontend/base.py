@@ -1,6 +1,7 @@
 """The base handler: JSON errors, auth, body parsing, and shard calls mapped to HTTP."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
@@ -39,6 +40,18 @@ class Context:
 
 
 _SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
+
+
+def shard_failure(exc: ShardUnavailable | ShardError, cfg: Config) -> APIError:
+    """The HTTP error for a shard that did not answer, or answered with an error reply."""
+    retry = {"Retry-After": str(cfg.retry_after_s)}
+    if isinstance(exc, ShardUnavailable):
+        return APIError(503, str(exc), retry)
+    status = _SHARD_STATUS.get(exc.code)
+    if status is None:
+        log.error("%s", exc)
+        return APIError(500, "Internal server error")
+    return APIError(status, exc.reason or "shard error", retry if status == 503 else None)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -92,7 +105,34 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ---- helpers for subclasses
     def unavailable(self, exc: ShardUnavailable) -> APIError:
-        return APIError(503, str(exc), {"Retry-After": str(self.ctx.cfg.retry_after_s)})
+        return shard_failure(exc, self.ctx.cfg)
+
+    def reply_with_body(self, eid: str, request: dict) -> asyncio.Future:
+        """Send a read of ``eid`` to its shard and finish with the reply's JSON ``body``.
+
+        The response is written from the socket's reader as soon as the reply arrives, without
+        waking a coroutine (the hot path of single-entity reads). Return the future Tornado
+        awaits: it fails with the HTTP error when the shard does not answer or says no.
+        """
+        done = asyncio.get_running_loop().create_future()
+        shard = self.ctx.partitioner.shard_for(eid)
+
+        def on_reply(reply) -> None:
+            if done.done():  # Tornado stopped waiting: the handler's task was cancelled
+                return
+            try:
+                if type(reply) is dict and reply["ok"]:
+                    self.finish(reply["body"])
+                    done.set_result(None)
+                elif isinstance(reply, ShardUnavailable):
+                    done.set_exception(self.unavailable(reply))
+                else:
+                    done.set_exception(self.shard_error(ShardError(shard, reply)))
+            except Exception as exc:  # becomes a 500 through Tornado's one error path
+                done.set_exception(exc)
+
+        self.ctx.client.send(shard, request, on_reply)
+        return done
 
     async def call(self, shard: int, kind: str, **fields) -> dict:
         """Call a shard; map its failures to HTTP errors."""
@@ -104,12 +144,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise self.shard_error(exc) from None
 
     def shard_error(self, exc: ShardError) -> APIError:
-        status = _SHARD_STATUS.get(exc.code)
-        if status is None:
-            log.error("%s", exc)
-            return APIError(500, "Internal server error")
-        headers = {"Retry-After": str(self.ctx.cfg.retry_after_s)} if status == 503 else None
-        return APIError(status, exc.reason or "shard error", headers)
+        return shard_failure(exc, self.ctx.cfg)
 
 
 class NotFoundHandler(BaseHandler):

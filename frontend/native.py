@@ -1,6 +1,7 @@
 """The store's own endpoints: ``/features...``, ``/healthz``, ``/readyz``, ``/stats``."""
 from __future__ import annotations
 
+import asyncio
 import os
 
 import orjson
@@ -16,13 +17,11 @@ from frontend.shard_client import ShardError, ShardUnavailable
 class EntityReads(BaseHandler):
     """GET and DELETE of a whole entity or one feature, shared by the path and query forms."""
 
-    async def get_entity(self, eid: str) -> None:
-        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.GET, e=eid)
-        self.finish(reply["body"])
+    def get_entity(self, eid: str) -> asyncio.Future:
+        return self.reply_with_body(eid, {"t": P.GET, "e": eid})
 
-    async def get_feature(self, eid: str, name: str) -> None:
-        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.GET1, e=eid, n=name)
-        self.finish(reply["body"])
+    def get_feature(self, eid: str, name: str) -> asyncio.Future:
+        return self.reply_with_body(eid, {"t": P.GET1, "e": eid, "n": name})
 
     async def delete_values(self, eid: str, name: str | None = None) -> None:
         self._check(eid, name)
@@ -43,24 +42,28 @@ class EntityReads(BaseHandler):
 
 
 class EntityHandler(EntityReads):
-    """``GET|DELETE /features/{entity_id}``."""
+    """``GET|DELETE /features/{entity_id}``.
 
-    async def get(self, eid: str) -> None:
+    Most GETs never reach this class: ``frontend/fast.py`` answers them identically with less
+    CPU (tests/test_http_fastpath.py compares the two). Change both together.
+    """
+
+    def get(self, eid: str) -> asyncio.Future:
         if not eid:
             raise APIError(400, "entity_id must not be empty")
-        await self.get_entity(eid)
+        return self.get_entity(eid)
 
     async def delete(self, eid: str) -> None:
         await self.delete_values(eid)
 
 
 class FeatureHandler(EntityReads):
-    """``GET|DELETE /features/{entity_id}/{name}``."""
+    """``GET|DELETE /features/{entity_id}/{name}`` (GETs: see :class:`EntityHandler`)."""
 
-    async def get(self, eid: str, name: str) -> None:
+    def get(self, eid: str, name: str) -> asyncio.Future:
         if not eid or not name:
             raise APIError(400, "entity_id and name must not be empty")
-        await self.get_feature(eid, name)
+        return self.get_feature(eid, name)
 
     async def delete(self, eid: str, name: str) -> None:
         await self.delete_values(eid, name)
@@ -69,14 +72,14 @@ class FeatureHandler(EntityReads):
 class FeaturesHandler(BodyHandler, EntityReads):
     """``POST /features`` (write) and ``GET /features?entity_id=&name=``."""
 
-    async def get(self) -> None:
+    def get(self) -> asyncio.Future:
         eid = self.get_query_argument("entity_id", None)
         name = self.get_query_argument("name", None)
         if not eid:
             raise APIError(400, "query parameter entity_id is required")
         if not name:
             raise APIError(400, "query parameter name is required")
-        await self.get_feature(eid, name)
+        return self.get_feature(eid, name)
 
     async def post(self) -> None:
         try:
@@ -122,8 +125,8 @@ class BatchHandler(BodyHandler, EntityReads):
 
     read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
 
-    async def get(self) -> None:
-        await self.get_entity("batch")
+    def get(self) -> asyncio.Future:
+        return self.get_entity("batch")
 
     async def delete(self) -> None:
         await self.delete_values("batch")

@@ -22,9 +22,13 @@ class RequestStats:
         self.seconds: dict[tuple[str, str, int], float] = defaultdict(float)
 
     def record(self, handler) -> None:
-        key = (type(handler).__name__, handler.request.method, handler.get_status())
+        self.add(type(handler).__name__, handler.request.method, handler.get_status(),
+                 handler.request.request_time())
+
+    def add(self, handler_name: str, method: str, status: int, seconds: float) -> None:
+        key = (handler_name, method, status)
         self.count[key] += 1
-        self.seconds[key] += handler.request.request_time()
+        self.seconds[key] += seconds
 
 
 class _Snapshot:

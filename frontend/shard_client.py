@@ -15,6 +15,8 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
+from functools import partial
+from typing import Callable
 
 import zmq
 
@@ -44,7 +46,7 @@ class ShardError(Exception):
 
 
 class _Link:
-    """The DEALER socket to one shard, its outbox and its pending calls."""
+    """The DEALER socket to one shard and its outbox of requests not sent yet."""
 
     __slots__ = ("index", "sock", "outbox")
 
@@ -54,14 +56,32 @@ class _Link:
         self.outbox: list[dict] = []
 
 
+def _settle(fut: asyncio.Future, outcome) -> None:
+    """Resolve a :meth:`ShardClient.submit` future with a reply or an exception."""
+    if fut.done():
+        return
+    if isinstance(outcome, Exception):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
+
+
 class ShardClient:
-    """Calls shards by index: ``reply = await client.call(shard, request)``."""
+    """Calls shards by index: ``reply = await client.call(shard, request)``.
+
+    Two ways to be told of a reply: a future (:meth:`submit`, :meth:`call`), or a callback run
+    straight from the socket's reader (:meth:`send`), which saves a loop iteration per request.
+    A request goes out at once when nothing else is in flight (the lowest latency at light
+    load); otherwise it waits for the end of the loop iteration and leaves with the others
+    queued for the same shard in one message (the most requests per CPU second under load).
+    """
 
     def __init__(self, endpoints, timeout_s: float, ctx: zmq.Context | None = None) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.timeout_s = timeout_s
         self.links = [_Link(i, self._connect(e)) for i, e in enumerate(endpoints)]
-        self.pending: OrderedDict[int, tuple[asyncio.Future, float, int]] = OrderedDict()
+        # request id -> (callback, deadline, shard), oldest first
+        self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
         self._ids = itertools.count(1)
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,23 +117,32 @@ class ShardClient:
             self._sweeper.cancel()
         for link in self.links:
             link.sock.close(0)
-        for fut, _, shard in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ShardUnavailable(shard, "client closed"))
-        self.pending.clear()
+        pending, self.pending = self.pending, OrderedDict()
+        for done, _, shard in pending.values():
+            _run(done, ShardUnavailable(shard, "client closed"))
 
     # ---- calls
-    def submit(self, shard: int, kind: str, **fields) -> asyncio.Future:
-        """Queue a request; the future resolves to the ok reply or raises."""
-        req_id = next(self._ids)
-        fields["t"] = kind
-        fields["id"] = req_id
-        fut = self._loop.create_future()
-        self.pending[req_id] = (fut, time.monotonic() + self.timeout_s, shard)
-        self.links[shard].outbox.append(fields)
+    def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None]) -> None:
+        """Send ``request`` (a map with ``t``, without ``id``) to ``shard``; ``done`` is called
+        once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
+        returns when the shard is not connected."""
+        req_id = request["id"] = next(self._ids)
+        idle = not self.pending
+        self.pending[req_id] = (done, time.monotonic() + self.timeout_s, shard)
+        link = self.links[shard]
+        if idle and not self._flush_scheduled:
+            self._send(link, [request])
+            return
+        link.outbox.append(request)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def submit(self, shard: int, kind: str, **fields) -> asyncio.Future:
+        """Queue a request; the future resolves to the reply map or raises."""
+        fut = self._loop.create_future()
+        fields["t"] = kind
+        self.send(shard, fields, partial(_settle, fut))
         return fut
 
     async def call(self, shard: int, kind: str, **fields) -> dict:
@@ -139,20 +168,22 @@ class ShardClient:
     def _flush(self) -> None:
         self._flush_scheduled = False
         for link in self.links:
-            if not link.outbox:
-                continue
-            batch, link.outbox = link.outbox, []
-            try:
-                link.sock.send(P.encode(batch), zmq.NOBLOCK)
-            except zmq.Again:
-                self._fail(batch, link.index, "is not connected")
-            self._drain(link)  # the fd is edge-triggered: a send may have eaten a read event
+            if link.outbox:
+                batch, link.outbox = link.outbox, []
+                self._send(link, batch)
+
+    def _send(self, link: _Link, batch: list[dict]) -> None:
+        try:
+            link.sock.send(P.encode(batch), zmq.NOBLOCK)
+        except zmq.Again:
+            self._fail(batch, link.index, "is not connected")
+        self._drain(link)  # the fd is edge-triggered: a send may have eaten a read event
 
     def _fail(self, batch: list[dict], shard: int, why: str) -> None:
         for req in batch:
             entry = self.pending.pop(req["id"], None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(ShardUnavailable(shard, why))
+            if entry is not None:
+                _run(entry[0], ShardUnavailable(shard, why))
 
     def _drain(self, link: _Link) -> None:
         sock, pending = link.sock, self.pending
@@ -168,17 +199,24 @@ class ShardClient:
                 continue
             for reply in replies:
                 entry = pending.pop(reply.get("id"), None) if type(reply) is dict else None
-                if entry is not None and not entry[0].done():
-                    entry[0].set_result(reply)
+                if entry is not None:
+                    _run(entry[0], reply)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         pending = self.pending
         while pending:
-            req_id, (fut, deadline, shard) = next(iter(pending.items()))
+            req_id, (done, deadline, shard) = next(iter(pending.items()))
             if deadline > now:
                 break
             del pending[req_id]
-            if not fut.done():
-                fut.set_exception(ShardUnavailable(shard, f"did not answer in {self.timeout_s:g} s"))
+            _run(done, ShardUnavailable(shard, f"did not answer in {self.timeout_s:g} s"))
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
+
+
+def _run(done: Callable, outcome) -> None:
+    """Call a reply callback; a failing callback is logged and never stops the reader."""
+    try:
+        done(outcome)
+    except Exception:
+        log.exception("a shard reply callback failed")

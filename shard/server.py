@@ -36,13 +36,12 @@ class Server:
 
     def run(self) -> None:
         sock, shard = self.sock, self.shard
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
         while self.running:
-            if sock.poll(POLL_MS):
-                while True:  # drain what is queued before the chores run
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+            if poller.poll(POLL_MS):
+                while sock.get(zmq.EVENTS) & zmq.POLLIN:  # drain what is queued before the chores
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
                     if len(frames) != 2:
                         log.warning("shard %d: dropped a message of %d frames", shard.index, len(frames))
                         continue
