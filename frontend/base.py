@@ -136,12 +136,17 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def call(self, shard: int, kind: str, **fields) -> dict:
         """Call a shard; map its failures to HTTP errors."""
+        return await self.ok_reply(shard, self.ctx.client.submit(shard, kind, **fields))
+
+    async def ok_reply(self, shard: int, fut: asyncio.Future) -> dict:
+        """Await the reply of a submitted request; a failure raises its HTTP error."""
         try:
-            return await self.ctx.client.call(shard, kind, **fields)
+            reply = await fut
         except ShardUnavailable as exc:
-            raise self.unavailable(exc) from None
-        except ShardError as exc:
-            raise self.shard_error(exc) from None
+            raise shard_failure(exc, self.ctx.cfg) from None
+        if not reply["ok"]:
+            raise shard_failure(ShardError(shard, reply), self.ctx.cfg)
+        return reply
 
     def shard_error(self, exc: ShardError) -> APIError:
         return shard_failure(exc, self.ctx.cfg)

@@ -34,7 +34,6 @@ from common.config import Config, FeatureView
 from common.events import EventError, Limits, check_entity_ids, check_name, check_value
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.native import write_all
-from frontend.shard_client import ShardError, ShardUnavailable
 
 TIMESTAMP_COLUMNS = frozenset(("event_timestamp", "created"))  # never features
 _TOKENS = [None] * 256
@@ -378,12 +377,7 @@ class GetOnlineFeaturesHandler(FeastHandler):
         v, s, ts = [], [], []
         order = [0] * n
         for shard, pos, fut in calls:
-            try:
-                reply = await fut
-            except ShardUnavailable as exc:
-                raise self.unavailable(exc) from None
-            if not reply["ok"]:
-                raise self.shard_error(ShardError(shard, reply))
+            reply = await self.ok_reply(shard, fut)
             base = len(v)
             v += reply["v"]
             s += reply["s"]

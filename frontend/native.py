@@ -170,12 +170,7 @@ async def read_many(handler: BaseHandler, eids: list, names: list | None) -> lis
     futs = {s: client.submit(s, P.MGET, es=[eids[p] for p in pos], f=names) for s, pos in groups.items()}
     parts: list = [None] * len(eids)
     for shard, fut in futs.items():
-        try:
-            reply = await fut
-        except ShardUnavailable as exc:
-            raise handler.unavailable(exc) from None
-        if not reply["ok"]:
-            raise handler.shard_error(ShardError(shard, reply))
+        reply = await handler.ok_reply(shard, fut)
         for pos, part in zip(groups[shard], reply["parts"]):
             parts[pos] = part
     return parts

@@ -98,19 +98,25 @@ def test_two_front_end_processes_share_the_port_and_one_that_dies_is_replaced(tm
     assert c.frontend.popen.returncode == 0
 
 
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free (the Procfile's two shards bind base + i)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no two consecutive free ports")
+
+
 def test_honcho_starts_the_procfile_and_ctrl_c_stops_every_process(tmp_path):
     pytest.importorskip("honcho")
-    http_port, base = free_port(), free_port()
+    http_port, base = free_port(), two_free_ports()
     env = base_env(http_port=http_port, shard_base_port=base, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    dead_letter_path=str(tmp_path / "dead.jsonl"))
-    env["FS_SHARD_BASE_PORT"] = str(base)
-    # shard 1 binds base + 1: make sure that one is free too
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", base + 1))
-        except OSError:
-            pytest.skip("port after the free one is taken")
     proc = subprocess.Popen([sys.executable, "-m", "honcho", "start"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
