@@ -264,6 +264,15 @@ class Journal:
 
     def recover(self) -> dict:
         """Load the newest valid snapshot, replay the logs after it, open a new log generation."""
+        was_enabled = gc.isenabled()
+        gc.disable()  # replay allocates millions of short-lived lists: the cyclic GC costs 30%
+        try:
+            return self._recover()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _recover(self) -> dict:
         t0 = time.perf_counter()
         os.makedirs(self.dir, exist_ok=True)
         snaps, logs = self._files()
