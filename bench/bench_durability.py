@@ -271,34 +271,40 @@ def bench_memory(tmp: Path, n_values: int) -> None:
     ours = shard.rss() - rss0
     shard.proc.stop()
 
+    print(f"shard (RSS growth):         {ours / n_values:6.1f} bytes/value")
+    same = redis_memory(tmp, n_values, lambda value, ts: msgpack.packb([value, ts]))
+    print(f"redis, the same (value, event time) as msgpack per field: used_memory "
+          f"{same[0] / n_values:6.1f} bytes/value, RSS {same[1] / n_values:6.1f} bytes/value")
+    bare = redis_memory(tmp, n_values, lambda value, ts: repr(value))
+    print(f"redis, the value alone as a string (no event time):      used_memory "
+          f"{bare[0] / n_values:6.1f} bytes/value, RSS {bare[1] / n_values:6.1f} bytes/value")
+    print(f"ratio shard / redis (same data) used_memory {ours / same[0]:.2f}, RSS {ours / same[1]:.2f}; "
+          f"shard / redis (value alone) used_memory {ours / bare[0]:.2f}")
+
+
+def redis_memory(tmp: Path, n_values: int, field) -> tuple[int, int]:
+    """Load the data set into a fresh redis-server, a hash per entity; (used_memory, RSS) growth."""
     port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--dir", str(tmp)],
                              stdout=subprocess.DEVNULL)
     try:
         poll_for(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True, 10)
-        used0 = int(redis_info(port)["used_memory"])
-        rrss0 = redis_rss(redis.pid)
+        used0, rss0 = int(redis_info(port)["used_memory"]), redis_rss(redis.pid)
         cmds = []
         for batch in dataset(n_values):
             for i in range(0, len(batch), FEATURES):
                 group = batch[i:i + FEATURES]
                 args = ["HSET", group[0][0]]
-                for _, name, value, ts in group:  # the same (value, event time) pair, msgpack'd
-                    args += [name, msgpack.packb([value, ts])]
+                for _, name, value, ts in group:
+                    args += [name, field(value, ts)]
                 cmds.append(resp(*args))
         subprocess.run(["redis-cli", "-p", str(port), "--pipe"], input=b"".join(cmds),
                        capture_output=True, check=True)
-        info = redis_info(port)
-        used = int(info["used_memory"]) - used0
-        rrss = redis_rss(redis.pid) - rrss0
+        return int(redis_info(port)["used_memory"]) - used0, redis_rss(redis.pid) - rss0
     finally:
         redis.send_signal(signal.SIGTERM)
         redis.wait(10)
-    print(f"shard (RSS growth):         {ours / n_values:6.1f} bytes/value")
-    print(f"redis {info.get('mem_allocator', '')} used_memory growth: {used / n_values:6.1f} bytes/value;"
-          f" RSS growth {rrss / n_values:6.1f} bytes/value")
-    print(f"ratio shard / redis used_memory {ours / used:.2f}; shard / redis RSS {ours / rrss:.2f}")
 
 
 def main() -> None:
