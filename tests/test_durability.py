@@ -102,6 +102,45 @@ def test_acknowledged_writes_survive_sigkill_at_random_points(tmp_path):
     assert w.refused > 0, f"the kills never refused a write (seed {seed})"
 
 
+def test_pipelined_zmq_writes_acknowledged_before_sigkill_survive(tmp_path):
+    """32 writes in flight, so a kill lands in the middle of group commits."""
+    import zmq
+
+    c = Cluster(tmp_path, shards=1, data_dir=tmp_path / "data", fsync="always",
+                snapshot_log_bytes=32768)
+    try:
+        for round_ in range(3):
+            c.start_shard(0)
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(c.endpoints[0])
+            sent: dict[int, list] = {}
+            acked: list = []
+            kill_after = random.randint(50, 800)
+            for i in range(32):
+                sent[i] = [f"z{round_}-{i % 61}", f"n{i}", i, TS]
+                sock.send(P.encode([P.request(P.WRITE, i, w=[sent[i]])]))
+            i = 32
+            while sock.poll(1000):
+                reply = P.decode(sock.recv())[0]
+                assert reply["ok"], reply
+                acked.append(sent.pop(reply["id"]))
+                if len(acked) == kill_after:
+                    c.shards[0].kill()  # with 32 writes in flight
+                sent[i] = [f"z{round_}-{i % 61}", f"n{i}", i, TS]
+                sock.send(P.encode([P.request(P.WRITE, i, w=[sent[i]])]))
+                i += 1
+            sock.close()
+            assert not c.shards[0].alive() and len(acked) >= kill_after
+            c.start_shard(0)
+            for eid, name, value, _ in acked:
+                reply = zmq_call(c.endpoints[0], [P.request(P.GET1, 1, e=eid, n=name)])[0]
+                assert reply["ok"], f"acknowledged write {eid}/{name} lost (round {round_})"
+            c.shards[0].kill()
+    finally:
+        c.stop()
+
+
 def test_sigterm_writes_a_snapshot_and_the_restart_replays_nothing(tmp_path):
     c = Cluster(tmp_path, shards=1, data_dir=tmp_path / "data", snapshot_log_bytes=1 << 30)
     try:
