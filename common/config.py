@@ -221,8 +221,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
     if cfg.frontend_processes < 1:
         raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
-    if cfg.snapshot_log_bytes < 1 or cfg.snapshot_interval_s <= 0:
-        raise ConfigError("FS_SNAPSHOT_LOG_BYTES and FS_SNAPSHOT_INTERVAL_S must be positive")
+    if cfg.snapshot_log_bytes < 1:
+        raise ConfigError("FS_SNAPSHOT_LOG_BYTES must be positive")
+    if cfg.snapshot_interval_s <= 0:
+        raise ConfigError("FS_SNAPSHOT_INTERVAL_S must be positive")
     if cfg.shard_timeout_s <= 0:
         raise ConfigError("FS_SHARD_TIMEOUT_S must be positive")
     if cfg.ingest_source not in ("zmq", "kafka", "file"):

@@ -273,7 +273,7 @@ class Journal:
                 gc.enable()
 
     def _recover(self) -> dict:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         os.makedirs(self.dir, exist_ok=True)
         snaps, logs = self._files()
         base, entities, damaged = 0, 0, 0
@@ -299,7 +299,8 @@ class Journal:
         self._open_log()
         seconds = time.perf_counter() - t0
         self.info.update(recovered_entities=len(self.store.data), snapshot_entities=entities,
-                         replayed_records=records, replayed_values=values, recovery_s=seconds)
+                         replayed_records=records, replayed_values=values, recovery_s=seconds,
+                         recovery_cpu_s=time.process_time() - cpu0)
         log.info("shard %d recovered in %.3f s: snapshot %s (%d entities), replayed %d records "
                  "(%d values) from %d log file(s)", self.shard, seconds, base or "none", entities,
                  records, values, len(todo))

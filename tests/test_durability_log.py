@@ -7,6 +7,7 @@ import os
 import msgpack
 import pytest
 
+from common import config
 from common import protocol as P
 from shard.handlers import ShardState, dispatch
 from shard.persistence import (HEADER, Journal, LogError, RecoveryError, frame, scan,
@@ -211,3 +212,21 @@ def test_everysec_syncs_from_tick(tmp_path):
     j.last_sync -= 2
     j.tick()
     assert not j.dirty
+
+
+# ---- settings
+def test_durability_settings_come_from_the_environment(tmp_path):
+    env = {"FS_DATA_DIR": str(tmp_path), "FS_FSYNC": "always", "FS_SNAPSHOT_LOG_BYTES": "1000",
+           "FS_SNAPSHOT_INTERVAL_S": "2.5", "FS_SKIP_DAMAGED": "1"}
+    cfg = config.load(["--index", "1"], environ=env)
+    j = Journal.from_config(cfg, Store())
+    assert j.dir == str(tmp_path / "shard-1") and j.policy == "always" and j.skip is True
+    assert (j.snapshot_log_bytes, j.snapshot_interval_s) == (1000, 2.5)
+    assert config.load([], environ={}).skip_damaged is False
+
+
+@pytest.mark.parametrize("env", [{"FS_SNAPSHOT_LOG_BYTES": "0"}, {"FS_SNAPSHOT_INTERVAL_S": "-1"},
+                                 {"FS_SKIP_DAMAGED": "perhaps"}])
+def test_bad_durability_settings_are_refused(env):
+    with pytest.raises(config.ConfigError, match=next(iter(env))):
+        config.load([], environ=env)
