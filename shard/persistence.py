@@ -93,7 +93,8 @@ def scan(buf, path: str, last: bool, skip: bool) -> Scan:
     """Split ``buf`` (a file's bytes) into record payloads, checking every checksum.
 
     An incomplete record at the end of the ``last`` file, or a final record that fails its
-    checksum there, or zero bytes to the end, is a torn write: the scan stops before it.
+    checksum there, or zero bytes to the end, with no valid record after it, is a torn write:
+    the scan stops before it.
     Anything else that fails raises :class:`RecoveryError` naming ``path`` and the offset, unless
     ``skip``: then the scan looks for the next valid record and reports the damaged offset.
     """
@@ -106,7 +107,8 @@ def scan(buf, path: str, last: bool, skip: bool) -> Scan:
             out.payloads.append(view[off + HEADER.size:end])
             off = end
             continue
-        if last and _torn_tail(view, off):
+        resume = _next_valid(view, off)
+        if last and resume == n and _torn_tail(view, off):
             out.torn = True
             break
         why = _why(view, off)
@@ -117,9 +119,14 @@ def scan(buf, path: str, last: bool, skip: bool) -> Scan:
                 f"records (their writes are lost)")
         out.damaged.append(off)
         log.error("%s: skipped a damaged record at offset %d (%s)", path, off, why)
-        off = next((p for p in range(off + 1, n) if _valid_at(view, p) > 0), n)
+        off = resume
     out.end = off
     return out
+
+
+def _next_valid(view, off: int) -> int:
+    """The offset of the first valid record after ``off``, or the end of the buffer."""
+    return next((p for p in range(off + 1, len(view)) if _valid_at(view, p) > 0), len(view))
 
 
 def _torn_tail(view, off: int) -> bool:

@@ -82,6 +82,14 @@ def test_a_flipped_byte_names_file_and_offset_and_can_be_skipped():
     assert found.damaged == [len(one)]
 
 
+def test_a_damaged_length_in_the_last_file_is_not_mistaken_for_a_torn_tail():
+    one, two, three = (frame(msgpack.packb([1, s])) for s in ("aa", "bb", "cc"))
+    buf = bytearray(one + two + three)
+    buf[len(one) + 3] = 0x7F  # the second record now claims to run far past the end
+    with pytest.raises(RecoveryError, match=rf"offset {len(one)} \(length \d+ runs past the end"):
+        scan(bytes(buf), "f", last=True, skip=False)
+
+
 def test_a_damaged_length_is_skipped_by_resynchronising():
     one, two, three = (frame(msgpack.packb([1, s])) for s in ("aa", "bb", "cc"))
     buf = bytearray(one + two + three)
