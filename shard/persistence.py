@@ -296,7 +296,7 @@ class Journal:
                 self.store.data.clear()
                 damaged += 1
         todo = [g for g in logs if g >= base]
-        self._check_sequence(base, todo)
+        damaged += self._check_sequence(base, todo)
         records = values = 0
         self.since_snapshot = sum(os.path.getsize(self.path("log", g)) for g in todo)
         for gen in todo:
@@ -315,8 +315,9 @@ class Journal:
             self.snapshot_now()
         return self.info
 
-    def _check_sequence(self, base: int, gens: list[int]) -> None:
-        expected = base or 1
+    def _check_sequence(self, base: int, gens: list[int]) -> int:
+        """Check the log generations follow the snapshot without a gap; return the gaps skipped."""
+        expected, gaps = base or 1, 0
         for gen in gens:
             if gen != expected:
                 msg = (f"{self.path('log', expected)} is missing (found {self.path('log', gen)}); "
@@ -324,7 +325,9 @@ class Journal:
                 if not self.skip:
                     raise RecoveryError(msg + "; start with FS_SKIP_DAMAGED=1 to go on without them")
                 log.error("%s (FS_SKIP_DAMAGED)", msg)
+                gaps += 1
             expected = gen + 1
+        return gaps
 
     def _replay(self, path: str, last: bool) -> tuple[int, int, int]:
         with open(path, "rb") as fh:

@@ -168,6 +168,9 @@ def test_a_missing_log_generation_is_an_error(tmp_path):
     os.unlink(log_files(tmp_path)[1])
     with pytest.raises(RecoveryError, match="is missing"):
         journal(tmp_path)
+    skipped = journal(tmp_path, skip_damaged=True)
+    assert skipped.store.features("e") == {"a": [1, TS], "c": [1, TS]}
+    assert journal(tmp_path).store.features("e") == {"a": [1, TS], "c": [1, TS]}
 
 
 def test_a_damaged_snapshot_is_an_error(tmp_path):
