@@ -28,6 +28,7 @@ import re
 import signal
 import struct
 import sys
+import threading
 import time
 import traceback
 import zlib
@@ -243,6 +244,7 @@ class Journal:
         self.sync_failed: str | None = None
         self.last_sync = time.monotonic()
         self.last_snapshot = time.monotonic()
+        self._syncer: threading.Thread | None = None  # the everysec fsync
         self.child: tuple[int, int, float] | None = None  # pid, gen, start time
         self.retry_at = 0.0
         self.info: dict = {"snapshots": 0, "fork_ms_max": 0.0, "fork_ms_last": 0.0}
@@ -404,23 +406,36 @@ class Journal:
                 raise SyncError(f"fsync of {self.path('log', self.gen)} failed: {exc}") from None
             self.dirty = False
 
-    def _sync(self) -> None:
-        try:
-            os.fdatasync(self.fd)
-        except OSError as exc:
-            self.sync_failed = f"fsync of {self.path('log', self.gen)} failed: {exc.strerror}"
-            log.error("shard %d: %s; writes refused until an fsync succeeds", self.shard, self.sync_failed)
+    def _sync_in_background(self) -> None:
+        """``everysec``: fsync a duplicate of the log's descriptor from a thread, as Redis does,
+        so the loop never waits for the disk. A sync still running is not doubled."""
+        if self._syncer is not None and self._syncer.is_alive():
             return
-        self.sync_failed = None
+        fd = os.dup(self.fd)  # stays valid even if the log is rotated meanwhile
+        path = self.path("log", self.gen)
         self.dirty = False
         self.last_sync = time.monotonic()
+        self._syncer = threading.Thread(target=self._sync_fd, args=(fd, path), name="fsync", daemon=True)
+        self._syncer.start()
+
+    def _sync_fd(self, fd: int, path: str) -> None:
+        """In the fsync thread."""
+        try:
+            os.fdatasync(fd)
+            self.sync_failed = None
+        except OSError as exc:
+            self.sync_failed = f"fsync of {path} failed: {exc.strerror}"
+            self.dirty = True  # tried again a second later
+            log.error("shard %d: %s; writes refused until an fsync succeeds", self.shard, self.sync_failed)
+        finally:
+            os.close(fd)
 
     # ---- chores
     def tick(self) -> None:
         """Once per loop pass: fsync under ``everysec``, reap or start a snapshot."""
         now = time.monotonic()
         if (self.dirty or self.sync_failed) and self.policy == "everysec" and now - self.last_sync >= 1.0:
-            self._sync()
+            self._sync_in_background()
         if self.child is not None:
             self._reap(os.WNOHANG)
         elif now >= self.retry_at and (
@@ -516,6 +531,8 @@ class Journal:
 
     def close(self) -> None:
         """On shutdown: stop a running snapshot child, write a final snapshot, close the log."""
+        if self._syncer is not None:
+            self._syncer.join()
         if self.child is not None:
             os.kill(self.child[0], signal.SIGKILL)
             self._reap(0)

@@ -222,7 +222,29 @@ def test_everysec_syncs_from_tick(tmp_path):
     assert j.dirty  # commit fsyncs only under always
     j.last_sync -= 2
     j.tick()
-    assert not j.dirty
+    j._syncer.join()
+    assert not j.dirty and j.sync_failed is None
+
+
+def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
+    j = journal(tmp_path, fsync="everysec")
+    shard = shard_with(j)
+    write(shard, ("e", "a", 1, TS))
+    good = j.fd
+    j.fd, w = os.pipe()  # fdatasync of a pipe fails (EINVAL)
+    os.close(w)
+    j.last_sync -= 2
+    j.tick()
+    j._syncer.join()
+    assert j.sync_failed and "fsync of" in j.sync_failed
+    reply = write(shard, ("e", "b", 2, TS))
+    assert reply["code"] == P.UNAVAILABLE and "refuses writes" in reply["reason"]
+    os.close(j.fd)
+    j.fd = good
+    j.last_sync -= 2
+    j.tick()
+    j._syncer.join()
+    assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))["ok"]
 
 
 # ---- settings
