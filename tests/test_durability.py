@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from common import protocol as P
+from tests.ingest_support import INGEST_LIMITS, assert_store_matches, make_stream
 from tests.support import Cluster, Proc, poll_for, quote, request, zmq_call
 
 TS = 1_700_000_000_000_000
@@ -139,6 +141,26 @@ def test_pipelined_zmq_writes_acknowledged_before_sigkill_survive(tmp_path):
             c.shards[0].kill()
     finally:
         c.stop()
+
+
+def test_ingest_after_a_shard_crash_has_nothing_acknowledged_missing(tmp_path):
+    """Ingest never resends what a shard acknowledged: the shard's recovery must have it all."""
+    stream = make_stream("dur", 3000, seed=5, entities=150)
+    half = len(stream.lines) // 2
+    with Cluster(tmp_path, shards=2, data_dir=tmp_path / "data", fsync="always",
+                 snapshot_log_bytes=65536, ingest_stats_endpoint="") as c:
+        proc = c.start_process(["-m", "ingest", "--file", "-"], "ingest", stdin=subprocess.PIPE,
+                               dead_letter_path=tmp_path / "dead.jsonl", ingest_retry_max_s=0.2,
+                               ingest_ack_timeout_s=0.5, **INGEST_LIMITS)
+        proc.popen.stdin.write(b"\n".join(stream.lines[:half]) + b"\n")
+        proc.popen.stdin.flush()
+        assert_store_matches(c.url, stream.oracle(range(half)), stream.entities)  # acknowledged
+        c.shards[0].kill()
+        c.start_shard(0)
+        proc.popen.stdin.write(b"\n".join(stream.lines[half:]) + b"\n")
+        proc.popen.stdin.close()
+        assert proc.popen.wait(60) == 0, proc.output()
+        assert_store_matches(c.url, stream.oracle(), stream.entities)
 
 
 def test_sigterm_writes_a_snapshot_and_the_restart_replays_nothing(tmp_path):
