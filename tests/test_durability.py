@@ -1,4 +1,4 @@
-"""Durability with real shard processes: SIGKILL, SIGTERM, damaged files, a full disk."""
+"""Durability with real shard processes: SIGKILL, SIGTERM, damaged files, a full disk, TTL."""
 from __future__ import annotations
 
 import random
@@ -6,9 +6,10 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
-import pytest
+import orjson
 
 from common import protocol as P
 from tests.ingest_support import INGEST_LIMITS, assert_store_matches, make_stream
@@ -246,5 +247,25 @@ def test_a_full_disk_refuses_writes_with_507_and_reads_go_on(tmp_path):
         for eid in written:
             assert zget(c, eid)["ok"]
         assert stats(c)["values"] == len(written)
+    finally:
+        c.stop()
+
+
+def test_a_replay_does_not_resurrect_expired_values(tmp_path):
+    now = time.time_ns() // 1000
+    c = Cluster(tmp_path, shards=1, data_dir=tmp_path / "data", ttl_s=60, ttl_grace_s=0)
+    try:
+        c.start_shard(0)
+        assert zwrite(c, [["e", "old", 1, now - 3_600_000_000], ["e", "fresh", 2, now],
+                          ["gone", "old", 3, now - 3_600_000_000]])["ok"]
+        poll_for(lambda: stats(c)["reclaimed"] == 2, 10, what="the sweep to reclaim both")
+        c.shards[0].kill()  # the log still holds the expired writes
+        c.start_shard(0)
+        assert stats(c)["replayed_values"] == 3
+        body = orjson.loads(zget(c, "e")["body"])
+        assert body["features"] == {"fresh": 2}
+        assert zget(c, "gone")["code"] == P.NOT_FOUND
+        reply = zmq_call(c.endpoints[0], [P.request(P.GET1, 1, e="e", n="old")])[0]
+        assert reply["code"] == P.NOT_FOUND
     finally:
         c.stop()
