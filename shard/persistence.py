@@ -304,11 +304,13 @@ class Journal:
         for gen in todo:
             r, v, d = self._replay(self.path("log", gen), last=gen == todo[-1])
             records, values, damaged = records + r, values + v, damaged + d
+        reclaimed = self.store.reclaim_all()  # what the TTL sweep had taken stays gone
         self.gen = max([base, *(g + 1 for g in logs)]) or 1
         self._open_log()
         seconds = time.perf_counter() - t0
         self.info.update(recovered_entities=len(self.store.data), snapshot_entities=entities,
                          replayed_records=records, replayed_values=values, recovery_s=seconds,
+                         reclaimed_on_recovery=reclaimed,
                          recovery_cpu_s=time.process_time() - cpu0)
         log.info("shard %d recovered in %.3f s: snapshot %s (%d entities), replayed %d records "
                  "(%d values) from %d log file(s)", self.shard, seconds, base or "none", entities,

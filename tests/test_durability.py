@@ -267,5 +267,9 @@ def test_a_replay_does_not_resurrect_expired_values(tmp_path):
         assert zget(c, "gone")["code"] == P.NOT_FOUND
         reply = zmq_call(c.endpoints[0], [P.request(P.GET1, 1, e="e", n="old")])[0]
         assert reply["code"] == P.NOT_FOUND
+        # not even as Feast's OUTSIDE_MAX_AGE: recovery reclaimed them before serving
+        assert stats(c)["reclaimed_on_recovery"] == 2
+        row = zmq_call(c.endpoints[0], [P.request(P.FGET, 1, es=["e", "gone"], f=["old", "fresh"])])[0]
+        assert row["s"] == [P.NOT_FOUND_S + P.PRESENT, P.NOT_FOUND_S * 2]
     finally:
         c.stop()

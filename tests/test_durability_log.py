@@ -263,3 +263,16 @@ def test_durability_settings_come_from_the_environment(tmp_path):
 def test_bad_durability_settings_are_refused(env):
     with pytest.raises(config.ConfigError, match=next(iter(env))):
         config.load([], environ=env)
+
+
+def test_recovery_reclaims_what_the_ttl_sweep_had_taken(tmp_path):
+    now = 1_800_000_000_000_000
+    ttl_store = lambda: Store(ttl_s=60, grace_s=0, clock=lambda: now)  # noqa: E731
+    j = journal(tmp_path, ttl_store())
+    shard = shard_with(j)
+    write(shard, ("e", "old", 1, now - 3_600_000_000), ("e", "fresh", 2, now),
+          ("gone", "old", 3, now - 3_600_000_000))
+    again = journal(tmp_path, ttl_store())  # no sweep has run in this store
+    assert again.info["replayed_values"] == 3 and again.info["reclaimed_on_recovery"] == 2
+    assert again.store.features("e") == {"fresh": [2, now]} and again.store.features("gone") is None
+    assert again.store.values == 1
