@@ -490,6 +490,7 @@ class Journal:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _die_with_parent(parent)
             write_snapshot(self.dir, self.gen, self.store, self.shard)
+            self._remove_older(self.gen)  # here, not in the loop: unlinking big files takes ms
             code = 0
         except BaseException:
             traceback.print_exc()
@@ -504,7 +505,7 @@ class Journal:
             return
         self.child = None
         if os.waitstatus_to_exitcode(status) == 0:
-            self._installed(gen)
+            self.info["snapshots"] += 1
             log.info("shard %d: snapshot %d written in %.2f s", self.shard, gen,
                      time.monotonic() - started)
         else:
@@ -513,9 +514,8 @@ class Journal:
             self.since_snapshot = max(self.since_snapshot, self.snapshot_log_bytes)
             self.retry_at = time.monotonic() + RETRY_S
 
-    def _installed(self, gen: int) -> None:
+    def _remove_older(self, gen: int) -> None:
         """Snapshot ``gen`` is in place: older snapshots and logs are no longer needed."""
-        self.info["snapshots"] += 1
         snaps, logs = self._files()
         for g in snaps:
             if g < gen:
@@ -528,7 +528,8 @@ class Journal:
         """Write a snapshot from this process (at start after skipped damage, and on shutdown)."""
         self._rotate()
         write_snapshot(self.dir, self.gen, self.store, self.shard)
-        self._installed(self.gen)
+        self._remove_older(self.gen)
+        self.info["snapshots"] += 1
         self.since_snapshot = 0
 
     def close(self) -> None:
