@@ -489,6 +489,7 @@ class Journal:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _die_with_parent(parent)
+            os.nice(10)  # the loop, not the snapshot, gets the CPU when they compete
             write_snapshot(self.dir, self.gen, self.store, self.shard)
             self._remove_older(self.gen)  # here, not in the loop: unlinking big files takes ms
             code = 0
