@@ -24,6 +24,7 @@ import errno
 import gc
 import logging
 import os
+import queue
 import re
 import signal
 import struct
@@ -244,7 +245,9 @@ class Journal:
         self.sync_failed: str | None = None
         self.last_sync = time.monotonic()
         self.last_snapshot = time.monotonic()
-        self._syncer: threading.Thread | None = None  # the everysec fsync
+        self._syncer: threading.Thread | None = None  # the everysec fsync thread
+        self._sync_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._syncing = threading.Event()  # a sync was handed over and has not finished
         self.child: tuple[int, int, float] | None = None  # pid, gen, start time
         self.retry_at = 0.0
         self.info: dict = {"snapshots": 0, "fork_ms_max": 0.0, "fork_ms_last": 0.0}
@@ -409,28 +412,41 @@ class Journal:
             self.dirty = False
 
     def _sync_in_background(self) -> None:
-        """``everysec``: fsync a duplicate of the log's descriptor from a thread, as Redis does,
-        so the loop never waits for the disk. A sync still running is not doubled."""
-        if self._syncer is not None and self._syncer.is_alive():
+        """``everysec``: hand a duplicate of the log's descriptor to the fsync thread, as Redis
+        does, so the loop never waits for the disk. A sync still running is not doubled."""
+        if self._syncing.is_set():
             return
-        fd = os.dup(self.fd)  # stays valid even if the log is rotated meanwhile
-        path = self.path("log", self.gen)
+        if self._syncer is None:  # one long-lived thread: starting one costs the loop a wait
+            self._syncer = threading.Thread(target=self._sync_forever, name="fsync", daemon=True)
+            self._syncer.start()
+        self._syncing.set()
         self.dirty = False
         self.last_sync = time.monotonic()
-        self._syncer = threading.Thread(target=self._sync_fd, args=(fd, path), name="fsync", daemon=True)
-        self._syncer.start()
+        self._sync_queue.put((os.dup(self.fd), self.path("log", self.gen)))  # the dup survives a rotation
 
-    def _sync_fd(self, fd: int, path: str) -> None:
-        """In the fsync thread."""
-        try:
-            os.fdatasync(fd)
-            self.sync_failed = None
-        except OSError as exc:
-            self.sync_failed = f"fsync of {path} failed: {exc.strerror}"
-            self.dirty = True  # tried again a second later
-            log.error("shard %d: %s; writes refused until an fsync succeeds", self.shard, self.sync_failed)
-        finally:
-            os.close(fd)
+    def _sync_forever(self) -> None:
+        """The fsync thread: fdatasync each descriptor handed over, then close it."""
+        while True:
+            fd, path = self._sync_queue.get()
+            if fd < 0:
+                return
+            try:
+                os.fdatasync(fd)
+                self.sync_failed = None
+            except OSError as exc:
+                self.sync_failed = f"fsync of {path} failed: {exc.strerror}"
+                self.dirty = True  # tried again a second later
+                log.error("shard %d: %s; writes refused until an fsync succeeds", self.shard,
+                          self.sync_failed)
+            finally:
+                os.close(fd)
+                self._syncing.clear()
+
+    def _stop_syncer(self) -> None:
+        if self._syncer is not None:
+            self._sync_queue.put((-1, ""))
+            self._syncer.join()
+            self._syncer = None
 
     # ---- chores
     def tick(self) -> None:
@@ -535,8 +551,7 @@ class Journal:
 
     def close(self) -> None:
         """On shutdown: stop a running snapshot child, write a final snapshot, close the log."""
-        if self._syncer is not None:
-            self._syncer.join()
+        self._stop_syncer()
         if self.child is not None:
             os.kill(self.child[0], signal.SIGKILL)
             self._reap(0)

@@ -35,6 +35,10 @@ def write(shard: ShardState, *writes) -> dict:
     return dispatch(shard, P.request(P.WRITE, 1, w=[list(w) for w in writes]))
 
 
+def wait_sync(j: Journal) -> None:
+    j._stop_syncer()  # waits for the handed-over sync
+
+
 def log_files(tmp_path) -> list:
     return sorted((tmp_path / "shard-0").glob("log-*.aof"))
 
@@ -222,7 +226,7 @@ def test_everysec_syncs_from_tick(tmp_path):
     assert j.dirty  # commit fsyncs only under always
     j.last_sync -= 2
     j.tick()
-    j._syncer.join()
+    wait_sync(j)
     assert not j.dirty and j.sync_failed is None
 
 
@@ -235,7 +239,7 @@ def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
     os.close(w)
     j.last_sync -= 2
     j.tick()
-    j._syncer.join()
+    wait_sync(j)
     assert j.sync_failed and "fsync of" in j.sync_failed
     reply = write(shard, ("e", "b", 2, TS))
     assert reply["code"] == P.UNAVAILABLE and "refuses writes" in reply["reason"]
@@ -243,7 +247,7 @@ def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
     j.fd = good
     j.last_sync -= 2
     j.tick()
-    j._syncer.join()
+    wait_sync(j)
     assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))["ok"]
 
 
