@@ -48,6 +48,7 @@ OP_WRITE, OP_DELETE = 1, 2
 CHUNK_ENTITIES = 2000  # entities per snapshot record
 REPLAY_RUN = 100_000  # writes merged into one Store.apply during a replay
 RETRY_S = 5.0  # a failed snapshot is retried after this long
+SYNC_EVERY = 4 << 20  # a snapshot is fsynced every this many bytes (Redis: rdb-save-incremental-fsync)
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _NAME = re.compile(r"(log|snapshot)-(\d+)\.(aof|snap)\Z")
 
@@ -166,7 +167,7 @@ def write_snapshot(directory: str, gen: int, store: Store, shard: int) -> str:
     with open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(frame(pack({"snapshot": 1, "shard": shard, "gen": gen})))
         chunk: list = []
-        entities = 0
+        entities = synced = 0
         for eid, blob in store.data.items():
             chunk.append(eid)
             chunk.append(blob)
@@ -174,6 +175,10 @@ def write_snapshot(directory: str, gen: int, store: Store, shard: int) -> str:
                 fh.write(frame(pack(chunk)))
                 entities += len(chunk) // 2
                 chunk.clear()
+                if fh.tell() - synced >= SYNC_EVERY:  # small bursts: the log's writes never queue long
+                    fh.flush()
+                    os.fdatasync(fh.fileno())
+                    synced = fh.tell()
         if chunk:
             fh.write(frame(pack(chunk)))
             entities += len(chunk) // 2
