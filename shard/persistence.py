@@ -13,7 +13,8 @@ is a header map, chunks ``[e, blob, e, blob, ...]`` of the store's msgpack blobs
 trailer map with the counts.
 
 Recovery loads the newest valid snapshot and replays the logs of its generation and later,
-through :meth:`Store.apply`, so a replay behaves exactly as the original writes did.
+through :meth:`Store.apply`, so a replay behaves exactly as the original writes did, then
+reclaims what had outlived its TTL (:meth:`Store.reclaim_all`) before the shard serves.
 A snapshot is written by a forked child (copy-on-write, as Redis does): the loop pauses only
 for the log rotation and the ``fork()``.
 """
