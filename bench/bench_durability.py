@@ -155,7 +155,7 @@ def bench_recovery(tmp: Path, n_values: int) -> None:
     data = tmp / "recovery"
     shard = Shard(tmp, "recovery", data_dir=data, fsync="no", snapshot_log_bytes=1 << 40)
     shard.start()
-    load(shard, n_values)
+    live = load(shard, n_values)  # the reference: the same writes taken live, 8 requests in flight
     shard.proc.kill()  # no final snapshot: everything is in the log
     log_bytes = sum(p.stat().st_size for p in (data / "shard-0").glob("log-*"))
     wall = shard.start()
@@ -165,6 +165,8 @@ def bench_recovery(tmp: Path, n_values: int) -> None:
           f"{s['recovery_s']:.2f} s = {s['replayed_values'] / s['recovery_s']:,.0f} values/s "
           f"({s['replayed_values'] / s['recovery_cpu_s']:,.0f} per CPU second; "
           f"process start to ready {wall:.2f} s)")
+    print(f"reference:       the same {n_values:,} values written live over ZeroMQ in {live:.2f} s = "
+          f"{n_values / live:,.0f} values/s; replay is {live / s['recovery_s']:.2f}x that")
     shard.proc.stop()  # final snapshot
     snap_bytes = sum(p.stat().st_size for p in (data / "shard-0").glob("snapshot-*"))
     wall = shard.start()
