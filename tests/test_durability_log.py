@@ -217,6 +217,9 @@ def test_a_log_that_cannot_be_written_refuses_the_write(tmp_path):
     reply = write(shard, ("e", "a", 1, TS))
     assert reply["code"] == P.UNAVAILABLE and "cannot write its log" in reply["reason"]
     assert j.store.features("e") is None  # refused writes are not applied
+    with pytest.raises(LogError) as err:
+        j.log_delete("e", None)
+    assert err.value.code == P.UNAVAILABLE and j.size == 0  # nothing half-written stays
 
 
 def test_everysec_syncs_from_tick(tmp_path):
