@@ -44,6 +44,9 @@ class Config:
     # --- durability (memory only when data_dir is None)
     data_dir: str | None = None  # FS_DATA_DIR
     fsync: str = "everysec"  # FS_FSYNC: always | everysec | no
+    snapshot_log_bytes: int = 64 << 20  # FS_SNAPSHOT_LOG_BYTES: snapshot once the log grew this much
+    snapshot_interval_s: float = 300.0  # FS_SNAPSHOT_INTERVAL_S: and at least this often if written
+    skip_damaged: bool = False  # FS_SKIP_DAMAGED: on recovery, skip damaged records (losing them)
     # --- data model limits
     max_entity_id_bytes: int = 512  # FS_MAX_ENTITY_ID_BYTES
     max_name_bytes: int = 256  # FS_MAX_NAME_BYTES
@@ -218,6 +221,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
     if cfg.frontend_processes < 1:
         raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
+    if cfg.snapshot_log_bytes < 1:
+        raise ConfigError("FS_SNAPSHOT_LOG_BYTES must be positive")
+    if cfg.snapshot_interval_s <= 0:
+        raise ConfigError("FS_SNAPSHOT_INTERVAL_S must be positive")
     if cfg.shard_timeout_s <= 0:
         raise ConfigError("FS_SHARD_TIMEOUT_S must be positive")
     if cfg.ingest_source not in ("zmq", "kafka", "file"):

@@ -18,12 +18,26 @@ class BadRequest(Exception):
     """A request whose fields are missing or mistyped."""
 
 
-class ShardState:
-    """What the handlers work on: the store plus this shard's identity and readiness."""
+class Refused(Exception):
+    """The shard cannot take this request now (its log cannot be written): ``code``, ``reason``."""
 
-    def __init__(self, index: int, store: Store | None = None) -> None:
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class ShardState:
+    """What the handlers work on: the store, this shard's identity and readiness, and the journal.
+
+    ``journal`` (None when memory only) has ``log_write(writes)`` and ``log_delete(eid, name)``;
+    they append before the store changes and raise :class:`Refused` when the log cannot be written.
+    """
+
+    def __init__(self, index: int, store: Store | None = None, journal=None) -> None:
         self.index = index
         self.store = store if store is not None else Store()
+        self.journal = journal
         self.ready = True
 
 
@@ -91,6 +105,8 @@ def handle_write(shard: ShardState, req: dict) -> dict:
         if not (type(w) is list and len(w) == 4 and type(w[0]) is str and type(w[1]) is str
                 and type(w[3]) is int):
             raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items")
+    if shard.journal is not None:
+        shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
     written, stale = shard.store.apply(writes)
     return P.ok(req["id"], written=written, stale=stale)
 
@@ -99,6 +115,8 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
     eid = _field(req, "e", str)
     name = _field(req, "n", str, optional=True)
+    if shard.journal is not None:
+        shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
     if not deleted:
         detail = "Feature not found" if name is not None else NOT_FOUND_DETAIL
@@ -108,7 +126,8 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
     """``{}`` -> the shard's counters."""
-    return P.ok(req["id"], shard=shard.index, **shard.store.stats())
+    extra = shard.journal.stats() if shard.journal is not None else {}
+    return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra)
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -135,6 +154,8 @@ def dispatch(shard: ShardState, req: Any) -> dict:
         return handler(shard, req)
     except BadRequest as exc:
         return P.error(req_id, P.BAD_REQUEST, str(exc))
+    except Refused as exc:
+        return P.error(req_id, exc.code, exc.reason)
     except Exception:
         log.exception("shard %d: handler %r failed", shard.index, req.get("t"))
         return P.error(req_id, P.INTERNAL, "internal error in shard")

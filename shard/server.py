@@ -11,6 +11,7 @@ from shard.handlers import ShardState, handle_frame
 log = logging.getLogger("shard")
 
 POLL_MS = 100  # the longest a chore waits when no message arrives
+MAX_PASS = 1000  # messages answered per pass before the chores run again
 
 
 def bind(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
@@ -23,31 +24,45 @@ def bind(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 class Server:
-    """Owns the ROUTER socket and runs the loop until :meth:`stop`."""
+    """Owns the ROUTER socket and runs the loop until :meth:`stop`.
 
-    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=()) -> None:
+    :arg chores: callables run once per loop pass (fsync, snapshots, TTL sweeps).
+    :arg commit: called after a pass's messages are handled and before any of their replies is
+        sent (group commit: one fsync for every write of the pass).
+    """
+
+    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), commit=None) -> None:
         self.shard = shard
         self.sock = sock
-        self.chores = list(chores)  # callables run once per loop pass
+        self.chores = list(chores)
+        self.commit = commit or (lambda: None)
         self.running = True
 
     def stop(self, *_args) -> None:
         self.running = False
 
     def run(self) -> None:
-        sock, shard = self.sock, self.shard
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(self.sock, zmq.POLLIN)
         while self.running:
             if poller.poll(POLL_MS):
-                while sock.get(zmq.EVENTS) & zmq.POLLIN:  # drain what is queued before the chores
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                    if len(frames) != 2:
-                        log.warning("shard %d: dropped a message of %d frames", shard.index, len(frames))
-                        continue
-                    sock.send_multipart([frames[0], handle_frame(shard, frames[1])])
+                self.serve_queued()
             for chore in self.chores:
                 chore()
+
+    def serve_queued(self) -> None:
+        """Handle what is queued, commit its writes, then send every reply."""
+        sock, shard = self.sock, self.shard
+        replies = []
+        while len(replies) < MAX_PASS and sock.get(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            if len(frames) != 2:
+                log.warning("shard %d: dropped a message of %d frames", shard.index, len(frames))
+                continue
+            replies.append([frames[0], handle_frame(shard, frames[1])])
+        self.commit()
+        for reply in replies:
+            sock.send_multipart(reply)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)

@@ -325,9 +325,20 @@ class Store:
                 return 0
             keys, pos = self._sweep_keys, self._sweep_pos = list(self.data), 0
         end = min(pos + self.SWEEP_BATCH, len(keys))
+        reclaimed = self._reclaim(keys[pos:end], now)
+        self._sweep_pos = end
+        self._sweep_at = now + self.SWEEP_INTERVAL_US
+        return reclaimed
+
+    def reclaim_all(self) -> int:
+        """Reclaim every value older than TTL + grace in one pass (after a recovery's replay,
+        before the shard serves: a replay must not bring back what the sweep had reclaimed)."""
+        return self._reclaim(list(self.data), self.clock()) if self._ttl_any else 0
+
+    def _reclaim(self, eids: Iterable[str], now: int) -> int:
         data, ttl_of, grace = self.data, self.ttl_of, self._grace
         reclaimed = 0
-        for eid in keys[pos:end]:
+        for eid in eids:
             blob = data.get(eid)
             if blob is None:
                 continue
@@ -347,8 +358,6 @@ class Store:
                 del data[eid]
             self._forget(eid)
             reclaimed += len(dead)
-        self._sweep_pos = end
-        self._sweep_at = now + self.SWEEP_INTERVAL_US
         self.values -= reclaimed
         self.reclaimed += reclaimed
         return reclaimed
