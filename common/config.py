@@ -103,6 +103,12 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _ENV_SKIP = {"views", "feature_services", "shard_index"}
+_ENV_NAME = {"config_file": "FS_CONFIG"}  # where a variable's name is not FS_ + the field's
+
+
+def env_name(field: str) -> str:
+    """The ``FS_*`` variable of a Config field."""
+    return _ENV_NAME.get(field, "FS_" + field.upper())
 
 
 def _convert(name: str, raw: str) -> Any:
@@ -125,7 +131,7 @@ def _convert(name: str, raw: str) -> Any:
             return raw or None
         return raw
     except ValueError:
-        raise ConfigError(f"FS_{name.upper()}: cannot use {raw!r}") from None
+        raise ConfigError(f"{env_name(name)}: cannot use {raw!r}") from None
 
 
 def _views_from_file(path: str) -> dict[str, Any]:
@@ -165,14 +171,25 @@ def _check_view(path: str, name: str, spec: Any) -> None:
         raise ConfigError(f"{where}.push_source must be a string")
 
 
+def _field_help() -> dict[str, str]:
+    """Each field's one-line comment in the Config class above, as its flag's help text."""
+    import inspect
+    import re
+
+    found = re.findall(r"^    (\w+): [^=]+= (.+?)  # (.+)$", inspect.getsource(Config), re.M)
+    return {name: f"{comment} (default: {default})" for name, default, comment in found}
+
+
 def build_parser(prog: str = "feature-store") -> argparse.ArgumentParser:
     """Flags for every setting: ``--http-port 8001`` sets ``http_port``."""
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(prog=prog, description="Every flag can also be set by the FS_ "
+                                     "variable of the same name; a flag wins over the variable.")
+    helps = _field_help()
     for f in dataclasses.fields(Config):
         if f.name in ("views", "feature_services"):
             continue
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, metavar="V")
+        parser.add_argument(flag, dest=f.name, default=None, metavar="V", help=helps.get(f.name))
     parser.add_argument("--index", dest="shard_index", default=None, help="shard index")
     parser.add_argument("--processes", dest="frontend_processes", default=None)
     parser.add_argument("--file", dest="ingest_file", default=None, help="JSON lines, '-' = stdin")
@@ -191,7 +208,7 @@ def load(
     for name in _FIELDS:
         if name in _ENV_SKIP:
             continue
-        raw = environ.get("FS_" + name.upper())
+        raw = environ.get(env_name(name))
         if raw is not None:
             values[name] = _convert(name, raw)
     args = (parser or build_parser()).parse_args(list(argv or []))

@@ -30,6 +30,12 @@ def test_bad_settings_are_refused_with_the_variable_named(env):
     assert next(iter(env)) in str(info.value)
 
 
+def test_the_configuration_file_is_named_by_fs_config(tmp_path):
+    path = tmp_path / "store.toml"
+    path.write_text('[views.v]\njoin_keys = ["k_id"]\n')
+    assert config.load([], environ={"FS_CONFIG": str(path)}).views[0].name == "v"
+
+
 def test_views_and_feature_services_come_from_the_file(tmp_path):
     path = tmp_path / "store.toml"
     path.write_text('[views.driver_hourly_stats]\njoin_keys = ["driver_id"]\nttl_s = 3600\n'
@@ -44,3 +50,13 @@ def test_config_is_frozen():
     cfg = config.load([], environ={})
     with pytest.raises(Exception):
         cfg.http_port = 1
+
+
+def test_every_flag_has_help_naming_its_variable():
+    parser = config.build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.dest in ("help", "shard_index", "frontend_processes", "ingest_file"):
+            continue
+        assert action.help and action.help.split()[0].rstrip(":;") == config.env_name(action.dest), action.dest
+    assert "--http-port" in text
