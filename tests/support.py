@@ -14,6 +14,7 @@ from pathlib import Path
 
 import zmq
 
+from common import config
 from common import protocol as P
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,13 +84,14 @@ class Proc:
 
 
 def base_env(**fs: object) -> dict:
-    """The environment for a child: this one's, plus ``FS_*`` settings given as keywords."""
+    """The environment for a child: this one's, plus the ``FS_*`` variables of the Config fields
+    given as keywords (``config_file=`` sets ``FS_CONFIG``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
     for key, value in fs.items():
         if value is not None:
-            env["FS_" + key.upper()] = str(value)
+            env[config.env_name(key)] = str(value)
     return env
 
 
