@@ -113,8 +113,11 @@ class ZmqSource:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # an ack to a vanished producer is dropped
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)  # unread requests wait in the producers' queues
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)  # a bigger one drops the peer
+        # past the limit a request is refused and dead-lettered; far past it (a runaway or hostile
+        # peer), ZeroMQ drops the connection before the message is buffered whole
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_request_bytes)
         self.sock.bind(endpoint)
+        self.max_request_bytes = max_request_bytes
         self.decoder = decoder
         self.stats = stats  # callable returning the counters for a ``stats`` request
         self.item = self.sock
@@ -142,8 +145,20 @@ class ZmqSource:
             except P.ProtocolError as exc:
                 self._reply(ident, P.error(None, P.MALFORMED, str(exc)))
                 continue
+            if len(frame) > self.max_request_bytes:
+                self._refuse(ident, requests, frame, writer)
+                continue
             for req in requests:
                 self._handle(ident, req, writer)
+
+    def _refuse(self, ident: bytes, requests: list, frame: bytes, writer: ShardWriter) -> None:
+        """An over-size message: each request in it is rejected, dead-lettered and answered."""
+        reason = f"request is larger than {self.max_request_bytes} bytes (FS_MAX_BODY_BYTES)"
+        for req in requests:
+            req_id = req.get("id") if type(req) is dict else None
+            unit = Unit((ident, req_id))
+            self.decoder.reject(unit, f"zmq:{req_id}", reason, frame[:1024])
+            writer.add(unit)  # answered in order with the others, once released
 
     def _handle(self, ident: bytes, req, writer: ShardWriter) -> None:
         if type(req) is not dict:

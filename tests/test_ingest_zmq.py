@@ -11,6 +11,9 @@ from tests.ingest_support import INGEST_LIMITS, assert_store_matches, dead_lette
 from tests.support import Cluster, poll_for, request, zmq_call
 
 
+MAX_REQUEST = 200_000  # FS_MAX_BODY_BYTES of the ingest under test
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ingest-zmq")
@@ -20,7 +23,7 @@ def cluster(tmp_path_factory):
         c.dead = tmp / "dead.jsonl"
         c.ingest = c.start_process(["-m", "ingest"], "ingest", ingest_endpoint=c.ingest_endpoint,
                                    dead_letter_path=c.dead, ingest_ack_timeout_s=0.5,
-                                   ingest_retry_max_s=0.2, **INGEST_LIMITS)
+                                   ingest_retry_max_s=0.2, max_body_bytes=MAX_REQUEST, **INGEST_LIMITS)
         poll_for(lambda: zmq_call(c.ingest_endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15,
                  what="ingest to answer a ping")
         yield c
@@ -78,6 +81,24 @@ def test_malformed_requests_get_error_replies(cluster):
         assert P.decode(sock.recv())[0]["code"] == P.MALFORMED
     finally:
         sock.close()
+    assert cluster.ingest.alive()
+
+
+def test_an_over_size_request_is_refused_and_dead_lettered_and_the_others_go_on(cluster):
+    big = b"\n".join(orjson.dumps({"entity_id": f"big{i}", "name": "x", "value": "v" * 900}) for i in range(300))
+    assert len(big) > MAX_REQUEST
+    with Producer(cluster.ingest_endpoint, window=4, timeout_s=20) as producer:
+        producer.send(b'{"entity_id": "before-big", "name": "x", "value": 1}')
+        producer.send(big)
+        producer.send(b'{"entity_id": "after-big", "name": "x", "value": 2}')
+        totals = producer.flush()
+    assert (totals["requests"], totals["written"], totals["rejected"]) == (3, 2, 1)
+    assert any(f"request is larger than {MAX_REQUEST} bytes" in e for e in totals["errors"])
+    assert request("GET", cluster.url + "/features/before-big/x")[2]["value"] == 1
+    assert request("GET", cluster.url + "/features/after-big/x")[2]["value"] == 2
+    assert request("GET", cluster.url + "/features/big0")[0] == 404
+    poll_for(lambda: any("request is larger than" in d["reason"] for d in dead_letters(cluster.dead)), 10,
+             what="the over-size request in the dead-letter file")
     assert cluster.ingest.alive()
 
 
