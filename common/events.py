@@ -6,12 +6,14 @@ words. Every error names the field, as a client would write it (``[2].features.c
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import msgpack
+import orjson
 
 from common import timefmt
 
@@ -21,6 +23,20 @@ _SEED_FIELDS = frozenset(("entity_id", "name", "value", "event_timestamp"))
 _GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp"))
 
 Write = tuple[str, str, Any, int]
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def loads_json(raw: bytes) -> Any:
+    """Parse JSON with orjson, keeping integers beyond 64 bits integers.
+
+    orjson reads an integer outside the 64-bit range as a float, which would store
+    ``184467440737095516150`` as ``1.8e20``; a document with a run of 19 digits is parsed again
+    exactly, so that :func:`check_value` refuses such an integer. Raises ``ValueError``.
+    """
+    obj = orjson.loads(raw)
+    if _LONG_NUMBER.search(raw) is not None:
+        obj = json.loads(raw)
+    return obj
 _GOOD_NAMES: set[str] = set()  # feature names already seen to match _NAME_RE (length still checked)
 _GOOD_NAMES_MAX = 65536
 

@@ -13,7 +13,7 @@ from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
 from frontend import fast, feast, native, ops
-from frontend.base import Context, NotFoundHandler
+from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
@@ -75,7 +75,7 @@ async def serve(cfg: Config, sockets) -> None:
     client.start()
     ctx = make_context(cfg, client)
     server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
-                                           max_body_size=cfg.max_body_bytes)
+                                           max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes)
     server.add_sockets(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,11 +12,13 @@ import tornado.web
 
 from common import protocol as P
 from common.config import Config
-from common.events import Limits
+from common.events import Limits, loads_json
 from common.partition import Partitioner
 from frontend.shard_client import ShardClient, ShardError, ShardUnavailable
 
 log = logging.getLogger("frontend")
+
+HARD_BODY_FACTOR = 4  # Tornado reads bodies up to this many times FS_MAX_BODY_BYTES, to answer 413
 
 
 class APIError(tornado.web.HTTPError):
@@ -68,6 +70,9 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         cfg = self.ctx.cfg
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
+            raise _too_large(cfg)  # a streamed body has not been read yet
         mutates = self.request.method not in self.read_methods
         if mutates and cfg.read_only:
             raise APIError(403, "the store is read-only (FS_READ_ONLY): writes come from ingest")
@@ -161,26 +166,33 @@ class NotFoundHandler(BaseHandler):
 
 @tornado.web.stream_request_body
 class BodyHandler(BaseHandler):
-    """A handler that takes a body: an over-size body gets a 413 before it is read."""
+    """A handler that takes a body: an over-size body gets a 413, before it is read when it
+    says its length, else once it is in (past ``HARD_BODY_FACTOR`` times the limit, Tornado
+    closes the connection)."""
 
     def prepare(self) -> None:
-        limit = self.ctx.cfg.max_body_bytes
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise APIError(413, f"body is larger than {limit} bytes (FS_MAX_BODY_BYTES)")
-        self.request.connection.set_max_body_size(limit)  # bounds a chunked body too
+        self.request.connection.set_max_body_size(HARD_BODY_FACTOR * self.ctx.cfg.max_body_bytes)
         self._chunks: list[bytes] = []
+        self._size = 0
         super().prepare()
 
     def data_received(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size <= self.ctx.cfg.max_body_bytes:
+            self._chunks.append(chunk)  # past the limit (a chunked body) the rest is only counted
 
     def json_body(self) -> Any:
-        """The request body parsed as JSON, or a 400 that says why not."""
+        """The request body parsed as JSON, or a 400 (413) that says why not."""
+        if self._size > self.ctx.cfg.max_body_bytes:
+            raise _too_large(self.ctx.cfg)
         body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         if not body.strip():
             raise APIError(400, "body is empty: send a JSON document")
         try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            return loads_json(body)
+        except ValueError as exc:
             raise APIError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _too_large(cfg: Config) -> APIError:
+    return APIError(413, f"body is larger than {cfg.max_body_bytes} bytes (FS_MAX_BODY_BYTES)")

@@ -13,7 +13,7 @@ from zlib import crc32
 import orjson
 
 from common import timefmt
-from common.events import EventError, Limits, parse_event
+from common.events import EventError, Limits, loads_json, parse_event
 from common.partition import SLOTS, Partitioner
 
 log = logging.getLogger("ingest")
@@ -116,7 +116,7 @@ class Decoder:
 
     def add_lines(self, unit: Unit, lines: Iterable[bytes], where) -> None:
         """Parse JSON lines into ``unit``; ``where(i)`` names line ``i`` for a dead letter."""
-        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        loads, JSONDecodeError = loads_json, ValueError  # integers past 64 bits stay integers
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
         table, by_shard = self.partitioner.table, unit.by_shard
         events = 0

@@ -204,3 +204,35 @@ def test_openapi_describes_every_route(api, cluster):
     for path in ("/features", "/features/{entity_id}", "/features/{entity_id}/{name}", "/features/batch",
                  "/healthz", "/readyz", "/metrics", "/get-online-features"):
         assert path in spec["paths"]
+
+
+@pytest.mark.parametrize("literal", [b"184467440737095516150", b"-9223372036854775809", b"18446744073709551616"])
+def test_integers_beyond_64_bits_are_refused_not_turned_into_floats(api, literal):
+    status, _, body = api("POST", "/features", b'{"entity_id": "bigint", "name": "x", "value": ' + literal + b"}")
+    assert status == 400 and "64-bit integer range" in body["detail"]
+    status, _, body = api("POST", "/features", b'{"entity_id": "bigint", "features": {"y": [1, ' + literal + b"]}}")
+    assert status == 400 and "64-bit integer range" in body["detail"]
+    assert api("GET", "/features/bigint")[0] == 404
+
+
+def test_a_long_digit_string_is_still_a_string(api):
+    digits = "1234567890123456789012345"
+    assert api("POST", "/features", {"entity_id": "digits", "name": "x", "value": digits})[0] == 200
+    assert api("GET", "/features/digits/x")[2]["value"] == digits
+
+
+def test_a_chunked_body_over_the_limit_gets_413(cluster):
+    chunk = b"x" * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(300)) + b"0\r\n\r\n"  # ~19 MiB
+    sock = socket.create_connection(("127.0.0.1", cluster.http_port), timeout=10)
+    try:
+        sock.sendall(b"POST /features HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        reply = sock.recv(65536).decode()
+    finally:
+        sock.close()
+    assert reply.startswith("HTTP/1.1 413") and '"detail":"body is larger than' in reply
+
+
+def test_a_body_over_the_limit_on_any_endpoint_gets_413(api):
+    status, _, body = api("DELETE", "/features/e", b"x" * (16 * 1024 * 1024 + 1))
+    assert status == 413 and "FS_MAX_BODY_BYTES" in body["detail"]
