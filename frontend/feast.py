@@ -57,7 +57,10 @@ class ShapeError(APIError):
         item = {"type": kind, "loc": ["body", *loc], "msg": msg}
         if kind != "missing":
             item["input"] = value
-        self.body = orjson.dumps({"detail": [item]}, default=str)
+        try:
+            self.body = orjson.dumps({"detail": [item]}, default=str)
+        except TypeError:  # the input echoed back holds an integer orjson cannot write
+            self.body = json.dumps({"detail": [item]}, default=str).encode()
 
 
 @dataclass(frozen=True)
