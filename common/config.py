@@ -216,8 +216,11 @@ def load(
         if raw is not None and name in _FIELDS:
             values[name] = _convert(name, raw)
     values.update(overrides)
-    if values.get("ingest_file") and "ingest_source" not in values:
-        values["ingest_source"] = "file"  # --file alone picks the file source
+    if "ingest_source" not in values:  # a source given alone picks itself
+        if values.get("ingest_file"):
+            values["ingest_source"] = "file"
+        elif values.get("kafka_bootstrap"):
+            values["ingest_source"] = "kafka"
     path = values.get("config_file")
     if path:
         values.update(_views_from_file(path))

@@ -17,7 +17,11 @@ log = logging.getLogger("shard")
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config.load(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = config.load(sys.argv[1:] if argv is None else argv)
+    except config.ConfigError as exc:
+        print(f"shard: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.from_config(cfg)
     state = ShardState(cfg.shard_index, store)
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("shard %d stops: %s", cfg.shard_index, exc)
         return 3
     finally:
+        sock.setsockopt(zmq.LINGER, 1000)  # the replies of the last pass still go out
         sock.close()
         ctx.term()
     if journal:

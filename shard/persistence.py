@@ -491,7 +491,12 @@ class Journal:
             self.retry_at = time.monotonic() + RETRY_S
             return
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the log keeps everything meanwhile
+            log.error("shard %d: cannot fork a snapshot child: %s; retrying in %d s", self.shard, exc, RETRY_S)
+            self.retry_at = time.monotonic() + RETRY_S
+            return
         if pid == 0:
             self._child(parent)
         ms = 1000 * (time.perf_counter() - t0)

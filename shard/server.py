@@ -48,7 +48,10 @@ class Server:
             if poller.poll(POLL_MS):
                 self.serve_queued()
             for chore in self.chores:
-                chore()
+                try:
+                    chore()
+                except Exception:  # a failed chore is retried next pass; it never stops the loop
+                    log.exception("shard %d: chore %s failed", self.shard.index, getattr(chore, "__name__", chore))
 
     def serve_queued(self) -> None:
         """Handle what is queued, commit its writes, then send every reply."""

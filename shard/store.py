@@ -247,7 +247,7 @@ class Store:
         if self._cap <= 0:
             return
         if len(cache) >= self._cap:
-            cache.popitem()
+            del cache[next(iter(cache))]  # the oldest rendering goes first
         cache[eid] = entry
 
     def _forget(self, eid: str) -> None:

@@ -60,3 +60,23 @@ def test_every_flag_has_help_naming_its_variable():
             continue
         assert action.help and action.help.split()[0].rstrip(":;") == config.env_name(action.dest), action.dest
     assert "--http-port" in text
+
+
+def test_kafka_settings_alone_pick_the_kafka_source():
+    env = {"FS_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "FS_KAFKA_TOPIC": "t", "FS_KAFKA_GROUP": "g"}
+    assert config.load([], environ=env).ingest_source == "kafka"
+    assert config.load([], environ={**env, "FS_INGEST_SOURCE": "zmq"}).ingest_source == "zmq"
+    assert config.load(["--file", "x.jsonl"], environ=env).ingest_source == "file"
+    assert config.load([], environ={}).ingest_source == "zmq"
+
+
+@pytest.mark.parametrize("module", ["shard", "frontend", "ingest"])
+def test_a_bad_setting_ends_a_process_with_one_line_and_status_2(module):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, base_env
+    proc = subprocess.run([sys.executable, "-m", module, "--index", "0"], cwd=ROOT, env=base_env(shards="abc"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "FS_SHARDS: cannot use 'abc'" in proc.stderr
+    assert "Traceback" not in proc.stderr

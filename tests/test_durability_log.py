@@ -283,3 +283,21 @@ def test_recovery_reclaims_what_the_ttl_sweep_had_taken(tmp_path):
     assert again.info["replayed_values"] == 3 and again.info["reclaimed_on_recovery"] == 2
     assert again.store.features("e") == {"fresh": [2, now]} and again.store.features("gone") is None
     assert again.store.values == 1
+
+
+def test_a_failed_fork_keeps_the_shard_serving_and_loses_nothing(tmp_path, monkeypatch, caplog):
+    j = journal(tmp_path, snapshot_log_bytes=1)
+    shard = shard_with(j)
+    write(shard, ("e", "x", 1, TS))
+
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    j.tick()  # would start a snapshot: the fork fails
+    assert j.child is None and "cannot fork a snapshot child" in caplog.text
+    assert write(shard, ("e", "y", 2, TS))["ok"]
+    monkeypatch.undo()
+    j.close()
+    again = journal(tmp_path)
+    assert again.store.values == 2

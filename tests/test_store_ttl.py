@@ -228,3 +228,10 @@ def test_cached_renderings_cost_about_their_size():
                          text=True, check=True).stdout
     per_entity = float(out)
     assert per_entity < 1500, per_entity
+
+
+def test_a_full_render_cache_lets_the_oldest_rendering_go():
+    st = Store(cache_entities=3)
+    st.apply([(f"e{i}", "x", i, T0) for i in range(6)])
+    st.render_many([f"e{i}" for i in range(6)])
+    assert list(st._json) == ["e3", "e4", "e5"]
