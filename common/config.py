@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -227,6 +228,15 @@ def load(
     cfg = Config(**values)
     _check(cfg)
     return cfg
+
+
+def load_or_exit(argv: Sequence[str] | None, prog: str) -> Config:
+    """:func:`load` for a process's ``main()``: a bad setting prints one line and exits with 2."""
+    try:
+        return load(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _check(cfg: Config) -> None:

@@ -64,11 +64,7 @@ def supervise(n: int, run_child) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = config.load(sys.argv[1:] if argv is None else argv)
-    except config.ConfigError as exc:
-        print(f"frontend: {exc}", file=sys.stderr)
-        return 2
+    cfg = config.load_or_exit(argv, "frontend")
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     several = cfg.frontend_processes > 1
     sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host, reuse_port=several)

@@ -177,11 +177,7 @@ def _bind_stats(ctx: zmq.Context, endpoint: str | None) -> zmq.Socket | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = config.load(sys.argv[1:] if argv is None else argv)
-    except config.ConfigError as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 2
+    cfg = config.load_or_exit(argv, "ingest")
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ctx = zmq.Context()

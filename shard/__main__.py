@@ -17,11 +17,7 @@ log = logging.getLogger("shard")
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = config.load(sys.argv[1:] if argv is None else argv)
-    except config.ConfigError as exc:
-        print(f"shard: {exc}", file=sys.stderr)
-        return 2
+    cfg = config.load_or_exit(argv, "shard")
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.from_config(cfg)
     state = ShardState(cfg.shard_index, store)
