@@ -300,7 +300,7 @@ class Store:
             elif cur[1] > ts:
                 stale += 1
                 continue
-            feats[name] = [value, ts]
+            feats[name] = value, ts  # packed as the same array a list would be
             written += 1
         if written != mark:
             changed[last] = feats
