@@ -36,13 +36,18 @@ def loads_json(raw: bytes) -> Any:
     exactly, so that :func:`check_value` refuses such an integer. Raises ``ValueError``.
     """
     obj = orjson.loads(raw)
-    try:
-        long = _LONG_RUN in raw.translate(_ZEROS)
-    except AttributeError:  # a memoryview
-        long = _LONG_NUMBER.search(raw) is not None
-    if long:
+    if has_long_number(raw):
         obj = json.loads(raw)
     return obj
+
+
+def has_long_number(raw) -> bool:
+    """Whether the bytes ``raw`` hold a run of 19 digits (a number orjson may not read exactly).
+    Lines joined by newlines answer for all of them at once."""
+    try:
+        return _LONG_RUN in raw.translate(_ZEROS)
+    except AttributeError:  # a memoryview
+        return _LONG_NUMBER.search(raw) is not None
 
 
 _GOOD_NAMES: dict[int, set[str]] = {}  # max_name_bytes -> names already seen to pass check_name
