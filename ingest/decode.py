@@ -13,7 +13,7 @@ from zlib import crc32
 import orjson
 
 from common import timefmt
-from common.events import EventError, Limits, loads_json, parse_event
+from common.events import EventError, Limits, has_long_number, loads_json, parse_event
 from common.partition import SLOTS, Partitioner
 
 log = logging.getLogger("ingest")
@@ -117,6 +117,13 @@ class Decoder:
     def add_lines(self, unit: Unit, lines: Iterable[bytes], where) -> None:
         """Parse JSON lines into ``unit``; ``where(i)`` names line ``i`` for a dead letter."""
         loads, JSONDecodeError = loads_json, ValueError  # integers past 64 bits stay integers
+        if type(lines) is not list:
+            lines = list(lines)
+        try:  # one look at the whole chunk: without a 19-digit run anywhere, orjson alone is exact
+            if not has_long_number(b"\n".join(lines)):
+                loads = orjson.loads
+        except TypeError:  # not a list of bytes: each line is looked at on its own
+            pass
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
         table, by_shard = self.partitioner.table, unit.by_shard
         events = 0

@@ -99,15 +99,19 @@ def handle_fget(shard: ShardState, req: dict) -> dict:
 
 
 def handle_write(shard: ShardState, req: dict) -> dict:
-    """``{w: [[e, n, value, ts_us], ...]}`` -> ``{written, stale}``."""
+    """``{w: [[e, n, value, ts_us], ...]}`` -> ``{written, stale}``.
+
+    The items are checked while the store works out the writes (:meth:`Store.prepare`, which
+    changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
+    with nothing logged or applied."""
     writes = _field(req, "w", list)
-    for w in writes:
-        if not (type(w) is list and len(w) == 4 and type(w[0]) is str and type(w[1]) is str
-                and type(w[3]) is int):
-            raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items")
+    try:
+        prepared = shard.store.prepare(writes)
+    except (TypeError, ValueError):
+        raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
-    written, stale = shard.store.apply(writes)
+    written, stale = shard.store.commit(prepared)
     return P.ok(req["id"], written=written, stale=stale)
 
 

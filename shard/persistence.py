@@ -355,7 +355,7 @@ class Journal:
         store, run, values = self.store, [], 0
         for payload in found.payloads:
             try:
-                rec = msgpack.unpackb(payload, raw=False)
+                rec = msgpack.unpackb(payload, raw=False, use_list=False)  # tuples: cheaper, packed alike
             except Exception as exc:
                 raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}")
             if rec[0] == OP_WRITE:

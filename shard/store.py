@@ -38,8 +38,11 @@ def _decode(blob: bytes) -> dict:
     return msgpack.unpackb(blob, raw=False)
 
 
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def _encode(feats: dict) -> bytes:
-    return msgpack.packb(feats, use_bin_type=True)
+    return _packer.pack(feats)
 
 
 @lru_cache(maxsize=65536)
@@ -92,6 +95,7 @@ class Store:
         self._sweep_keys: list[str] = []
         self._sweep_pos = 0
         self._sweep_at = 0
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: packb builds one per call
 
     @classmethod
     def from_config(cls, cfg) -> "Store":
@@ -256,29 +260,62 @@ class Store:
 
     # ---- writes
     def apply(self, writes: Iterable[Sequence[Any]]) -> tuple[int, int]:
-        """Apply ``[entity_id, name, value, event_us]`` writes; return (written, stale)."""
-        by_entity: dict[str, list] = {}
-        for w in writes:
-            by_entity.setdefault(w[0], []).append(w)
-        written = stale = 0
-        data = self.data
-        for eid, group in by_entity.items():
-            blob = data.get(eid)
-            feats = {} if blob is None else _decode(blob)
-            before = len(feats)
-            changed = False
-            for _, name, value, ts in group:
-                cur = feats.get(name)
-                if cur is not None and cur[1] > ts:
-                    stale += 1
-                    continue
-                feats[name] = [value, ts]
-                written += 1
-                changed = True
-            if changed:
-                data[eid] = _encode(feats)
-                self.values += len(feats) - before
-                self._forget(eid)
+        """Apply ``[entity_id, name, value, event_us]`` writes; return (written, stale).
+
+        Raises ValueError or TypeError, with the store unchanged, if an item is not a
+        ``(str, str, value, int)`` sequence or a value cannot be stored."""
+        return self.commit(self.prepare(writes))
+
+    def prepare(self, writes: Iterable[Sequence[Any]]) -> tuple:
+        """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
+
+        One pass: each entity's blob is decoded once per call, the writes are merged into it
+        (last write wins by event time, an equal time goes to the later write), and every entity
+        that changed is encoded once. :meth:`commit` then installs the result, so the journal
+        can log the writes between the two. Raises ValueError or TypeError on a malformed item
+        (see :meth:`apply`); nothing is changed then.
+        """
+        data_get, unpack = self.data.get, msgpack.unpackb
+        merged: dict[str, dict] = {}  # eid -> its features, decoded and updated
+        changed: dict[str, dict] = {}  # the entities with at least one write that was not stale
+        written = stale = added = mark = 0
+        last, feats = _UNSET, None
+        for eid, name, value, ts in writes:
+            if eid != last:  # a run of writes to one entity starts (ingest sends them in runs)
+                if written != mark:
+                    changed[last] = feats
+                    mark = written
+                if type(eid) is not str:
+                    raise TypeError("entity id is not a string")
+                feats = merged.get(eid)
+                if feats is None:
+                    blob = data_get(eid)
+                    feats = merged[eid] = {} if blob is None else unpack(blob, raw=False)
+                last = eid
+            if type(name) is not str or type(ts) is not int:
+                raise TypeError("name is not a string or event time not an integer")
+            cur = feats.get(name)
+            if cur is None:
+                added += 1
+            elif cur[1] > ts:
+                stale += 1
+                continue
+            feats[name] = value, ts  # packed as the same array a list would be
+            written += 1
+        if written != mark:
+            changed[last] = feats
+        pack = self._pack
+        return {eid: pack(f) for eid, f in changed.items()}, written, stale, added
+
+    def commit(self, prepared: tuple) -> tuple[int, int]:
+        """Install what :meth:`prepare` worked out; return (written, stale)."""
+        blobs, written, stale, added = prepared
+        self.data.update(blobs)
+        self.values += added
+        if self._json or self._rows:
+            forget = self._forget
+            for eid in blobs:
+                forget(eid)
         self.writes += written
         self.stale += stale
         return written, stale

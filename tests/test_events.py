@@ -92,3 +92,53 @@ def test_naive_timestamps_only_when_asked():
 def test_out_of_range_or_mistyped_timestamps_are_refused(bad):
     with pytest.raises(timefmt.TimestampError):
         timefmt.parse(bad)
+
+
+def test_a_name_known_under_one_limit_is_checked_again_under_a_smaller_one():
+    long = "abcdef"
+    grouped = {"entity_id": "a", "features": {long: 1.5}}
+    assert parse_body(grouped, Limits(), NOW) == [("a", long, 1.5, NOW)]
+    with pytest.raises(EventError, match="longer than 3 bytes"):
+        parse_body(grouped, Limits(max_name_bytes=3), NOW)
+    assert parse_body(grouped, Limits(), NOW) == [("a", long, 1.5, NOW)]
+
+
+@pytest.mark.parametrize("ts", [0, 1, 1_769_077_889, 253402300799, 253402300800, -1, True, False,
+                                2**70, 1.5, "2026-01-22T10:31:29Z"])
+def test_event_times_of_grouped_writes_parse_as_timefmt_does(ts):
+    """The integer fast path of the grouped form accepts and refuses exactly what parse does."""
+    grouped = {"entity_id": "a", "features": {"x": 1}, "event_timestamp": ts}
+    try:
+        want = timefmt.parse(ts)
+    except timefmt.TimestampError as exc:
+        with pytest.raises(EventError) as info:
+            parse_body(grouped, Limits(), NOW)
+        assert info.value.detail == f"event_timestamp {exc}"
+        return
+    assert parse_body(grouped, Limits(), NOW) == [("a", "x", 1, want)]
+
+
+def test_non_ascii_ids_are_still_checked_for_surrogates():
+    assert parse_body({"entity_id": "é", "name": "x", "value": 1}, Limits(), NOW)[0][0] == "é"
+    with pytest.raises(EventError, match="not valid Unicode"):
+        parse_body({"entity_id": "a\ud800", "name": "x", "value": 1}, Limits(), NOW)
+
+
+@pytest.mark.parametrize("text, exact", [
+    (b'{"v": 184467440737095516150}', True),  # 21 digits: parsed again exactly
+    (b'[1234567890123456789]', True),  # exactly 19 digits
+    (b'[123456789012345678]', False),  # 18: orjson's own reading is exact
+    (b'{"v": 1234567890.12345678901, "w": "x"}', False),  # runs of 10 and 11 digits
+    (b'{"v": "1234567890123456789"}', True),  # inside a string: parsed again, same result
+])
+def test_loads_json_reparses_exactly_when_there_is_a_run_of_19_digits(text, exact, monkeypatch):
+    import json
+
+    from common import events
+
+    calls = []
+    monkeypatch.setattr(events, "json", type("J", (), {"loads": staticmethod(lambda raw: calls.append(raw) or json.loads(raw))}))
+    for raw in (text, bytearray(text)):
+        assert events.loads_json(raw) == json.loads(bytes(raw))
+    assert len(calls) == (2 if exact else 0)
+    assert events.loads_json(memoryview(b"[1, 2]")) == [1, 2]  # as before: orjson reads a view
