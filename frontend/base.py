@@ -109,7 +109,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(orjson.dumps({"detail": detail}))
 
     # ---- helpers for subclasses
-    def unavailable(self, exc: ShardUnavailable) -> APIError:
+    def failure(self, exc: ShardUnavailable | ShardError) -> APIError:
+        """The HTTP error for a shard failure (see :func:`shard_failure`)."""
         return shard_failure(exc, self.ctx.cfg)
 
     def reply_with_body(self, eid: str, request: dict) -> asyncio.Future:
@@ -129,10 +130,9 @@ class BaseHandler(tornado.web.RequestHandler):
                 if type(reply) is dict and reply["ok"]:
                     self.finish(reply["body"])
                     done.set_result(None)
-                elif isinstance(reply, ShardUnavailable):
-                    done.set_exception(self.unavailable(reply))
                 else:
-                    done.set_exception(self.shard_error(ShardError(shard, reply)))
+                    failed = reply if isinstance(reply, ShardUnavailable) else ShardError(shard, reply)
+                    done.set_exception(self.failure(failed))
             except Exception as exc:  # becomes a 500 through Tornado's one error path
                 done.set_exception(exc)
 
@@ -148,13 +148,10 @@ class BaseHandler(tornado.web.RequestHandler):
         try:
             reply = await fut
         except ShardUnavailable as exc:
-            raise shard_failure(exc, self.ctx.cfg) from None
+            raise self.failure(exc) from None
         if not reply["ok"]:
-            raise shard_failure(ShardError(shard, reply), self.ctx.cfg)
+            raise self.failure(ShardError(shard, reply))
         return reply
-
-    def shard_error(self, exc: ShardError) -> APIError:
-        return shard_failure(exc, self.ctx.cfg)
 
 
 class NotFoundHandler(BaseHandler):

@@ -103,10 +103,10 @@ async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
         try:
             reply = await fut
         except ShardUnavailable as exc:
-            failure = failure or handler.unavailable(exc)
+            failure = failure or handler.failure(exc)
             continue
         if not reply["ok"]:
-            failure = failure or handler.shard_error(ShardError(shard, reply))
+            failure = failure or handler.failure(ShardError(shard, reply))
             continue
         written += reply["written"]
         stale += reply["stale"]

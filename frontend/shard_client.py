@@ -67,9 +67,9 @@ def _settle(fut: asyncio.Future, outcome) -> None:
 
 
 class ShardClient:
-    """Calls shards by index: ``reply = await client.call(shard, request)``.
+    """Calls shards by index: ``reply = await client.submit(shard, kind, **fields)``.
 
-    Two ways to be told of a reply: a future (:meth:`submit`, :meth:`call`), or a callback run
+    Two ways to be told of a reply: a future (:meth:`submit`, :meth:`call_all`), or a callback run
     straight from the socket's reader (:meth:`send`), which saves a loop iteration per request.
     A request goes out at once when nothing else is in flight (the lowest latency at light
     load); otherwise it waits for the end of the loop iteration and leaves with the others
@@ -144,13 +144,6 @@ class ShardClient:
         fields["t"] = kind
         self.send(shard, fields, partial(_settle, fut))
         return fut
-
-    async def call(self, shard: int, kind: str, **fields) -> dict:
-        """Send one request and wait for its ok reply (:class:`ShardError` on an error reply)."""
-        reply = await self.submit(shard, kind, **fields)
-        if not reply["ok"]:
-            raise ShardError(shard, reply)
-        return reply
 
     async def call_all(self, kind: str, shards=None, **fields) -> dict[int, dict | Exception]:
         """Send the same request to several shards at once; return reply or exception by shard."""

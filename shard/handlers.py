@@ -28,7 +28,7 @@ class Refused(Exception):
 
 
 class ShardState:
-    """What the handlers work on: the store, this shard's identity and readiness, and the journal.
+    """What the handlers work on: the store, this shard's identity, and the journal.
 
     ``journal`` (None when memory only) has ``log_write(writes)`` and ``log_delete(eid, name)``;
     they append before the store changes and raise :class:`Refused` when the log cannot be written.
@@ -38,7 +38,6 @@ class ShardState:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
-        self.ready = True
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -57,9 +56,16 @@ def _names(req: dict) -> list | None:
     return names
 
 
+def _eids(req: dict) -> list:
+    eids = _field(req, "es", list)
+    if not all(type(e) is str for e in eids):
+        raise BadRequest("field 'es' must be a list of strings")
+    return eids
+
+
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard, ready}``."""
-    return P.ok(req["id"], shard=shard.index, ready=shard.ready)
+    """``{}`` -> ``{shard, ready}``; always ready: a shard binds its socket only once recovered."""
+    return P.ok(req["id"], shard=shard.index, ready=True)
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
@@ -80,17 +86,13 @@ def handle_get1(shard: ShardState, req: dict) -> dict:
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
-    eids = _field(req, "es", list)
-    if not all(type(e) is str for e in eids):
-        raise BadRequest("field 'es' must be a list of strings")
+    eids = _eids(req)
     return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
     """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
-    eids = _field(req, "es", list)
-    if not all(type(e) is str for e in eids):
-        raise BadRequest("field 'es' must be a list of strings")
+    eids = _eids(req)
     names = _names(req)
     if not names:
         raise BadRequest("field 'f' must be a non-empty list of names")
