@@ -173,9 +173,7 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
             raise EventError(f"{prefix}features must not be empty")
         ts = event_time(obj, prefix, now_us)
         max_name, max_str = limits.max_name_bytes, limits.max_value_bytes // 4
-        good = _GOOD_NAMES.get(max_name)
-        if good is None:
-            good = _GOOD_NAMES[max_name] = set()
+        good = _GOOD_NAMES.setdefault(max_name, set())
         out = []
         for name, value in feats.items():
             # fast paths first (ingest parses ~10^5 of these a second); the checks they skip would
