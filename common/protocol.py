@@ -13,7 +13,7 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 
 | type      | request fields                          | ok reply fields                         |
 |-----------|-----------------------------------------|-----------------------------------------|
-| ``ping``  | -                                       | ``shard``, ``ready``                    |
+| ``ping``  | -                                       | ``shard``                               |
 | ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
@@ -60,7 +60,32 @@ WRITE = "write"
 DELETE = "del"
 STATS = "stats"
 EVENTS = "events"  # producer -> ingest process only
-TYPES = (PING, GET, GET1, MGET, FGET, WRITE, DELETE, STATS, EVENTS)
+
+# field names: spelled here and nowhere else
+TYPE = "t"
+ID = "id"
+OK = "ok"
+CODE = "code"
+REASON = "reason"
+ENTITY = "e"  # one entity id
+ENTITIES = "es"  # entity ids, in order
+NAME = "n"  # one feature name, or nil for the whole entity
+NAMES = "f"  # feature names, or nil for every feature
+WRITES = "w"  # [[entity_id, name, value, event_us], ...]
+BODY = "body"  # JSON bytes of an entity or a feature
+PARTS = "parts"  # JSON bytes per entity id, in request order
+VALUES = "v"  # fget rows: value fragments
+STATUSES = "s"  # fget rows: status bytes
+TIMES = "ts"  # fget rows: event-time fragments
+WRITTEN = "written"
+STALE = "stale"
+REJECTED = "rejected"
+ERRORS = "errors"
+DELETED = "deleted"
+SHARD = "shard"
+SOURCE = "source"
+JSON_LINES = "json"  # events: JSON lines of events, as bytes
+EVENT_MAPS = "ev"  # events: an array of event maps
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature
@@ -85,20 +110,7 @@ class ProtocolError(ValueError):
     """A frame that is not a valid message."""
 
 
-def ok(req_id: Any, **fields: Any) -> dict:
-    """A success reply to request ``req_id``."""
-    fields["id"] = req_id
-    fields["ok"] = True
-    return fields
-
-
-def error(req_id: Any, code: str, reason: str) -> dict:
-    """An error reply to request ``req_id``; ``code`` is one of :data:`CODES`."""
-    return {"id": req_id, "ok": False, "code": code, "reason": reason}
-
-
-
-
+# ---- frames
 def encode(messages: list) -> bytes:
     """Encode a list of requests or replies as one frame."""
     return msgpack.packb(messages, use_bin_type=True)
@@ -115,8 +127,138 @@ def decode(frame: bytes) -> list:
     return messages
 
 
+# ---- requests: one builder per type. ``req_id`` may be left out and stamped by the sender
+# (:func:`stamp`), as the shard client does when it sends.
+def _request(kind: str, req_id: Any, fields: dict) -> dict:
+    fields[TYPE] = kind
+    if req_id is not None:
+        fields[ID] = req_id
+    return fields
+
+
+def ping(req_id: Any = None) -> dict:
+    """``ping``: is the peer up? (shard and ingest)"""
+    return _request(PING, req_id, {})
+
+
+def stats(req_id: Any = None) -> dict:
+    """``stats``: the peer's counters (shard and ingest)."""
+    return _request(STATS, req_id, {})
+
+
+def get(eid: str, names: list | None = None, req_id: Any = None) -> dict:
+    """``get``: an entity's JSON, every feature or ``names`` only."""
+    return _request(GET, req_id, {ENTITY: eid, NAMES: names})
+
+
+def get1(eid: str, name: str, req_id: Any = None) -> dict:
+    """``get1``: one feature's JSON."""
+    return _request(GET1, req_id, {ENTITY: eid, NAME: name})
+
+
+def mget(eids: list, names: list | None = None, req_id: Any = None) -> dict:
+    """``mget``: the JSON of several entities, in order."""
+    return _request(MGET, req_id, {ENTITIES: eids, NAMES: names})
+
+
+def fget(eids: list, names: list, req_id: Any = None) -> dict:
+    """``fget``: Feast rows of several entities, in order."""
+    return _request(FGET, req_id, {ENTITIES: eids, NAMES: names})
+
+
+def write(writes: list, req_id: Any = None) -> dict:
+    """``write``: ``[[entity_id, name, value, event_us], ...]``."""
+    return _request(WRITE, req_id, {WRITES: writes})
+
+
+def delete(eid: str, name: str | None = None, req_id: Any = None) -> dict:
+    """``del``: one feature, or the whole entity when ``name`` is None."""
+    return _request(DELETE, req_id, {ENTITY: eid, NAME: name})
+
+
+def events_json(data: bytes, req_id: Any = None) -> dict:
+    """``events`` to the ingest process: JSON lines of events."""
+    return _request(EVENTS, req_id, {JSON_LINES: data})
+
+
+def events_maps(events: list, req_id: Any = None) -> dict:
+    """``events`` to the ingest process: an array of event maps."""
+    return _request(EVENTS, req_id, {EVENT_MAPS: events})
+
+
+def stamp(req: dict, req_id: Any) -> Any:
+    """Give a request built without an id its id; return the id."""
+    req[ID] = req_id
+    return req_id
+
+
+def kind_of(req: dict) -> Any:
+    """A request's type, as sent (not checked)."""
+    return req.get(TYPE)
+
+
+def id_of(msg: dict) -> Any:
+    """A request's or reply's id, or None."""
+    return msg.get(ID)
+
+
+# ---- replies: two shapes, ``ok`` and ``error``, and one builder per ok-reply kind
+def ok(req_id: Any, **fields: Any) -> dict:
+    """A success reply to request ``req_id``."""
+    fields[ID] = req_id
+    fields[OK] = True
+    return fields
+
+
+def error(req_id: Any, code: str, reason: str) -> dict:
+    """An error reply to request ``req_id``; ``code`` is one of :data:`CODES`."""
+    return {ID: req_id, OK: False, CODE: code, REASON: reason}
+
+
+def body_reply(req_id: Any, body: bytes) -> dict:
+    """Reply to ``get``/``get1``."""
+    return ok(req_id, **{BODY: body})
+
+
+def parts_reply(req_id: Any, parts: list) -> dict:
+    """Reply to ``mget``."""
+    return ok(req_id, **{PARTS: parts})
+
+
+def rows_reply(req_id: Any, values: list, statuses: list, times: list) -> dict:
+    """Reply to ``fget``."""
+    return ok(req_id, **{VALUES: values, STATUSES: statuses, TIMES: times})
+
+
+def write_reply(req_id: Any, written: int, stale: int, **extra: Any) -> dict:
+    """Reply to ``write`` (and, with ``rejected``/``errors`` in ``extra``, to ``events``)."""
+    return ok(req_id, **{WRITTEN: written, STALE: stale}, **extra)
+
+
+def delete_reply(req_id: Any, deleted: int) -> dict:
+    """Reply to ``del``."""
+    return ok(req_id, **{DELETED: deleted})
+
+
+def ping_reply(req_id: Any, **who: Any) -> dict:
+    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest)."""
+    return ok(req_id, **who)
+
+
+def is_ok(reply: dict) -> bool:
+    return reply.get(OK) is True
+
+
+def code_of(reply: dict) -> Any:
+    return reply.get(CODE)
+
+
+def reason_of(reply: dict) -> Any:
+    return reply.get(REASON)
+
+
 def request(kind: str, req_id: int, **fields: Any) -> dict:
-    """A request map of type ``kind``."""
-    fields["t"] = kind
-    fields["id"] = req_id
+    """A raw request map (transitional: callers move to the builders above)."""
+    fields[TYPE] = kind
+    fields[ID] = req_id
     return fields
