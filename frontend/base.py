@@ -127,8 +127,8 @@ class BaseHandler(tornado.web.RequestHandler):
             if done.done():  # Tornado stopped waiting: the handler's task was cancelled
                 return
             try:
-                if type(reply) is dict and reply["ok"]:
-                    self.finish(reply["body"])
+                if type(reply) is dict and P.is_ok(reply):
+                    self.finish(reply[P.BODY])
                     done.set_result(None)
                 else:
                     failed = reply if isinstance(reply, ShardUnavailable) else ShardError(shard, reply)
@@ -139,9 +139,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.client.send(shard, request, on_reply)
         return done
 
-    async def call(self, shard: int, kind: str, **fields) -> dict:
+    async def call(self, shard: int, request: dict) -> dict:
         """Call a shard; map its failures to HTTP errors."""
-        return await self.ok_reply(shard, self.ctx.client.submit(shard, kind, **fields))
+        return await self.ok_reply(shard, self.ctx.client.submit(shard, request))
 
     async def ok_reply(self, shard: int, fut: asyncio.Future) -> dict:
         """Await the reply of a submitted request; a failure raises its HTTP error."""
@@ -149,7 +149,7 @@ class BaseHandler(tornado.web.RequestHandler):
             reply = await fut
         except ShardUnavailable as exc:
             raise self.failure(exc) from None
-        if not reply["ok"]:
+        if not P.is_ok(reply):
             raise self.failure(ShardError(shard, reply))
         return reply
 

@@ -69,11 +69,11 @@ class Router(tornado.routing.Router):
             if m is not None:
                 eid, name = (unquote_to_bytes(g).decode("utf-8") for g in m.groups())
                 return _Read(self.ctx, request, "FeatureHandler", eid,
-                             {"t": P.GET1, "e": eid, "n": name})
+                             P.get1(eid, name))
             m = _ENTITY.match(path)
             if m is not None and m.group(1) != "batch":
                 eid = unquote_to_bytes(m.group(1)).decode("utf-8")
-                return _Read(self.ctx, request, "EntityHandler", eid, {"t": P.GET, "e": eid})
+                return _Read(self.ctx, request, "EntityHandler", eid, P.get(eid))
         except UnicodeDecodeError:
             pass  # the application answers 400 in its own words
         return None
@@ -95,8 +95,8 @@ class _Read(httputil.HTTPMessageDelegate):
 
     def _answer(self, shard: int, reply) -> None:
         try:
-            if type(reply) is dict and reply["ok"]:
-                body = reply["body"]
+            if type(reply) is dict and P.is_ok(reply):
+                body = reply[P.BODY]
                 self._respond(200, body, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()})
                 return
             exc = reply if isinstance(reply, ShardUnavailable) else ShardError(shard, reply)

@@ -372,7 +372,7 @@ class GetOnlineFeaturesHandler(FeastHandler):
 
     def _submit(self, eids: list, names: list) -> list:
         client, groups = self.ctx.client, self.ctx.partitioner.group(eids)
-        return [(shard, pos, client.submit(shard, P.FGET, es=[eids[p] for p in pos], f=names))
+        return [(shard, pos, client.submit(shard, P.fget([eids[p] for p in pos], names)))
                 for shard, pos in groups.items()]
 
     async def _gather(self, n: int, calls: list) -> tuple:
@@ -382,9 +382,9 @@ class GetOnlineFeaturesHandler(FeastHandler):
         for shard, pos, fut in calls:
             reply = await self.ok_reply(shard, fut)
             base = len(v)
-            v += reply["v"]
-            s += reply["s"]
-            ts += reply["ts"]
+            v += reply[P.VALUES]
+            s += reply[P.STATUSES]
+            ts += reply[P.TIMES]
             for i, p in enumerate(pos, base):
                 order[p] = i
         if len(calls) == 1:
@@ -440,7 +440,7 @@ class HealthHandler(BaseHandler):
     open_access = True  # a probe carries no token
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.PING)
+        replies = await self.ctx.client.call_all(P.ping)
         down = [s for s, r in sorted(replies.items()) if isinstance(r, Exception) or not r.get("ready")]
         if down:
             raise APIError(503, "shards not ready: " + ", ".join(map(str, down)),

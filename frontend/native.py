@@ -18,16 +18,16 @@ class EntityReads(BaseHandler):
     """GET and DELETE of a whole entity or one feature, shared by the path and query forms."""
 
     def get_entity(self, eid: str) -> asyncio.Future:
-        return self.reply_with_body(eid, {"t": P.GET, "e": eid})
+        return self.reply_with_body(eid, P.get(eid))
 
     def get_feature(self, eid: str, name: str) -> asyncio.Future:
-        return self.reply_with_body(eid, {"t": P.GET1, "e": eid, "n": name})
+        return self.reply_with_body(eid, P.get1(eid, name))
 
     async def delete_values(self, eid: str, name: str | None = None) -> None:
         self._check(eid, name)
-        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.DELETE, e=eid, n=name)
+        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.delete(eid, name))
         body = {"message": "feature deleted" if name else "entity deleted", "entity_id": eid,
-                "deleted": reply["deleted"]}
+                "deleted": reply[P.DELETED]}
         if name is not None:
             body["name"] = name
         self.finish(orjson.dumps(body))
@@ -96,7 +96,7 @@ async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
     by_shard: dict[int, list] = {}
     for w in writes:
         by_shard.setdefault(shard_for(w[0]), []).append(w)
-    futs = [client.submit(s, P.WRITE, w=ws) for s, ws in by_shard.items()]
+    futs = [client.submit(s, P.write(ws)) for s, ws in by_shard.items()]
     written = stale = 0
     failure = None
     for shard, fut in zip(by_shard, futs):
@@ -105,11 +105,11 @@ async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
         except ShardUnavailable as exc:
             failure = failure or handler.failure(exc)
             continue
-        if not reply["ok"]:
+        if not P.is_ok(reply):
             failure = failure or handler.failure(ShardError(shard, reply))
             continue
-        written += reply["written"]
-        stale += reply["stale"]
+        written += reply[P.WRITTEN]
+        stale += reply[P.STALE]
     if failure is not None:
         if len(by_shard) > 1:
             failure.detail += " (writes to the other shards were applied; retrying is safe)"
@@ -167,11 +167,11 @@ async def read_many(handler: BaseHandler, eids: list, names: list | None) -> lis
     """The JSON object of each entity, in request order; one message per shard, all at once."""
     groups = handler.ctx.partitioner.group(eids)
     client = handler.ctx.client
-    futs = {s: client.submit(s, P.MGET, es=[eids[p] for p in pos], f=names) for s, pos in groups.items()}
+    futs = {s: client.submit(s, P.mget([eids[p] for p in pos], names)) for s, pos in groups.items()}
     parts: list = [None] * len(eids)
     for shard, fut in futs.items():
         reply = await handler.ok_reply(shard, fut)
-        for pos, part in zip(groups[shard], reply["parts"]):
+        for pos, part in zip(groups[shard], reply[P.PARTS]):
             parts[pos] = part
     return parts
 
@@ -191,7 +191,7 @@ class ReadyzHandler(BaseHandler):
     open_access = True
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.PING)
+        replies = await self.ctx.client.call_all(P.ping)
         down = [s for s, r in replies.items() if isinstance(r, Exception) or not r.get("ready")]
         shards = [{"shard": s, "ready": s not in down} for s in sorted(replies)]
         if down:
@@ -209,7 +209,7 @@ class StatsHandler(BaseHandler):
     ingest: IngestStats | None = None  # one per process, made on first use
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.STATS)
+        replies = await self.ctx.client.call_all(P.stats)
         shards, totals = [], {"entities": 0, "values": 0, "writes": 0, "stale": 0}
         for s in sorted(replies):
             r = replies[s]

@@ -71,7 +71,7 @@ class MetricsHandler(BaseHandler):
     """``GET /metrics``: this process's request counters and every shard's counters."""
 
     async def get(self) -> None:
-        shards = await self.ctx.client.call_all(P.STATS)
+        shards = await self.ctx.client.call_all(P.stats)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(self.ctx.stats, shards))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

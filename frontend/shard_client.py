@@ -39,10 +39,10 @@ class ShardError(Exception):
     """The shard answered with an error reply."""
 
     def __init__(self, shard: int, reply: dict) -> None:
-        super().__init__(f"shard {shard}: {reply.get('code')}: {reply.get('reason')}")
+        super().__init__(f"shard {shard}: {P.code_of(reply)}: {P.reason_of(reply)}")
         self.shard = shard
-        self.code = reply.get("code")
-        self.reason = reply.get("reason")
+        self.code = P.code_of(reply)
+        self.reason = P.reason_of(reply)
 
 
 class _Link:
@@ -123,10 +123,10 @@ class ShardClient:
 
     # ---- calls
     def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None]) -> None:
-        """Send ``request`` (a map with ``t``, without ``id``) to ``shard``; ``done`` is called
+        """Send ``request`` (a builder's map, without an id) to ``shard``; ``done`` is called
         once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
         returns when the shard is not connected."""
-        req_id = request["id"] = next(self._ids)
+        req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
         self.pending[req_id] = (done, time.monotonic() + self.timeout_s, shard)
         link = self.links[shard]
@@ -138,17 +138,18 @@ class ShardClient:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def submit(self, shard: int, kind: str, **fields) -> asyncio.Future:
-        """Queue a request; the future resolves to the reply map or raises."""
+    def submit(self, shard: int, request: dict) -> asyncio.Future:
+        """Queue ``request`` (built by a ``common.protocol`` builder, without an id); the future
+        resolves to the reply map or raises."""
         fut = self._loop.create_future()
-        fields["t"] = kind
-        self.send(shard, fields, partial(_settle, fut))
+        self.send(shard, request, partial(_settle, fut))
         return fut
 
-    async def call_all(self, kind: str, shards=None, **fields) -> dict[int, dict | Exception]:
-        """Send the same request to several shards at once; return reply or exception by shard."""
+    async def call_all(self, build: Callable[[], dict], shards=None) -> dict[int, dict | Exception]:
+        """Send the request that ``build()`` makes (``P.ping``, ``P.stats``) to several shards at
+        once; return the reply or exception by shard."""
         shards = range(self.n_shards) if shards is None else shards
-        futs = {s: self.submit(s, kind, **fields) for s in shards}
+        futs = {s: self.submit(s, build()) for s in shards}
         out: dict[int, dict | Exception] = {}
         for s, fut in futs.items():
             try:
@@ -174,7 +175,7 @@ class ShardClient:
 
     def _fail(self, batch: list[dict], shard: int, why: str) -> None:
         for req in batch:
-            entry = self.pending.pop(req["id"], None)
+            entry = self.pending.pop(P.id_of(req), None)
             if entry is not None:
                 _run(entry[0], ShardUnavailable(shard, why))
 
@@ -191,7 +192,7 @@ class ShardClient:
                 log.warning("shard %d sent a malformed frame: %s", link.index, exc)
                 continue
             for reply in replies:
-                entry = pending.pop(reply.get("id"), None) if type(reply) is dict else None
+                entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
                 if entry is not None:
                     _run(entry[0], reply)
 
