@@ -205,3 +205,10 @@ def test_help_comes_from_each_fields_metadata_not_from_source_comments():
         assert f.metadata["help"] and f.metadata["roles"], name
         assert set(f.metadata["roles"]) <= set(config.ROLES), name
         assert f.metadata["help"] in " ".join(config.build_parser().format_help().split()), name
+
+
+def test_every_config_field_is_a_declared_setting():
+    """A field added without setting(...) would have no variable, flag or help: refuse it here."""
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(config.Config)}
+    assert fields - set(config.SETTINGS) == {"views", "feature_services"}
