@@ -110,7 +110,7 @@ def test_writes_and_deletes_survive_a_restart(tmp_path):
     assert write(shard, ("e1", "a", 0, TS - 1))["stale"] == 1
     assert dispatch(shard, P.request(P.DELETE, 2, e="e1", n="b"))["ok"]
     assert dispatch(shard, P.request(P.DELETE, 3, e="nobody", n=None))["code"] == P.NOT_FOUND
-    j.commit()
+    j.sync_pending()
     before = dict(j.store.data)
     again = journal(tmp_path)  # without close(): as after a crash
     assert again.store.data == before and again.store.values == 2
@@ -225,7 +225,7 @@ def test_a_log_that_cannot_be_written_refuses_the_write(tmp_path):
 def test_everysec_syncs_from_tick(tmp_path):
     j = journal(tmp_path, fsync="everysec")
     write(shard_with(j), ("e", "a", 1, TS))
-    j.commit()
+    j.sync_pending()
     assert j.dirty  # commit fsyncs only under always
     j.last_sync -= 2
     j.tick()
