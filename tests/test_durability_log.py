@@ -1,4 +1,4 @@
-"""Record framing, recovery and snapshots of shard/persistence.py, without sockets."""
+"""Record framing, recovery, snapshots and the journal of shard/persistence/, without sockets."""
 from __future__ import annotations
 
 import errno
