@@ -112,7 +112,7 @@ class Journal:
         files.fsync_dir(self.dir)
 
     def _append(self, record: bytes) -> None:
-        refused = self.cut_failed if self.cut_failed and not self._cut_back() else self.sync_failed
+        refused = self._refusal()
         if refused:
             raise LogError(P.UNAVAILABLE, f"shard {self.shard} refuses writes: {refused}")
         try:
@@ -127,6 +127,12 @@ class Journal:
         self.size += n
         self.since_snapshot += n
         self.dirty = True
+
+    def _refusal(self) -> str | None:
+        """Why writes are refused now, or None; a log that could not be cut back is tried again."""
+        if self.cut_failed and not self._cut_back():
+            return self.cut_failed
+        return self.sync_failed
 
     def _cut_back(self) -> bool:
         """Truncate the log to ``size``, the end of its last whole record; False if that failed
