@@ -33,11 +33,20 @@ def loads_json(raw: bytes) -> Any:
 
     orjson reads an integer outside the 64-bit range as a float, which would store
     ``184467440737095516150`` as ``1.8e20``; a document with a run of 19 digits is parsed again
-    exactly, so that :func:`check_value` refuses such an integer. Raises ``ValueError``.
+    exactly, so that :func:`check_value` refuses such an integer. Raises ``ValueError`` and
+    nothing else, whatever ``raw`` holds: the stdlib parser raises ``RecursionError`` on a deep
+    document, and a caller must never be killed by a client's bytes.
     """
-    obj = orjson.loads(raw)
-    if has_long_number(raw):
-        obj = json.loads(raw)
+    try:
+        obj = orjson.loads(raw)
+        if has_long_number(raw):
+            obj = json.loads(raw)
+    except ValueError:
+        raise
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except Exception as exc:  # e.g. a TypeError for something that is not bytes or str
+        raise ValueError(f"cannot be parsed ({exc.__class__.__name__})") from None
     return obj
 
 
@@ -56,11 +65,20 @@ _MAX_TS_S = 253402300799  # 9999-12-31T23:59:59Z, the last whole second timefmt.
 
 
 class EventError(ValueError):
-    """A write that cannot be applied; ``detail`` names the field."""
+    """A write that cannot be applied; ``detail`` names the field. ``status`` is its HTTP answer:
+    400, or 413 for a size over its limit (:class:`TooLarge`)."""
+
+    status = 400
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class TooLarge(EventError):
+    """A value, id or name over its size limit (HTTP 413)."""
+
+    status = 413
 
 
 @dataclass(frozen=True)
@@ -129,14 +147,14 @@ def check_value(value: Any, limits: Limits, field: str = "value") -> Any:
     t = type(value)
     if t is str:
         if len(value) * 4 > limits.max_value_bytes and len(value.encode("utf-8", "surrogatepass")) > limits.max_value_bytes:
-            raise EventError(f"{field} is larger than {limits.max_value_bytes} bytes")
+            raise TooLarge(f"{field} is larger than {limits.max_value_bytes} bytes (FS_MAX_VALUE_BYTES)")
         return value
     if t is float or t is int or t is bool or value is None:
         _check_nested(value, field, 0)
         return value
     _check_nested(value, field, 0)
     if len(msgpack.packb(value)) > limits.max_value_bytes:
-        raise EventError(f"{field} is larger than {limits.max_value_bytes} bytes")
+        raise TooLarge(f"{field} is larger than {limits.max_value_bytes} bytes (FS_MAX_VALUE_BYTES)")
     return value
 
 
