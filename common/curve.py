@@ -84,9 +84,11 @@ class _ClientKey:
         return hmac.compare_digest(z85_key, self.z85_public)
 
 
-def start_authenticator(ctx: zmq.Context, directory: str) -> ThreadAuthenticator:
-    """Start the thread that admits only the client key to this context's CURVE servers.
-    Stop it (``.stop()``) before terminating the context."""
+def start_authenticator(ctx: zmq.Context, directory: str | None) -> ThreadAuthenticator | None:
+    """Start the thread that admits only the client key to this context's CURVE servers (None
+    when ``directory`` is None: plain tcp). Stop it (``.stop()``) before terminating the context."""
+    if not directory:
+        return None
     public, _ = _load(directory, CLIENT, secret=False)
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("curve"))
     auth.start()

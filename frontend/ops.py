@@ -14,8 +14,15 @@ from frontend.base import BaseHandler
 from frontend.openapi import SPEC
 
 
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+OTHER = "OTHER"  # any other method a client sends: label values come from closed sets
+
+
 class RequestStats:
-    """Per-process request counters: a dict increment per request, nothing more on the hot path."""
+    """Per-process request counters: a dict increment per request, nothing more on the hot path.
+
+    Every label value is from a closed set (handler classes, :data:`METHODS` or ``OTHER``, the
+    statuses the server sends), so no client can grow the metrics without bound."""
 
     def __init__(self) -> None:
         self.count: dict[tuple[str, str, int], int] = defaultdict(int)
@@ -26,7 +33,7 @@ class RequestStats:
                  handler.request.request_time())
 
     def add(self, handler_name: str, method: str, status: int, seconds: float) -> None:
-        key = (handler_name, method, status)
+        key = (handler_name, method if method in METHODS else OTHER, status)
         self.count[key] += 1
         self.seconds[key] += seconds
 
@@ -68,7 +75,12 @@ class _Snapshot:
 
 
 class MetricsHandler(BaseHandler):
-    """``GET /metrics``: this process's request counters and every shard's counters."""
+    """``GET /metrics``: this process's request counters and every shard's counters; a read
+    (the read token), unless ``FS_METRICS_OPEN`` opens it to a scraper without one."""
+
+    @property
+    def open_access(self) -> bool:
+        return self.ctx.cfg.metrics_open
 
     async def get(self) -> None:
         shards = await self.ctx.client.call_all(P.stats)

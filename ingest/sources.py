@@ -20,6 +20,7 @@ import time
 
 import zmq
 
+from common import curve
 from common import protocol as P
 from common.config import Config
 from ingest.decode import Decoder, Unit
@@ -108,8 +109,10 @@ class ZmqSource:
     name = "zmq"
 
     def __init__(self, ctx: zmq.Context, endpoint: str, decoder: Decoder, stats,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, curve_dir: str | None = None) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
+        if curve_dir:
+            curve.serve(self.sock, curve_dir)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # an ack to a vanished producer is dropped
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)  # unread requests wait in the producers' queues

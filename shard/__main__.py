@@ -7,7 +7,7 @@ import sys
 
 import zmq
 
-from common import config
+from common import config, curve
 from shard.handlers import ShardState
 from shard.persistence import Journal, RecoveryError, SyncError
 from shard.server import Server, bind
@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     # bound only once recovered: a shard that answers a ping is ready
     endpoint = cfg.endpoints()[cfg.shard_index]
     ctx = zmq.Context()
-    sock = bind(ctx, endpoint)
+    try:
+        guard = curve.start_authenticator(ctx, cfg.curve_dir)
+    except curve.CurveError as exc:
+        log.critical("shard %d cannot start: %s", cfg.shard_index, exc)
+        return 2
+    sock = bind(ctx, endpoint, cfg.curve_dir)
     journal = state.journal
     server = Server(state, sock, chores=[store.sweep, journal.tick] if journal else [store.sweep],
                     commit=journal.sync_pending if journal else None)
@@ -48,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sock.setsockopt(zmq.LINGER, 1000)  # the replies of the last pass still go out
         sock.close()
+        if guard is not None:
+            guard.stop()
         ctx.term()
     if journal:
         journal.close()
