@@ -212,14 +212,6 @@ def parse_body(body: Any, limits: Limits, now_us: int) -> list[Write]:
     return parse_event(body, limits, now_us)
 
 
-def group_by_shard(writes: Iterable[Write], shard_for) -> dict[int, list[list]]:
-    """Group write tuples by owning shard, as the lists the WRITE message carries."""
-    out: dict[int, list[list]] = {}
-    for w in writes:
-        out.setdefault(shard_for(w[0]), []).append(list(w))
-    return out
-
-
 def check_entity_ids(eids: list, limits: Limits, field: str = "entity_ids") -> list:
     """Return ``eids`` if every item is a valid entity id, else raise for the first bad one.
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import logging
 from typing import Any, Iterable
-from zlib import crc32
 
 import orjson
 
 from common import timefmt
 from common.events import EventError, Limits, has_long_number, loads_json, parse_event
-from common.partition import SLOTS, Partitioner
+from common.partition import Partitioner
 
 log = logging.getLogger("ingest")
 
@@ -125,8 +124,7 @@ class Decoder:
         except TypeError:  # not a list of bytes: each line is looked at on its own
             pass
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
-        table, by_shard = self.partitioner.table, unit.by_shard
-        events = 0
+        parsed: list[list] = []  # each good event's writes, routed by the partitioner in one pass
         for i, raw in enumerate(lines):
             if len(raw) > limit:
                 self.reject(unit, where(i), f"event is larger than {limit} bytes", raw[:1024])
@@ -139,21 +137,21 @@ class Decoder:
                 self.reject(unit, where(i), f"not JSON: {exc}", raw)
                 continue
             if type(obj) is not dict:
+                parsed = self._route(unit, parsed)  # keep the order of writes
                 self.add_object(unit, obj, where, i, raw, now)
                 continue
             try:  # the hot path, inlined: one event object
-                writes = parse_event(obj, limits, now)
+                parsed.append(parse_event(obj, limits, now))
             except Exception:
                 self._add_one(unit, obj, where, i, "", raw, now)  # rejects it, with the reason
-                continue
-            shard = table[crc32(writes[0][0].encode("utf-8")) % SLOTS]  # Partitioner.shard_for
-            bucket = by_shard.get(shard)
-            if bucket is None:
-                by_shard[shard] = writes
-            else:
-                bucket.extend(writes)
-            events += 1
-        unit.events += events
+        self._route(unit, parsed)
+
+    def _route(self, unit: Unit, parsed: list) -> list:
+        """Add the writes of parsed events to ``unit``'s shards; return an empty list."""
+        if parsed:
+            self.partitioner.add_writes(unit.by_shard, parsed)
+            unit.events += len(parsed)
+        return []
 
     def add_object(self, unit: Unit, obj: Any, where, i: int, raw: Any = None,
                    now: int | None = None) -> None:
@@ -182,10 +180,4 @@ class Decoder:
         except Exception as exc:  # e.g. a msgpack map with non-string keys: never stop the stream
             self.reject(unit, where(i), f"not a valid event ({exc.__class__.__name__}: {exc})", raw)
             return
-        shard = self.partitioner.shard_for(writes[0][0])
-        bucket = unit.by_shard.get(shard)
-        if bucket is None:
-            unit.by_shard[shard] = writes
-        else:
-            bucket.extend(writes)
-        unit.events += 1
+        self._route(unit, [writes])
