@@ -197,7 +197,7 @@ def load_entities(endpoints: list[str], n_entities: int, n_features: int, batch:
                 rows = by_shard.setdefault(part.shard_for(eid), [])
                 rows.extend([eid, f"f{j}", i + j / 100, event_us] for j in range(n_features))
             for shard, rows in by_shard.items():
-                socks[shard].send(P.encode([P.request(P.WRITE, start, w=rows)]))
+                socks[shard].send(P.encode([P.write(rows, start)]))
                 outstanding += 1
         poller = zmq.Poller()
         for s in socks:
@@ -208,7 +208,7 @@ def load_entities(endpoints: list[str], n_entities: int, n_features: int, batch:
                 raise TimeoutError("shards did not acknowledge the load")
             for s in events:
                 for reply in P.decode(s.recv()):
-                    if not reply.get("ok"):
+                    if not reply.get(P.OK):
                         raise RuntimeError(f"load failed: {reply}")
                 outstanding -= 1
     finally:
@@ -224,7 +224,7 @@ def zmq_round_trip(endpoint: str, n: int = 2000) -> float:
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(endpoint)
-    frame = P.encode([P.request(P.PING, 1)])
+    frame = P.encode([P.ping(1)])
     times = []
     try:
         for _ in range(n):

@@ -40,7 +40,7 @@ def ingest_frames(P, n_values: int, entities: int) -> list[bytes]:
                 w.extend([f"user:{i % entities}", f"f{j}", i * 10 + j + 0.5, TS + i] for j in range(5))
                 i += 1
             rid += 1
-            reqs.append({"t": P.WRITE, "id": rid, "w": w})
+            reqs.append(P.write(w, rid))
         frames.append(P.encode(reqs))
     return frames
 
@@ -50,10 +50,10 @@ def batch_frames(P, n_values: int) -> list[bytes]:
     for e in range(n_values // 10):
         batch.extend([f"user:{e:08d}", f"feature_{k}", e * 0.001 + k, TS + e] for k in range(10))
         if len(batch) >= 1000:
-            frames.append(P.encode([P.request(P.WRITE, len(frames), w=batch)]))
+            frames.append(P.encode([P.write(batch, len(frames))]))
             batch = []
     if batch:
-        frames.append(P.encode([P.request(P.WRITE, len(frames), w=batch)]))
+        frames.append(P.encode([P.write(batch, len(frames))]))
     return frames
 
 
@@ -75,7 +75,7 @@ def worker(root: str, n_values: int) -> None:
         journal.recover()
         shard = ShardState(0, store, journal)
         for f in frames:
-            assert all(r["ok"] for r in P.decode(handle_frame(shard, f)))
+            assert all(r[P.OK] for r in P.decode(handle_frame(shard, f)))
         journal._stop_syncer()
         os.close(journal.fd)
     for line in sys.stdin:

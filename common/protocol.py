@@ -84,6 +84,7 @@ ERRORS = "errors"
 DELETED = "deleted"
 SHARD = "shard"
 SOURCE = "source"
+READY = "ready"  # always True; transitional, until the front end's /readyz reads is_ok() only
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
 
@@ -256,8 +257,11 @@ def delete_reply(req_id: Any, deleted: int) -> dict:
 
 
 def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None) -> dict:
-    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest's source)."""
-    return ok(req_id, **({SHARD: shard} if source is None else {SOURCE: source}))
+    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest's source). A peer
+    that answers is ready (a shard binds its socket only once recovered)."""
+    if source is not None:
+        return ok(req_id, **{SOURCE: source})
+    return ok(req_id, **{SHARD: shard, READY: True})
 
 
 def is_ok(reply: dict) -> bool:

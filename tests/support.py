@@ -151,8 +151,8 @@ class Cluster:
         def ready():
             if not proc.alive():
                 raise AssertionError(f"shard {index} exited:\n{proc.output()}")
-            reply = zmq_call(self.endpoints[index], [P.request(P.PING, 1)], 200)[0]
-            return reply["ok"] and reply["ready"]
+            reply = zmq_call(self.endpoints[index], [P.ping(1)], 200)[0]
+            return P.is_ok(reply)
 
         poll_for(ready, timeout, what=f"shard {index}")
 

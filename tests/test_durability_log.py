@@ -32,7 +32,7 @@ def shard_with(j: Journal) -> ShardState:
 
 
 def write(shard: ShardState, *writes) -> dict:
-    return dispatch(shard, P.request(P.WRITE, 1, w=[list(w) for w in writes]))
+    return dispatch(shard, P.write([list(w) for w in writes], 1))
 
 
 def wait_sync(j: Journal) -> None:
@@ -106,10 +106,10 @@ def test_a_damaged_length_is_skipped_by_resynchronising():
 def test_writes_and_deletes_survive_a_restart(tmp_path):
     j = journal(tmp_path, fsync="always")
     shard = shard_with(j)
-    assert write(shard, ("e1", "a", 1, TS), ("e1", "b", "x", TS), ("e2", "a", [1.5], TS))["ok"]
-    assert write(shard, ("e1", "a", 0, TS - 1))["stale"] == 1
-    assert dispatch(shard, P.request(P.DELETE, 2, e="e1", n="b"))["ok"]
-    assert dispatch(shard, P.request(P.DELETE, 3, e="nobody", n=None))["code"] == P.NOT_FOUND
+    assert write(shard, ("e1", "a", 1, TS), ("e1", "b", "x", TS), ("e2", "a", [1.5], TS))[P.OK]
+    assert write(shard, ("e1", "a", 0, TS - 1))[P.STALE] == 1
+    assert dispatch(shard, P.delete("e1", "b", 2))[P.OK]
+    assert dispatch(shard, P.delete("nobody", None, 3))[P.CODE] == P.NOT_FOUND
     j.commit()
     before = dict(j.store.data)
     again = journal(tmp_path)  # without close(): as after a crash
@@ -215,7 +215,7 @@ def test_a_log_that_cannot_be_written_refuses_the_write(tmp_path):
     os.close(j.fd)
     j.fd = os.open(os.devnull, os.O_RDONLY)  # every write fails (EBADF)
     reply = write(shard, ("e", "a", 1, TS))
-    assert reply["code"] == P.UNAVAILABLE and "cannot write its log" in reply["reason"]
+    assert reply[P.CODE] == P.UNAVAILABLE and "cannot write its log" in reply[P.REASON]
     assert j.store.features("e") is None  # refused writes are not applied
     with pytest.raises(LogError) as err:
         j.log_delete("e", None)
@@ -245,13 +245,13 @@ def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
     wait_sync(j)
     assert j.sync_failed and "fsync of" in j.sync_failed
     reply = write(shard, ("e", "b", 2, TS))
-    assert reply["code"] == P.UNAVAILABLE and "refuses writes" in reply["reason"]
+    assert reply[P.CODE] == P.UNAVAILABLE and "refuses writes" in reply[P.REASON]
     os.close(j.fd)
     j.fd = good
     j.last_sync -= 2
     j.tick()
     wait_sync(j)
-    assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))["ok"]
+    assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))[P.OK]
 
 
 # ---- settings
@@ -296,7 +296,7 @@ def test_a_failed_fork_keeps_the_shard_serving_and_loses_nothing(tmp_path, monke
     monkeypatch.setattr(os, "fork", no_fork)
     j.tick()  # would start a snapshot: the fork fails
     assert j.child is None and "cannot fork a snapshot child" in caplog.text
-    assert write(shard, ("e", "y", 2, TS))["ok"]
+    assert write(shard, ("e", "y", 2, TS))[P.OK]
     monkeypatch.undo()
     j.close()
     again = journal(tmp_path)
