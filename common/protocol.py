@@ -13,7 +13,7 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 
 | type      | request fields                          | ok reply fields                         |
 |-----------|-----------------------------------------|-----------------------------------------|
-| ``ping``  | -                                       | ``shard``                               |
+| ``ping``  | -                                       | ``shard`` (``ready``: transitional)     |
 | ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
