@@ -172,7 +172,7 @@ class ShardClient:
                 _run(entry[0], ShardUnavailable(shard, why))
 
     def _drain(self, link: ShardOutbox) -> None:
-        drain(link.sock, self._on_replies, link.name)
+        drain(link.sock, self._on_replies, link.name, log)
 
     def _on_replies(self, replies: list) -> None:
         pending = self.pending
