@@ -43,7 +43,8 @@ class Partitioner:
 
     def add_writes(self, by_shard: dict[int, list], events: list) -> None:
         """Append each event's writes (``[(entity_id, name, value, event_us), ...]``, one entity per
-        event) to the list of the shard that owns the entity, in order; ingest's hot path."""
+        event) to the list of the shard that owns the entity, in order; ingest's hot path. The
+        lists are taken over, not copied: a shard's first one becomes its bucket."""
         table = self.table
         for writes in events:
             shard = table[crc32(writes[0][0].encode("utf-8")) % SLOTS]
