@@ -27,6 +27,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import protocol as P  # noqa: E402
+from common.link import connect_dealer  # noqa: E402
 from tests.support import Proc, base_env, free_port, poll_for, zmq_call  # noqa: E402
 
 TS = 1_760_000_000_000_000
@@ -85,9 +86,7 @@ def dataset(n_values: int, seed: int = 1):
 def pipeline(endpoint: str, frames, inflight: int) -> float:
     """Send encoded request frames keeping ``inflight`` outstanding; return seconds."""
     ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = connect_dealer(ctx, endpoint, immediate=False)
     it = iter(frames)
     sent = done = 0
     t0 = time.perf_counter()
@@ -182,9 +181,7 @@ def bench_recovery(tmp: Path, n_values: int) -> None:
 # ---- 3. read pause during a snapshot
 def read_latencies(endpoint: str, until, eids: list) -> list[float]:
     ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = connect_dealer(ctx, endpoint, immediate=False)
     out, i = [], 0
     while not until():
         frame = P.encode([P.get(eids[i % len(eids)], req_id=i)])

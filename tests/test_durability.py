@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from common import protocol as P
+from common.link import connect_dealer
 from tests.ingest_support import INGEST_LIMITS, assert_store_matches, make_stream
 from tests.support import Cluster, Proc, poll_for, quote, request, zmq_call
 
@@ -114,9 +115,7 @@ def test_pipelined_zmq_writes_acknowledged_before_sigkill_survive(tmp_path):
     try:
         for round_ in range(3):
             c.start_shard(0)
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(c.endpoints[0])
+            sock = connect_dealer(zmq.Context.instance(), c.endpoints[0], immediate=False)
             sent: dict[int, list] = {}
             acked: list = []
             kill_after = random.randint(50, 800)

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer
 from common.partition import Partitioner
 from tests.support import ROOT, Cluster, base_env, free_port, poll_for, request, zmq_call
 
@@ -30,9 +31,7 @@ def test_garbage_frames_never_stop_a_shard(tmp_path):
     with Cluster(tmp_path) as c:
         endpoint = c.endpoints[0]
         ctx = zmq.Context.instance()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(endpoint)
+        dealer = connect_dealer(ctx, endpoint, immediate=False)
         garbage = [[b"\xc1\xc1"], [b""], [b"a", b"b", b"c"], [P.encode([1, "x", None])],
                    [P.encode(P.ping())], [os.urandom(4096)], [P.encode([P.get(5, req_id=1)])]]
         for frames in garbage:

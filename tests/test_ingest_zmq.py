@@ -6,6 +6,7 @@ import pytest
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer
 from ingest.producer import Producer
 from tests.ingest_support import INGEST_LIMITS, assert_store_matches, dead_letters, free_port, make_stream
 from tests.support import Cluster, poll_for, request, zmq_call
@@ -72,10 +73,8 @@ def test_front_end_stats_include_ingest(cluster):
 def test_malformed_requests_get_error_replies(cluster):
     replies = zmq_call(cluster.ingest_endpoint, [{P.TYPE: P.EVENTS, P.ID: 5}, {P.TYPE: "nope", P.ID: 6}])
     assert [(r[P.ID], r[P.CODE]) for r in replies] == [(5, P.BAD_REQUEST)]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = connect_dealer(zmq.Context.instance(), cluster.ingest_endpoint, immediate=False)
     try:
-        sock.connect(cluster.ingest_endpoint)
         sock.send(b"\xc1garbage")
         assert sock.poll(2000)
         assert P.decode(sock.recv())[0][P.CODE] == P.MALFORMED
