@@ -41,18 +41,16 @@ class Partitioner:
         """The index of the shard that owns ``entity_id``."""
         return self.table[crc32(entity_id.encode("utf-8")) % SLOTS]
 
-    def add_writes(self, by_shard: dict[int, list], events: list) -> None:
-        """Append each event's writes (``[(entity_id, name, value, event_us), ...]``, one entity per
-        event) to the list of the shard that owns the entity, in order; ingest's hot path. The
-        lists are taken over, not copied: a shard's first one becomes its bucket."""
-        table = self.table
-        for writes in events:
-            shard = table[crc32(writes[0][0].encode("utf-8")) % SLOTS]
-            bucket = by_shard.get(shard)
-            if bucket is None:
-                by_shard[shard] = writes
-            else:
-                bucket.extend(writes)
+    def route(self, by_shard: dict[int, list], writes: list) -> None:
+        """Append one event's writes (``[(entity_id, name, value, event_us), ...]``, one entity) to
+        the list of the shard that owns the entity; ingest's hot path. The list is taken over, not
+        copied: a shard's first one becomes its list."""
+        shard = self.table[crc32(writes[0][0].encode("utf-8")) % SLOTS]
+        bucket = by_shard.get(shard)
+        if bucket is None:
+            by_shard[shard] = writes
+        else:
+            bucket.extend(writes)
 
     def group(self, entity_ids) -> dict[int, list[int]]:
         """Positions of ``entity_ids`` grouped by owning shard, request order kept."""

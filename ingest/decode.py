@@ -124,7 +124,8 @@ class Decoder:
         except TypeError:  # not a list of bytes: each line is looked at on its own
             pass
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
-        parsed: list[list] = []  # each good event's writes, routed by the partitioner in one pass
+        route, by_shard = self.partitioner.route, unit.by_shard
+        events = 0
         for i, raw in enumerate(lines):
             if len(raw) > limit:
                 self.reject(unit, where(i), f"event is larger than {limit} bytes", raw[:1024])
@@ -137,21 +138,16 @@ class Decoder:
                 self.reject(unit, where(i), f"not JSON: {exc}", raw)
                 continue
             if type(obj) is not dict:
-                parsed = self._route(unit, parsed)  # keep the order of writes
                 self.add_object(unit, obj, where, i, raw, now)
                 continue
             try:  # the hot path, inlined: one event object
-                parsed.append(parse_event(obj, limits, now))
+                writes = parse_event(obj, limits, now)
             except Exception:
                 self._add_one(unit, obj, where, i, "", raw, now)  # rejects it, with the reason
-        self._route(unit, parsed)
-
-    def _route(self, unit: Unit, parsed: list) -> list:
-        """Add the writes of parsed events to ``unit``'s shards; return an empty list."""
-        if parsed:
-            self.partitioner.add_writes(unit.by_shard, parsed)
-            unit.events += len(parsed)
-        return []
+                continue
+            route(by_shard, writes)
+            events += 1
+        unit.events += events
 
     def add_object(self, unit: Unit, obj: Any, where, i: int, raw: Any = None,
                    now: int | None = None) -> None:
@@ -180,4 +176,5 @@ class Decoder:
         except Exception as exc:  # e.g. a msgpack map with non-string keys: never stop the stream
             self.reject(unit, where(i), f"not a valid event ({exc.__class__.__name__}: {exc})", raw)
             return
-        self._route(unit, [writes])
+        self.partitioner.route(unit.by_shard, writes)
+        unit.events += 1
