@@ -81,7 +81,10 @@ class ShardBacklog:
 
 
 class ShardWriter:
-    """Batches units, sends them to the shards, and releases finished batches in order."""
+    """Batches units, sends them to the shards, and releases finished batches in order.
+
+    ``connect(ctx, endpoint)`` makes each shard's DEALER (:func:`common.link.connect_dealer`;
+    the unit tests pass fakes)."""
 
     def __init__(self, cfg: Config, ctx: zmq.Context, dead: DeadLetters, connect=connect_dealer) -> None:
         self.batch_events = cfg.ingest_batch_events
