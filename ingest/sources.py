@@ -2,7 +2,8 @@
 
 A source is read only while the writer has room (``writer.can_accept()``), and learns through
 :meth:`complete` that a batch was acknowledged by every shard, in order: that is where it
-commits its Kafka offsets, answers its producers or counts. Each source has the same small surface:
+commits its Kafka offsets, answers its producers or counts. Each source has the same small
+surface:
 
 - ``item``: a socket or file descriptor the main loop polls for readability, or None;
 - ``idle``: True when the last :meth:`pull` found nothing more to read right away;
