@@ -96,7 +96,8 @@ MALFORMED = "malformed"  # the frame is not a msgpack array of request maps
 UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log failed)
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL)
+TOO_LARGE = "too_large"  # a value, an entity or a message over its limit (HTTP 413)
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, TOO_LARGE)
 
 
 # fget rows
@@ -201,6 +202,16 @@ def kind_of(req: dict) -> Any:
 def id_of(msg: dict) -> Any:
     """A request's or reply's id, or None."""
     return msg.get(ID)
+
+
+def shown(value: Any) -> str:
+    """A peer's value (a type, an id) as an error reason shows it: short, and never raising,
+    whatever it holds (a map nested 1,000 deep)."""
+    if type(value) is str:
+        return repr(value[:100])
+    if type(value) is int or value is None:
+        return str(value)[:100]
+    return f"of type {type(value).__name__}"
 
 
 # ---- replies: two shapes, ``ok`` and ``error``, and one builder per ok-reply kind

@@ -71,7 +71,8 @@ async def serve(cfg: Config, sockets) -> None:
 
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
-    client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
+    client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s, curve_dir=cfg.curve_dir,
+                         max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
     client.start()
     ctx = make_context(cfg, client)
     server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),

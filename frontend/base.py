@@ -41,7 +41,7 @@ class Context:
     stats: Any = None  # frontend.ops.RequestStats: per-process request counters
 
 
-_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
+_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503, P.TOO_LARGE: 413}
 
 
 def shard_failure(exc: ShardUnavailable | ShardError, cfg: Config) -> APIError:

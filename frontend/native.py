@@ -224,6 +224,6 @@ class StatsHandler(BaseHandler):
         endpoint = self.ctx.cfg.ingest_stats_endpoint
         if endpoint:
             if StatsHandler.ingest is None:
-                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s)
+                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s, self.ctx.cfg.curve_dir)
             body["ingest"] = await StatsHandler.ingest.fetch()
         self.finish(orjson.dumps(body))

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "shard")
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = Store.from_config(cfg)
-    state = ShardState(cfg.shard_index, store)
+    state = ShardState.from_config(cfg, store)
     if cfg.data_dir:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit fails the write instead
         state.journal = Journal.from_config(cfg, store)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except curve.CurveError as exc:
         log.critical("shard %d cannot start: %s", cfg.shard_index, exc)
         return 2
-    sock = bind(ctx, endpoint, cfg.curve_dir)
+    sock = bind(ctx, endpoint, cfg.curve_dir, cfg.max_frame_bytes)
     journal = state.journal
     server = Server(state, sock, chores=[store.sweep, journal.tick] if journal else [store.sweep],
                     make_durable=journal.sync_pending if journal else None)

@@ -59,6 +59,10 @@ def _to_us(seconds: float | None) -> int | None:
     return None if seconds is None or seconds <= 0 else int(seconds * 1_000_000)
 
 
+class TooWide(ValueError):
+    """A write would give an entity more features than its limit."""
+
+
 class Store:
     """Entities of one shard, with last-write-wins writes, TTLs and rendered reads.
 
@@ -266,14 +270,15 @@ class Store:
         ``(str, str, value, int)`` sequence or a value cannot be stored."""
         return self.install(self.prepare(writes))
 
-    def prepare(self, writes: Iterable[Sequence[Any]]) -> tuple:
+    def prepare(self, writes: Iterable[Sequence[Any]], max_features: int | None = None) -> tuple:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
         (last write wins by event time, an equal time goes to the later write), and every entity
         that changed is encoded once. :meth:`install` then puts the result in place, so the journal
         can log the writes between the two. Raises ValueError or TypeError on a malformed item
-        (see :meth:`apply`); nothing is changed then.
+        (see :meth:`apply`), and :class:`TooWide` when an entity would hold more than
+        ``max_features`` features; nothing is changed then.
         """
         data_get, unpack = self.data.get, msgpack.unpackb
         merged: dict[str, dict] = {}  # eid -> its features, decoded and updated
@@ -304,6 +309,11 @@ class Store:
             written += 1
         if written != mark:
             changed[last] = feats
+        if max_features is not None and added:
+            for eid, f in changed.items():
+                if len(f) > max_features:
+                    raise TooWide(f"entity {eid[:100]!r} would hold {len(f)} features; the limit is "
+                                  f"{max_features} (FS_MAX_FEATURES_PER_ENTITY)")
         pack = self._pack
         return {eid: pack(f) for eid, f in changed.items()}, written, stale, added
 

@@ -96,10 +96,10 @@ def base_env(**fs: object) -> dict:
     return env
 
 
-def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000) -> list[dict]:
+def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000, curve_dir=None) -> list[dict]:
     """Send one frame of requests to a shard's ROUTER and return its replies."""
     ctx = zmq.Context.instance()
-    sock = connect_dealer(ctx, endpoint, immediate=False)
+    sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir and str(curve_dir))
     try:
         sock.send(P.encode(requests))
         if not sock.poll(timeout_ms):
@@ -150,7 +150,7 @@ class Cluster:
         def ready():
             if not proc.alive():
                 raise AssertionError(f"shard {index} exited:\n{proc.output()}")
-            reply = zmq_call(self.endpoints[index], [P.ping(1)], 200)[0]
+            reply = zmq_call(self.endpoints[index], [P.ping(1)], 200, self.fs.get("curve_dir"))[0]
             return P.is_ok(reply)
 
         poll_for(ready, timeout, what=f"shard {index}")
