@@ -6,14 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import tornado.web
 
 from common.config import Config
 from common.events import Limits, loads_json
 from common.partition import Partitioner
 from frontend.access import admit, too_large
-from frontend.errors import APIError, Reply
+from frontend.errors import INTERNAL, APIError, Reply, error_reply
 from frontend.reads import Read
 from frontend.shard_client import ShardClient
 
@@ -57,15 +56,15 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, APIError):
-            detail = exc.detail
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
+            reply = error_reply(exc)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            detail = exc.log_message or self._reason
+            reply = error_reply(APIError(status_code, exc.log_message or self._reason))
         else:
-            detail = "Internal server error"
+            reply = INTERNAL
+        for name, value in reply.headers.items():
+            self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps({"detail": detail}))
+        self.finish(reply.body)
 
     # ---- helpers for subclasses
     def answer(self, read: Read, *args: str) -> asyncio.Future:
