@@ -56,15 +56,15 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, APIError):
-            reply = error_reply(exc)
+            _, headers, body = error_reply(exc)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            reply = error_reply(APIError(status_code, exc.log_message or self._reason))
+            _, headers, body = error_reply(APIError(status_code, exc.log_message or self._reason))
         else:
-            reply = INTERNAL
-        for name, value in reply.headers.items():
+            _, headers, body = INTERNAL
+        for name, value in headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(reply.body)
+        self.finish(body)
 
     # ---- helpers for subclasses
     def answer(self, read: Read, *args: str) -> asyncio.Future:
@@ -76,15 +76,16 @@ class BaseHandler(tornado.web.RequestHandler):
         def write(reply: Reply) -> None:
             if done.done():  # Tornado stopped waiting: the handler's task was cancelled
                 return
+            status, headers, body = reply
             try:
-                self.set_status(reply.status)
-                for name, value in reply.headers.items():
+                self.set_status(status)
+                for name, value in headers.items():
                     self.set_header(name, value)
-                if reply.status == 200 and self.check_etag_header():
+                if status == 200 and self.check_etag_header():
                     self.set_status(304)  # If-None-Match: as Tornado answers its own ETags
                     self.finish()
                 else:
-                    self.finish(reply.body)
+                    self.finish(body)
                 done.set_result(None)
             except Exception as exc:  # becomes a 500 through Tornado's one error path
                 done.set_exception(exc)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
-
 import orjson
 import tornado.web
 
@@ -23,22 +21,17 @@ class APIError(tornado.web.HTTPError):
         self.headers = headers or {}
 
 
-class Reply(NamedTuple):
-    """A response as the endpoint logic renders it, for any connection layer to write."""
+Reply = tuple[int, dict, bytes]  # (status, headers, body): a response as the endpoint logic renders
+# it, for any connection layer to write. A plain tuple: a NamedTuple costs a microsecond per read.
 
-    status: int
-    headers: dict
-    body: bytes
-
-
-INTERNAL = Reply(500, {}, b'{"detail":"Internal server error"}')
+INTERNAL: Reply = (500, {}, b'{"detail":"Internal server error"}')
 
 _SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
 
 
 def error_reply(exc: APIError) -> Reply:
     """The response of an :class:`APIError` (as ``BaseHandler.write_error`` writes it)."""
-    return Reply(exc.status_code, exc.headers, orjson.dumps({"detail": exc.detail}))
+    return exc.status_code, exc.headers, orjson.dumps({"detail": exc.detail})
 
 
 def shard_failure(exc: ShardUnavailable | ShardError, cfg: Config) -> APIError:

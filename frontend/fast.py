@@ -64,17 +64,19 @@ class Router(tornado.routing.Router):
         try:
             m = _FEATURE.match(path)
             if m is not None:
-                return _Read(self.ctx, request, reads.FEATURE, _segments(m))
+                eid, name = m.groups()
+                return _Read(self.ctx, request, reads.FEATURE, (_text(eid), _text(name)))
             m = _ENTITY.match(path)
             if m is not None and m.group(1) != "batch":
-                return _Read(self.ctx, request, reads.ENTITY, _segments(m))
+                return _Read(self.ctx, request, reads.ENTITY, (_text(m.group(1)),))
         except UnicodeDecodeError:
             pass  # the application answers 400 in its own words
         return None
 
 
-def _segments(m: re.Match) -> tuple:
-    return tuple(unquote_to_bytes(g).decode("utf-8") for g in m.groups())
+def _text(segment: str) -> str:
+    """A percent-decoded path segment, as Tornado decodes its route arguments."""
+    return unquote_to_bytes(segment).decode("utf-8") if "%" in segment else segment
 
 
 class _Read(httputil.HTTPMessageDelegate):

@@ -52,11 +52,10 @@ def _answer(cfg, shard: int, done: Callable[[Reply], None], reply) -> None:
 
 def render(cfg, shard: int, reply) -> Reply:
     """The response to a shard's reply (or exception): its ``body`` with an ETag, or the error."""
-    failure = reply_failure(shard, reply, cfg)
-    if failure is not None:
-        return error_reply(failure)
+    if type(reply) is not dict or not P.is_ok(reply):
+        return error_reply(reply_failure(shard, reply, cfg))
     body = reply[P.BODY]
-    return Reply(200, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()}, body)
+    return 200, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()}, body
 
 
 def _entity(args: tuple) -> tuple[str, dict]:

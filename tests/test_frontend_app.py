@@ -12,7 +12,6 @@ from common.config import Config, FeatureView
 from common.partition import Partitioner
 from frontend import fast, reads
 from frontend.app import make_app, make_context
-from frontend.errors import Reply
 from tests.fake_shards import FakeShards
 
 DRIVER = FeatureView("driver", ("driver_id",), None, ("rate", "trips"))
@@ -112,7 +111,7 @@ class ReadWithoutHandlerTest(FrontEndCase):
         got = []
         reads.ENTITY.start(self.ctx, ("e",), HTTPHeaders(), got.append)
         reads.FEATURE.start(self.ctx, ("e", ""), HTTPHeaders(), got.append)  # refused before any shard call
-        assert got and got[0] == Reply(400, {}, b'{"detail":"entity_id and name must not be empty"}')
+        assert got and got[0] == (400, {}, b'{"detail":"entity_id and name must not be empty"}')
         while len(got) < 2:
             await self.shards.submit(0, P.ping())  # a loop iteration: the fake answers on the next
         status, headers, body = got[1]
