@@ -12,7 +12,7 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import fast, feast, native, ops
+from frontend import admission, fast, feast, native, ops
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -66,6 +66,30 @@ def make_context(cfg: Config, client: ShardClient) -> Context:
                    stats=ops.RequestStats())
 
 
+class _Server(tornado.httpserver.HTTPServer):
+    """Tornado's server with a cap on open connections: past it, a new one is closed at once."""
+
+    max_connections = 10000
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self._connections) >= self.max_connections:
+            stream.close()
+            return
+        super().handle_stream(stream, address)
+
+
+def start_tornado(cfg: Config, ctx: Context, sockets) -> tornado.httpserver.HTTPServer:
+    """Tornado's HTTP/1.1 server on ``sockets`` with the connection limits of ``cfg``. Tornado has
+    one timer for a request's head and for an idle keep-alive connection: the shorter one is used."""
+    server = _Server(fast.Router(make_app(ctx), ctx), max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
+                     max_header_size=admission.hard_head_bytes(cfg),
+                     idle_connection_timeout=min(cfg.http_idle_timeout_s, cfg.http_header_timeout_s),
+                     body_timeout=cfg.http_body_timeout_s)
+    server.max_connections = cfg.http_max_connections
+    server.add_sockets(sockets)
+    return server
+
+
 async def serve(cfg: Config, sockets) -> None:
     """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
 
@@ -75,9 +99,7 @@ async def serve(cfg: Config, sockets) -> None:
                          max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
     client.start()
     ctx = make_context(cfg, client)
-    server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
-                                           max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes)
-    server.add_sockets(sockets)
+    server = start_tornado(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -48,6 +48,19 @@ class BaseHandler(tornado.web.RequestHandler):
         mutates = self.request.method not in self.read_methods
         admit(self.ctx.cfg, mutates, self.request.headers, self.open_access)
 
+    def head(self, *args: str) -> Any:
+        """``HEAD`` wherever ``GET`` works: the GET's status and headers, no body (Tornado drops it)."""
+        if type(self).get is tornado.web.RequestHandler.get:
+            raise tornado.web.HTTPError(405)
+        return self.get(*args)
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this endpoint serves: what a 405's ``Allow`` lists."""
+        base = tornado.web.RequestHandler
+        served = [m for m in self.SUPPORTED_METHODS
+                  if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
+        return [m for m in served if m != "HEAD" or "GET" in served]
+
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return  # a client's mistake is answered, not logged
@@ -63,6 +76,8 @@ class BaseHandler(tornado.web.RequestHandler):
             _, headers, body = INTERNAL
         for name, value in headers.items():
             self.set_header(name, value)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json")
         self.finish(body)
 

@@ -25,10 +25,12 @@ class RequestStats:
     statuses the server sends), so no client can grow the metrics without bound."""
 
     def __init__(self) -> None:
+        self.active: set = set()  # requests admitted and not answered yet (FS_HTTP_MAX_CONCURRENT_REQUESTS)
         self.count: dict[tuple[str, str, int], int] = defaultdict(int)
         self.seconds: dict[tuple[str, str, int], float] = defaultdict(float)
 
     def record(self, handler) -> None:
+        self.active.discard(handler.request)
         self.add(type(handler).__name__, handler.request.method, handler.get_status(),
                  handler.request.request_time())
 
