@@ -34,14 +34,16 @@ _ENTITY = {"name": "entity_id", "in": "path", "required": True, "schema": _ID,
            "description": "percent-encoded: user%2F1 is the entity user/1"}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": _NAME_SCHEMA}
 _INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
-_SCALAR = [{"type": "null"}, {"type": "boolean"}, _INT64,
-           {"type": "number", "minimum": -1e300, "maximum": 1e300, "not": {"type": "integer"}},
-           {"type": "string", "maxLength": 4096}]
-_ANY = {"description": "any JSON value: null, boolean, 64-bit integer, finite number, string, array, object; "
-                       "nested at most 64 deep and at most FS_MAX_VALUE_BYTES (64 KiB) encoded (413 past it)",
-        "anyOf": [*_SCALAR, {"type": "array", "maxItems": 8, "items": {"anyOf": _SCALAR}},
-                  {"type": "object", "maxProperties": 8, "additionalProperties": {"anyOf": _SCALAR}}]}
-_TS = {"anyOf": [{"type": "null"}, {"type": "string", "format": "date-time", "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-.*[Zz+-]"},
+_ANY = {"$ref": "#/components/schemas/Value"}
+_VALUE = {"description": "any JSON value: null, boolean, 64-bit integer, finite number, string, array, object; "
+                         "nested at most 64 deep and at most FS_MAX_VALUE_BYTES (64 KiB) encoded (413 past it): "
+                         "two limits JSON Schema cannot state",
+          "anyOf": [{"type": "null"}, {"type": "boolean"}, _INT64, {"type": "number", "not": {"type": "integer"}},
+                    {"type": "string"}, {"type": "array", "items": _ANY},
+                    {"type": "object", "additionalProperties": _ANY}]}
+_RFC3339 = ("^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:"
+            "[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")  # 1970-9999, with a zone
+_TS = {"anyOf": [{"type": "null"}, {"type": "string", "pattern": _RFC3339},
                  {"type": "number", "minimum": 0, "maximum": 253402300799}],
        "description": "RFC 3339 with a zone, or seconds since the epoch, 1970 to 9999; absent or null = time received"}
 _READ_ERRORS = (400, 401, 403, 404, 503)
@@ -89,6 +91,10 @@ SPEC = {
                 "200": _json({"type": "object"}, "deleted"), **_errors(400, 401, 403, 404, 503, 507)}},
         },
         "/features/batch": {
+            "get": {"summary": "The entity named batch (as /features/{entity_id})", "responses": {
+                "200": _json({"$ref": "#/components/schemas/Entity"}, "the entity"), **_errors(*_READ_ERRORS)}},
+            "delete": {"summary": "Delete the entity named batch", "responses": {
+                "200": _json({"type": "object"}, "deleted"), **_errors(400, 401, 403, 404, 503, 507)}},
             "post": {"summary": "Many entities in one call, results in request order",
                      "requestBody": _body({
                          "type": "object", "required": ["entity_ids"], "additionalProperties": False, "properties": {
@@ -143,6 +149,7 @@ SPEC = {
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "")}}},
     },
     "components": {"schemas": {
+        "Value": _VALUE,
         "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
         "Write": {"oneOf": [
             {"type": "object", "required": ["entity_id", "name", "value"], "additionalProperties": False,
