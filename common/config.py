@@ -35,6 +35,9 @@ class Config:
     http_host: str = "127.0.0.1"  # FS_HTTP_HOST
     http_port: int = 8000  # FS_HTTP_PORT
     frontend_processes: int = 1  # FS_FRONTEND_PROCESSES: processes sharing the port
+    http_engine: str = "tornado"  # FS_HTTP_ENGINE: fast (httptools connection layer) | tornado
+    http_idle_timeout_s: float = 75.0  # FS_HTTP_IDLE_TIMEOUT_S: close a connection idle this long
+    http_header_timeout_s: float = 10.0  # FS_HTTP_HEADER_TIMEOUT_S: a request's headers must arrive within this
     # --- shards
     shards: int = 2  # FS_SHARDS
     shard_base_port: int = 5700  # FS_SHARD_BASE_PORT: shard i listens on base + i
@@ -249,6 +252,10 @@ def _check(cfg: Config) -> None:
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
     if not 0 <= cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
+    if cfg.http_engine not in ("fast", "tornado"):
+        raise ConfigError(f"FS_HTTP_ENGINE must be fast or tornado, not {cfg.http_engine!r}")
+    if not (cfg.http_idle_timeout_s > 0 and cfg.http_header_timeout_s > 0):
+        raise ConfigError("FS_HTTP_IDLE_TIMEOUT_S and FS_HTTP_HEADER_TIMEOUT_S must be positive")
     if cfg.frontend_processes < 1:
         raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
     if cfg.snapshot_log_bytes < 1:
