@@ -218,6 +218,8 @@ class Connection(asyncio.Protocol):
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+        if self.queue and not self.queue[0].started:
+            self._start_next()
 
     # ---- httptools callbacks
     def on_message_begin(self) -> None:
@@ -295,7 +297,7 @@ class Connection(asyncio.Protocol):
         """``ex`` (the first in the queue) has written its whole response: close, or go on."""
         if self.closed:
             return
-        if not ex.keep_alive or not ex.complete or self.refused:
+        if not ex.keep_alive or not ex.complete:
             # Tornado's rule too: a response that came before its request's whole body means
             # closing, the only way not to read the rest of that body.
             self.close(linger=not ex.complete or self.refused)
@@ -303,16 +305,17 @@ class Connection(asyncio.Protocol):
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
-        if queue:
-            self.loop.call_soon(self._start_next)  # outside the handler that just finished
-        else:
+        if not queue:
             self._resume(_QUEUED)
             if self.current is None:
                 self._idle_since = self.loop.time()
+        elif not self.paused & _WRITES:
+            self.loop.call_soon(self._start_next)  # outside the handler that just finished
+        # else resume_writing starts the next: a client that does not read gets no more responses
 
     def _start_next(self) -> None:
-        if self.queue and not self.closed:
-            if len(self.queue) == 1:
+        if self.queue and not self.closed and not self.queue[0].started:
+            if len(self.queue) == 1 and not self.refused:
                 self._resume(_QUEUED)
             self.queue[0].start()
 
@@ -464,7 +467,8 @@ class Exchange(httputil.HTTPConnection):
 
     def body_received(self, chunk: bytes) -> None:
         self.body_size += len(chunk)
-        if self.body_size > self.max_body_size:
+        if self.body_size > self.max_body_size and (self.run_hot is not None or self.started and not self.blocked):
+            # (while the application's prepare() runs, it may still raise the limit)
             self.conn.refuse(413, self.conn.server.too_large)
             return
         if self.response_done:
@@ -501,6 +505,9 @@ class Exchange(httputil.HTTPConnection):
     def _feed(self) -> None:
         """Give the delegate the body read so far, as fast as it takes it, then ``finish``."""
         delegate = self.delegate
+        if self.body_size > self.max_body_size and delegate is not None:
+            self.conn.refuse(413, self.conn.server.too_large, self)
+            return
         while self.chunks and delegate is not None:
             chunk = self.chunks.popleft()
             self.buffered -= len(chunk)
@@ -564,8 +571,8 @@ class Exchange(httputil.HTTPConnection):
         version11 = self.version == "HTTP/1.1"
         self._chunking = (version11 and self.method != "HEAD" and code not in (204, 304)
                           and not 100 <= code < 200 and "Content-Length" not in headers)
-        if version11 and not self.keep_alive:
-            headers["Connection"] = "close"
+        if version11 and not (self.keep_alive and self.complete):
+            headers["Connection"] = "close"  # answered before its whole body: closing after it
         elif not version11 and self.keep_alive:
             headers["Connection"] = "Keep-Alive"
         if self._chunking:
@@ -633,7 +640,7 @@ class Exchange(httputil.HTTPConnection):
         for name, value in headers.items():
             head.append(b"%s: %s\r\n" % (name.encode("latin1"), str(value).encode("latin1")))
         if self.version == "HTTP/1.1":
-            if not self.keep_alive:
+            if not (self.keep_alive and self.complete):
                 head.append(b"Connection: close\r\n")
         elif self.keep_alive:
             head.append(b"Connection: Keep-Alive\r\n")
