@@ -280,6 +280,8 @@ class Connection(asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
+                if self._headers_since is not None:  # time paused by us is not the client's
+                    self._headers_since = self.loop.time()
 
     def write(self, data: bytes) -> asyncio.Future:
         """Send ``data``; the future is done once the socket takes more (backpressure)."""
@@ -355,7 +357,8 @@ class Connection(asyncio.Protocol):
     def _watch(self, period: float) -> None:
         now = self.loop.time()
         server = self.server
-        if self._headers_since is not None and now - self._headers_since > server.header_timeout_s:
+        if (self._headers_since is not None and not self.paused
+                and now - self._headers_since > server.header_timeout_s):
             log.debug("closing %s: its request headers took longer than %g s", self.context,
                       server.header_timeout_s)
             self.close()
