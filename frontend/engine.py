@@ -237,7 +237,10 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count_header(len(name) + len(value) + 4)
+        if self._count_callbacks:
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._count_header(0)
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -246,15 +249,18 @@ class Connection(asyncio.Protocol):
             return
         parser = self.parser
         ex = Exchange(self, parser.get_method().decode("latin1"), self._url,
-                      "HTTP/" + parser.get_http_version(), self._headers, parser.should_keep_alive())
+                      "HTTP/1.1" if parser.get_http_version() == "1.1" else "HTTP/1.0",
+                      self._headers, parser.should_keep_alive())
         self.current = ex
-        self.queue.append(ex)
+        queue = self.queue
+        queue.append(ex)
         if ex.content_length is not None and ex.content_length > ex.max_body_size:
             self.refuse(413, self.server.too_large)
             return
-        if self.server.hot is not None:
-            ex.run_hot = self.server.hot(ex)
-        if len(self.queue) == 1:
+        hot = self.server.hot
+        if hot is not None:
+            ex.run_hot = hot(ex)
+        if len(queue) == 1:
             ex.start()
         else:
             self._pause(_QUEUED)
@@ -394,6 +400,27 @@ class Exchange(httputil.HTTPConnection):
     and so does this, in the same way (``write_headers``).
     """
 
+    # The state of a new exchange; an instance overrides what changes (fewer stores per request).
+    run_hot: Callable | None = None  # set when a hot router claimed this request
+    canned: tuple[int, bytes] | None = None  # a refusal this layer answers itself
+    content_length: int | None = None
+    expect_continue = False
+    # --- the request's progress
+    started = False
+    complete = False  # the whole request has been read
+    chunks: deque[bytes] | tuple = ()  # body not handed on yet (a deque once there is some)
+    buffered = 0  # bytes in chunks
+    body_size = 0
+    blocked = False  # waiting for a future of the delegate before giving it more
+    delegate: httputil.HTTPMessageDelegate | None = None
+    _finish_delegate = False  # the delegate's finish() has been called (or is not owed)
+    # --- the response's progress
+    response_started = False
+    response_done = False
+    _chunking = False
+    _remaining: int | None = None
+    _close_callback: Callable[[], None] | None = None
+
     def __init__(self, conn: Connection, method: str, url: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.conn = conn
@@ -404,31 +431,11 @@ class Exchange(httputil.HTTPConnection):
         self.raw_headers = raw_headers
         self.keep_alive = keep_alive
         self.max_body_size = conn.server.max_body_size
-        self.content_length: int | None = None
-        self.expect_continue = False
         for name, value in raw_headers:
-            lower = name.lower()
-            if lower == b"content-length":
+            if len(name) == 14 and name.lower() == b"content-length":
                 self.content_length = int(value)  # httptools has checked it is a number
-            elif lower == b"expect" and value.lower() == b"100-continue":
+            elif len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
                 self.expect_continue = True
-        self.run_hot: Callable | None = None  # set when a hot router claimed this request
-        self.canned: tuple[int, bytes] | None = None  # a refusal this layer answers itself
-        # --- the request's progress
-        self.started = False
-        self.complete = False  # the whole request has been read
-        self.chunks: deque[bytes] = deque()  # body not handed to the delegate yet
-        self.buffered = 0
-        self.body_size = 0
-        self.blocked = False  # waiting for a future of the delegate before giving it more
-        self.delegate: httputil.HTTPMessageDelegate | None = None
-        self._finish_delegate = False  # the delegate's finish() is owed
-        # --- the response's progress
-        self.response_started = False
-        self.response_done = False
-        self._chunking = False
-        self._remaining: int | None = None
-        self._close_callback: Callable[[], None] | None = None
 
     # ---- the request, from the Connection
     def headers(self) -> httputil.HTTPHeaders:
@@ -443,7 +450,7 @@ class Exchange(httputil.HTTPConnection):
         self.started = True
         if self.canned is not None:
             status, body = self.canned
-            self.respond(status, {"Content-Type": "application/json"}, body)
+            self.respond(status, b"", body)
             return
         if self.run_hot is not None:
             if self.complete:
@@ -476,6 +483,8 @@ class Exchange(httputil.HTTPConnection):
             return
         if self.response_done:
             return  # answered already: the rest is dropped and the connection will close
+        if not self.chunks:
+            self.chunks = deque()
         self.chunks.append(chunk)
         self.buffered += len(chunk)
         if self.started and self.run_hot is None and not self.blocked:
@@ -498,12 +507,19 @@ class Exchange(httputil.HTTPConnection):
         except Exception:
             app_log.error("the fast path failed on %s %s", self.method, self.url, exc_info=True)
             if not self.response_started:
-                self.respond(500, {"Content-Type": "application/json"}, b'{"detail":"Internal server error"}')
+                self.respond(500, b"", b'{"detail":"Internal server error"}')
 
     def body(self) -> bytes:
         """The whole request body (for a hot router, once the request is complete)."""
         chunks = self.chunks
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The value of the request header ``name`` (lower case), or None."""
+        for key, value in self.raw_headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
 
     def _feed(self) -> None:
         """Give the delegate the body read so far, as fast as it takes it, then ``finish``."""
@@ -548,7 +564,7 @@ class Exchange(httputil.HTTPConnection):
         """The client went away: tell whoever waits on this request, once."""
         delegate, self.delegate = self.delegate, None
         callback, self._close_callback = self._close_callback, None
-        self.chunks.clear()
+        self.chunks = ()
         try:
             if delegate is not None and not self._finish_delegate:
                 delegate.on_connection_close()
@@ -627,28 +643,47 @@ class Exchange(httputil.HTTPConnection):
         self.response_done = True
         self.delegate = None
         self._close_callback = None
-        self.chunks.clear()
+        self.chunks = ()
         self.conn.response_done(self)
 
     # ---- a whole response at once (hot routers and this layer's own refusals)
-    def respond(self, status: int, headers: dict, body: bytes) -> None:
-        """Write a complete response with ``body`` (``Server``, ``Date`` and ``Content-Length``
-        are added; ``Connection`` as ``write_headers`` decides)."""
+    def respond(self, status: int, headers: dict | bytes, body: bytes,
+                content_type: bytes = b"application/json") -> None:
+        """Write a complete response with ``body``: the status line, ``Server``, ``Date``,
+        ``Content-Type``, ``headers`` (a dict, or lines already rendered), ``Connection`` as
+        ``write_headers`` decides, and ``Content-Length``."""
         conn = self.conn
         if conn.closed or self.response_started:
             return
         self.response_started = True
-        head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
-                b"Server: ", SERVER.encode(), b"\r\nDate: ", http_date(), b"\r\n"]
-        for name, value in headers.items():
-            head.append(b"%s: %s\r\n" % (name.encode("latin1"), str(value).encode("latin1")))
+        if type(headers) is not bytes:
+            headers = b"".join(b"%s: %s\r\n" % (name.encode("latin1"), str(value).encode("latin1"))
+                               for name, value in headers.items())
         if self.version == "HTTP/1.1":
             if not (self.keep_alive and self.complete):
-                head.append(b"Connection: close\r\n")
+                headers += b"Connection: close\r\n"
         elif self.keep_alive:
-            head.append(b"Connection: Keep-Alive\r\n")
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        if self.method != "HEAD":
-            head.append(body)
-        conn.write(b"".join(head))
+            headers += b"Connection: Keep-Alive\r\n"
+        length = len(body)
+        if self.method == "HEAD":
+            body = b""
+        conn.write(b"%s%sContent-Length: %d\r\n\r\n%s" % (_head(status, content_type), headers, length, body))
         self._response_finished()
+
+
+_heads: dict[tuple[int, bytes], bytes] = {}
+_heads_date = [b""]
+
+
+def _head(status: int, content_type: bytes) -> bytes:
+    """The status line, ``Server``, ``Content-Type`` and ``Date`` lines, cached for the second."""
+    date = http_date()
+    if date is not _heads_date[0]:
+        _heads.clear()
+        _heads_date[0] = date
+    head = _heads.get((status, content_type))
+    if head is None:
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        head = _heads[(status, content_type)] = b"%sServer: %s\r\nContent-Type: %s\r\nDate: %s\r\n" % (
+            line, SERVER.encode(), content_type, date)
+    return head
