@@ -35,7 +35,7 @@ class Config:
     http_host: str = "127.0.0.1"  # FS_HTTP_HOST
     http_port: int = 8000  # FS_HTTP_PORT
     frontend_processes: int = 1  # FS_FRONTEND_PROCESSES: processes sharing the port
-    http_engine: str = "tornado"  # FS_HTTP_ENGINE: fast (httptools connection layer) | tornado
+    http_engine: str = "fast"  # FS_HTTP_ENGINE: fast (httptools connection layer) | tornado
     http_idle_timeout_s: float = 75.0  # FS_HTTP_IDLE_TIMEOUT_S: close a connection idle this long
     http_header_timeout_s: float = 10.0  # FS_HTTP_HEADER_TIMEOUT_S: a request's headers must arrive within this
     # --- shards
