@@ -30,14 +30,18 @@ ENGINES = ("fast", "tornado")
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     """{engine: (port, process)}: two front ends, one per engine, on the same two shards."""
-    settings = dict(max_body_bytes=LIMIT, http_idle_timeout_s=IDLE_S, http_header_timeout_s=IDLE_S)
-    with Cluster(tmp_path_factory.mktemp("engines"), http_engine="fast", **settings) as c:
+    tmp = tmp_path_factory.mktemp("engines")
+    (tmp / "store.toml").write_text('[views.stats]\njoin_keys = ["driver_id"]\n')
+    settings = dict(max_body_bytes=LIMIT, http_idle_timeout_s=IDLE_S, http_header_timeout_s=IDLE_S,
+                    config_file=tmp / "store.toml", max_batch_entities=20)
+    with Cluster(tmp, http_engine="fast", **settings) as c:
         port = free_port()
         proc = c.start_process(["-m", "frontend"], "frontend_tornado", http_port=port,
                                http_engine="tornado")
         poll_for(lambda: proc.alive() and request("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200,
                  15, what="the tornado front end")
-        events = [{"entity_id": "d1", "features": {"a": 1, "b": "x"}, "event_timestamp": "2026-01-01T00:00:00Z"}]
+        events = [{"entity_id": "d1", "features": {"a": 1, "b": "x"}, "event_timestamp": "2026-01-01T00:00:00Z"},
+                  {"entity_id": "1001", "features": {"stats:rate": 0.5}, "event_timestamp": "2026-01-01T00:00:00Z"}]
         assert request("POST", c.url + "/features", events)[0] == 200
         yield {"fast": (c.http_port, c.frontend), "tornado": (port, proc)}
 
@@ -319,6 +323,48 @@ def test_head_has_no_body_and_keeps_the_connection(engines, path):
 
     got = both(engines, scenario)
     assert got["fast"] == got["tornado"] and got["fast"][1][0] == 200
+
+
+# ---------------------------------------------------------------- the endpoints, good and bad
+def j(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/features", j({"entity_id": "p1", "name": "n", "value": [1, 2]})),
+    ("POST", "/features", j([{"entity_id": "p2", "name": "n", "value": 1}, {"entity_id": "p3", "features": {"a": "b"}}])),
+    ("POST", "/features", b"{not json"),
+    ("POST", "/features", b""),
+    ("POST", "/features", b"   "),
+    ("POST", "/features", j({"entity_id": "p1", "name": "n"})),
+    ("POST", "/features", j({"entity_id": 5, "name": "n", "value": 1})),
+    ("POST", "/features", j("a string")),
+    ("POST", "/features/batch", j({"entity_ids": ["d1", "nobody", "1001"]})),
+    ("POST", "/features/batch", j({"entity_ids": ["d1"], "features": ["b", "zz"]})),
+    ("POST", "/features/batch", j({"entity_ids": [f"e{i}" for i in range(21)]})),
+    ("POST", "/features/batch", j({"entity_ids": []})),
+    ("POST", "/features/batch", j({"entity_ids": ["d1"], "extra": 1})),
+    ("POST", "/features/batch", j({"entity_ids": ["d1"], "features": "b"})),
+    ("POST", "/features/batch", j([1, 2])),
+    ("POST", "/features/batch", b"[1,"),
+    ("POST", "/get-online-features", j({"features": ["stats:rate"], "entities": {"driver_id": [1001, 1002]}})),
+    ("POST", "/get-online-features", j({"features": ["nope:rate"], "entities": {"driver_id": [1001]}})),
+    ("POST", "/get-online-features", j({"features": ["stats:rate"]})),
+    ("POST", "/get-online-features", j({"feature_service": "none", "entities": {"driver_id": [1]}})),
+    ("POST", "/get-online-features", b"{"),
+    ("POST", "/get-online-features", j([])),
+    ("GET", "/features?entity_id=d1&name=a", None),
+    ("GET", "/features?entity_id=d1", None),
+    ("GET", "/features/%FF", None),
+    ("GET", "/features/d1/", None),
+    ("DELETE", "/features/gone/x", None),
+    ("PUT", "/features", b"{}"),
+    ("GET", "/features/batch", None),
+])
+def test_endpoints_answer_alike(engines, method, path, body):
+    got = both(engines, lambda raw: raw.send(req(method, path, body)).response().key())
+    assert got["fast"] == got["tornado"]
+    assert got["fast"][0] != 500
 
 
 # ---------------------------------------------------------------- bad requests and limits
