@@ -42,6 +42,7 @@ log = logging.getLogger("frontend.http")
 MAX_HEADER_BYTES = 65536  # request line and headers of one request (Tornado's default limit)
 WRITE_HIGH_WATER = 64 * 1024  # bytes queued to a socket: past it, stop reading that connection
 BODY_HIGH_WATER = 256 * 1024  # body bytes the application has not taken yet: past it, stop reading
+TICKS = 4  # watchdog ticks per (shortest) timeout: a timeout fires up to 1/TICKS late
 LINGER_S = 2.0  # after refusing a body, how long its remainder is read and dropped before closing
 BACKLOG = 128  # listen backlog, as tornado.netutil.bind_sockets
 
@@ -110,6 +111,9 @@ class HTTPServer:
         self.too_large = too_large or orjson.dumps({"detail": f"body is larger than {max_body_size} bytes"})
         self.idle_timeout_s = idle_timeout_s
         self.header_timeout_s = header_timeout_s
+        self.tick_s = min(idle_timeout_s, header_timeout_s) / TICKS
+        self.idle_ticks = round(idle_timeout_s / self.tick_s)
+        self.header_ticks = round(header_timeout_s / self.tick_s)
         self.hot = hot
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.AbstractServer] = []
@@ -148,8 +152,10 @@ class Connection(asyncio.Protocol):
         self.write_waiters: list[asyncio.Future] = []  # writes waiting for the socket to drain
         self.closed = False
         self.refused = False  # a refusal is queued: nothing more is read
-        self._idle_since: float | None = None  # no request in progress since then
-        self._headers_since: float | None = None  # the current request's first byte came then
+        # Timeouts count ticks of a watchdog (a timer per connection, not per request):
+        self._ticks = 0
+        self._idle_since: int | None = 0  # no request in progress since this tick
+        self._headers_since: int | None = None  # the current request's first byte came in this tick
         self._watchdog: asyncio.TimerHandle | None = None
         # --- the request being parsed
         self.current: Exchange | None = None
@@ -166,9 +172,7 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self.context = _Context(transport.get_extra_info("peername"))
         self.server.connections.add(self)
-        self._idle_since = self.loop.time()
-        period = min(self.server.idle_timeout_s, self.server.header_timeout_s)
-        self._watchdog = self.loop.call_later(period, self._watch, period)
+        self._watchdog = self.loop.call_later(self.server.tick_s, self._watch)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -188,7 +192,7 @@ class Connection(asyncio.Protocol):
             on_close(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.refused:
+        if self.refused:
             return  # a closing connection's input is dropped
         if self._in_headers:  # the previous read ended inside a request's headers
             self._header_bytes += len(data)
@@ -228,12 +232,13 @@ class Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._in_headers = True
         self._count_callbacks = True
-        self._headers_since = self.loop.time()
+        self._headers_since = self._ticks
         self._idle_since = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header(len(url))
+        if self._count_callbacks:
+            self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -245,7 +250,7 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._headers_since = None
-        if self.closed or self.refused:
+        if self.refused:
             return
         parser = self.parser
         ex = Exchange(self, parser.get_method().decode("latin1"), self._url,
@@ -260,19 +265,21 @@ class Connection(asyncio.Protocol):
         hot = self.server.hot
         if hot is not None:
             ex.run_hot = hot(ex)
-        if len(queue) == 1:
-            ex.start()
-        else:
+        if len(queue) > 1:
             self._pause(_QUEUED)
+        elif ex.run_hot is not None:
+            ex.started = True  # it runs once its body is in
+        else:
+            ex.start()
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
-        if ex is not None and not self.closed and not self.refused:
+        if ex is not None and not self.refused:
             ex.body_received(body)
 
     def on_message_complete(self) -> None:
         ex, self.current = self.current, None
-        if ex is not None and not self.closed and not self.refused:
+        if ex is not None and not self.refused:
             ex.message_complete()
 
     # ---- flow control
@@ -286,8 +293,6 @@ class Connection(asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and not self.closed:
                 self.transport.resume_reading()
-                if self._headers_since is not None:  # time paused by us is not the client's
-                    self._headers_since = self.loop.time()
 
     def write(self, data: bytes) -> asyncio.Future:
         """Send ``data``; the future is done once the socket takes more (backpressure)."""
@@ -316,7 +321,7 @@ class Connection(asyncio.Protocol):
         if not queue:
             self._resume(_QUEUED)
             if self.current is None:
-                self._idle_since = self.loop.time()
+                self._idle_since = self._ticks
         elif not self.paused & _WRITES:
             self.loop.call_soon(self._start_next)  # outside the handler that just finished
         # else resume_writing starts the next: a client that does not read gets no more responses
@@ -360,18 +365,21 @@ class Connection(asyncio.Protocol):
                 self._headers_too_large = True
                 raise ValueError("headers too large")  # stops the parser: HttpParserCallbackError
 
-    def _watch(self, period: float) -> None:
-        now = self.loop.time()
+    def _watch(self) -> None:
+        """Every ``tick_s``: close a connection past its header or idle timeout (so it closes
+        between the timeout and one tick later)."""
+        self._ticks += 1
         server = self.server
-        if (self._headers_since is not None and not self.paused
-                and now - self._headers_since > server.header_timeout_s):
+        if self._headers_since is not None and self.paused:
+            self._headers_since = self._ticks  # time paused by us is not the client's
+        if self._headers_since is not None and self._ticks - self._headers_since > server.header_ticks:
             log.debug("closing %s: its request headers took longer than %g s", self.context,
                       server.header_timeout_s)
             self.close()
-        elif self._idle_since is not None and now - self._idle_since > server.idle_timeout_s:
+        elif self._idle_since is not None and self._ticks - self._idle_since > server.idle_ticks:
             self.close()
         else:
-            self._watchdog = self.loop.call_later(period, self._watch, period)
+            self._watchdog = self.loop.call_later(server.tick_s, self._watch)
 
     def close(self, linger: bool = False) -> None:
         """Close after what is written so far has been sent.
@@ -380,6 +388,7 @@ class Connection(asyncio.Protocol):
         FIN and drop what arrives for :data:`LINGER_S` before closing. Closing at once with
         unread input would reset the connection, and the client could lose the response.
         """
+        self.refused = True  # nothing more is read
         if self.closed or self.transport is None:
             self.closed = True
             return
