@@ -13,8 +13,9 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import engine, fast, feast, native, ops
-from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler, _too_large
+from frontend import engine, fast, feast, hot, native, ops
+from frontend.access import too_large
+from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
@@ -76,9 +77,9 @@ async def start_server(cfg: Config, ctx: Context, sockets):
         server.add_sockets(sockets)
         return server
     server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
-                               too_large=orjson.dumps({"detail": _too_large(cfg).detail}),
+                               too_large=orjson.dumps({"detail": too_large(cfg).detail}),
                                idle_timeout_s=cfg.http_idle_timeout_s,
-                               header_timeout_s=cfg.http_header_timeout_s)
+                               header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
     await server.add_sockets(sockets)
     return server
 

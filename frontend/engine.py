@@ -666,7 +666,7 @@ class Exchange(httputil.HTTPConnection):
             return
         self.response_started = True
         if type(headers) is not bytes:
-            headers = b"".join(b"%s: %s\r\n" % (name.encode("latin1"), str(value).encode("latin1"))
+            headers = b"".join(b"%s: %s\r\n" % (_header_name(name), str(value).encode("latin1"))
                                for name, value in headers.items())
         if self.version == "HTTP/1.1":
             if not (self.keep_alive and self.complete):
@@ -678,6 +678,17 @@ class Exchange(httputil.HTTPConnection):
             body = b""
         conn.write(b"%s%sContent-Length: %d\r\n\r\n%s" % (_head(status, content_type), headers, length, body))
         self._response_finished()
+
+
+_names: dict[str, bytes] = {}
+
+
+def _header_name(name: str) -> bytes:
+    """``name`` as Tornado's ``HTTPHeaders`` writes it (``WWW-Authenticate`` -> ``Www-Authenticate``)."""
+    rendered = _names.get(name)
+    if rendered is None:
+        rendered = _names[name] = "-".join(w.capitalize() for w in name.split("-")).encode("latin1")
+    return rendered
 
 
 _heads: dict[tuple[int, bytes], bytes] = {}
