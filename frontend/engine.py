@@ -468,15 +468,25 @@ class Exchange(httputil.HTTPConnection):
         start_line = httputil.RequestStartLine(self.method, self.url.decode("latin1"), self.version)
         try:
             self.delegate = self.conn.server.delegate.start_request(self.conn, self)
-            waiting = self.delegate.headers_received(start_line, self.headers())
         except Exception as exc:
             self._delegate_failed(exc)
             return
+        if self._call(self.delegate.headers_received, start_line, self.headers()):
+            self._unblocked(None)
+
+    def _call(self, method: Callable, *args) -> bool:
+        """Call a method of the delegate; False if it failed, or returned a future to wait for
+        (:meth:`_unblocked` goes on once that is done)."""
+        try:
+            waiting = method(*args)
+        except Exception as exc:
+            self._delegate_failed(exc)
+            return False
         if waiting is not None and not waiting.done():
             self.blocked = True
             waiting.add_done_callback(self._unblocked)
-            return
-        self._unblocked(None)
+            return False
+        return True
 
     def _unblocked(self, _fut) -> None:
         self.blocked = False
@@ -539,14 +549,7 @@ class Exchange(httputil.HTTPConnection):
         while self.chunks and delegate is not None:
             chunk = self.chunks.popleft()
             self.buffered -= len(chunk)
-            try:
-                waiting = delegate.data_received(chunk)
-            except Exception as exc:
-                self._delegate_failed(exc)
-                return
-            if waiting is not None and not waiting.done():
-                self.blocked = True
-                waiting.add_done_callback(self._unblocked)
+            if not self._call(delegate.data_received, chunk):
                 return
         if self.buffered <= BODY_HIGH_WATER:
             self.conn._resume(_BODY)

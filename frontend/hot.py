@@ -18,7 +18,6 @@ UTF-8 and an HTTP/1.1 request without ``Host`` (the application answers 400 in i
 """
 from __future__ import annotations
 
-import logging
 import re
 import time
 from functools import partial
@@ -28,8 +27,7 @@ from frontend import endpoints, reads
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.handlers import online_features_endpoint
-
-log = logging.getLogger("frontend")
+from frontend.ops import record_request
 
 _ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(rb"/features/([^/?]+)/([^/?]+)\Z")
@@ -99,11 +97,8 @@ class Hot:
     def _answer(self, ex, handler_name: str, started: float, reply: Reply) -> None:
         status, headers, body = reply
         ex.respond(status, headers, body)
-        seconds = time.monotonic() - started
-        self.ctx.stats.add(handler_name, ex.method, status, seconds)
-        if status >= 500 or self.ctx.cfg.access_log:
-            log.info("%d %s %s (%s) %.2fms", status, ex.method, ex.url.decode("latin1"),
-                     ex.context.remote_ip, 1000 * seconds)
+        record_request(self.ctx, handler_name, ex.method, ex.url.decode("latin1"), ex.context.remote_ip,
+                       status, time.monotonic() - started)
 
 
 def _segments(m: re.Match) -> tuple:
