@@ -68,7 +68,9 @@ class Config:
     http_port: int = setting(8000, "the front end's HTTP port", [F], at_least=0)
     frontend_processes: int = setting(1, "HTTP processes sharing the port", [F], flags=["--processes"],
                                       at_least=1)
-    http_idle_timeout_s: float = setting(75.0, "close a keep-alive connection idle this long", [F], above=0)
+    http_engine: str = setting("fast", "the HTTP/1.1 connection layer (fast: httptools; tornado: "
+                               "Tornado's HTTPServer)", [F], choices=["fast", "tornado"])
+    http_idle_timeout_s: float = setting(75.0, "close a connection idle this long", [F], above=0)
     http_header_timeout_s: float = setting(10.0, "a request's line and headers must arrive within this",
                                            [F], above=0)
     http_body_timeout_s: float = setting(60.0, "a request's body must arrive within this", [F], above=0)

@@ -6,13 +6,15 @@ import gc
 import logging
 import signal
 
+import orjson
 import tornado.httpserver
 import tornado.web
 
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import admission, fast, feast, native, ops
+from frontend import admission, engine, fast, feast, hot, native, ops
+from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -78,10 +80,22 @@ class _Server(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
-def start_tornado(cfg: Config, ctx: Context, sockets) -> tornado.httpserver.HTTPServer:
-    """Tornado's HTTP/1.1 server on ``sockets`` with the connection limits of ``cfg``. Tornado has
-    one timer for a request's head and for an idle keep-alive connection: the shorter one is used."""
-    server = _Server(fast.Router(make_app(ctx), ctx), max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
+async def start_server(cfg: Config, ctx: Context, sockets):
+    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names. Tornado
+    has one timer for a request's head and for an idle keep-alive connection: the shorter one."""
+    delegate = fast.Router(make_app(ctx), ctx)
+    if cfg.http_engine == "tornado":
+        return _start_tornado(cfg, delegate, sockets)
+    server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
+                               too_large=orjson.dumps({"detail": too_large(cfg).detail}),
+                               idle_timeout_s=cfg.http_idle_timeout_s,
+                               header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
+    await server.add_sockets(sockets)
+    return server
+
+
+def _start_tornado(cfg: Config, delegate, sockets) -> tornado.httpserver.HTTPServer:
+    server = _Server(delegate, max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
                      max_header_size=admission.hard_head_bytes(cfg),
                      idle_connection_timeout=min(cfg.http_idle_timeout_s, cfg.http_header_timeout_s),
                      body_timeout=cfg.http_body_timeout_s)
@@ -99,7 +113,7 @@ async def serve(cfg: Config, sockets) -> None:
                          max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
     client.start()
     ctx = make_context(cfg, client)
-    server = start_tornado(cfg, ctx, sockets)
+    server = await start_server(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

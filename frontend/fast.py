@@ -16,7 +16,6 @@ Requests served another way go to the application: other methods and paths, a qu
 """
 from __future__ import annotations
 
-import logging
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -29,8 +28,7 @@ from tornado import httputil
 from frontend import admission, reads
 from frontend.base import Context
 from frontend.errors import Reply
-
-log = logging.getLogger("frontend")
+from frontend.ops import record_request
 
 _ENTITY = re.compile(r"/features/([^/]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(r"/features/([^/]+)/([^/]+)\Z")
@@ -131,12 +129,9 @@ class _Answer(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        seconds = self.request.request_time()
         self.ctx.stats.active.discard(self.request)
-        self.ctx.stats.add(self.handler_name, self.request.method, status, seconds)
-        if status >= 500 or self.ctx.cfg.access_log:
-            log.info("%d %s %s (%s) %.2fms", status, self.request.method, self.request.uri[:1000],
-                     self.request.remote_ip, 1000 * seconds)
+        record_request(self.ctx, self.handler_name, self.request.method, self.request.uri[:1000],
+                       self.request.remote_ip, status, self.request.request_time())
 
 
 class _Read(_Answer):

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from frontend.errors import APIError
+from frontend.errors import APIError, Reply, error_reply
 
 
 class FeastFailure(APIError):
@@ -33,3 +33,10 @@ class ShapeError(APIError):
             except RecursionError:  # too deep to echo back: the error says where it is without it
                 item.pop("input", None)
                 self.body = orjson.dumps({"detail": [item]})
+
+
+def failure_reply(exc: APIError) -> Reply:
+    """The response of a refusal: Feast's own body for its errors, else ``{"detail"}``."""
+    if isinstance(exc, (FeastFailure, ShapeError)):
+        return exc.status_code, {}, exc.body
+    return error_reply(exc)
