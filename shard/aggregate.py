@@ -1,0 +1,275 @@
+"""Window state of one entity's aggregated feature: tiles of several sizes, finer for the recent
+part (as Tecton's "sawtooth" windows), so a read combines a few tiles.
+
+Layout (the levels come from the spec, common/aggregations.py): level ``k`` holds tiles of
+``S_k`` (a multiple of ``S_(k-1)``) for event times in ``[B_k, B_(k-1))``, where the boundary
+``B_k = floor((now - span_k) / S_k) * S_k`` moves with the shard's clock ``now`` (``B_(-1)`` is
++inf). Tiles are aligned to multiples of their size since the epoch and keyed by their start in
+seconds, so the level of a tile is implied by its start. As ``now`` advances, fine tiles older
+than their level's boundary fold into the coarse tile that contains them (exactly: sizes divide);
+tiles older than the last boundary are dropped, and an event older than it is *late*.
+
+A read of window ``w`` at ``now``: its old edge ``e = now - w`` lies in some level ``k``; the
+read combines every tile that starts in ``[floor(e / S_k) * S_k, now)``. So it covers the events
+in ``[now - w, now)`` plus at most one tile (< ``S_k``) before the old edge, and none other when
+no event is later than ``now``; when ``now`` and ``w`` are multiples of ``S_k`` it is exact.
+``last_N`` keeps the N latest events with their exact times and is exact at both edges.
+
+The state is plain lists and maps (``pack``/``unpack`` give msgpack bytes for the store, the
+snapshot and the log); an update needs no other state, so events may arrive in any order.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any
+
+import msgpack
+
+from common.aggregations import US, Aggregation
+from common.events import INT64_MAX, INT64_MIN
+
+APPLIED, LATE, EARLY, DUPLICATE = "applied", "late", "early", "duplicate"  # apply() outcomes
+_COUNT, _SUM, _MIN, _MAX = range(4)  # a tile: [count, sum, min, max]; an unkept column is None
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` can enter a sum, a mean, a min or a max (a bool cannot)."""
+    t = type(value)
+    return t is int or t is float
+
+
+def _merge(into: list, tile: list) -> None:
+    into[_COUNT] += tile[_COUNT]
+    if into[_SUM] is not None:
+        into[_SUM] = _bounded(into[_SUM] + tile[_SUM])
+    if into[_MIN] is not None and tile[_MIN] < into[_MIN]:
+        into[_MIN] = tile[_MIN]
+    if into[_MAX] is not None and tile[_MAX] > into[_MAX]:
+        into[_MAX] = tile[_MAX]
+
+
+def _bounded(total):
+    """A sum msgpack can hold: an integer past 64 bits becomes a float."""
+    if type(total) is int and not INT64_MIN <= total <= INT64_MAX:
+        return float(total)
+    return total
+
+
+class WindowState:
+    """Tiles, the N latest events and the seen event ids of one (entity, aggregated feature).
+
+    :arg spec: the feature's :class:`~common.aggregations.Aggregation`.
+    """
+
+    __slots__ = ("spec", "horizon", "tiles", "last", "seen", "_bounds")
+
+    def __init__(self, spec: Aggregation, horizon: int = 0, tiles: dict | None = None,
+                 last: list | None = None, seen: dict | None = None) -> None:
+        self.spec = spec
+        self.horizon = horizon  # the latest clock reading the tiles are laid out for
+        self.tiles: dict[int, list] = {} if tiles is None else tiles  # start in s -> tile
+        self.last: list[list] = [] if last is None else last  # [[event_us, value]], oldest first
+        self.seen: dict[Any, int] = {} if seen is None else seen  # event id -> event_us
+        self._bounds = self.bounds(horizon)
+
+    # ---- layout
+    def bounds(self, now: int) -> list[int]:
+        """``B_k`` of each level at ``now``: level k holds event times in ``[B_k, B_(k-1))``."""
+        return [(now - lv.span_us) // lv.tile_us * lv.tile_us for lv in self.spec.levels]
+
+    def _tile_us(self, t: int, bounds: list[int]) -> int:
+        """The tile size of event time ``t`` (0: older than every level, late)."""
+        for lv, b in zip(self.spec.levels, bounds):
+            if t >= b:
+                return lv.tile_us
+        return 0
+
+    def window_start(self, now: int, window_us: int) -> int:
+        """Where a read of a ``window_us`` window at ``now`` starts: the start of the tile holding
+        its old edge, in ``(now - window_us - S_k, now - window_us]``."""
+        edge = now - window_us
+        tile = self._tile_us(edge, self.bounds(max(now, self.horizon))) or self.spec.levels[-1].tile_us
+        return edge // tile * tile
+
+    def _advance(self, now: int) -> None:
+        """Lay the tiles out for ``now``: fold fine tiles past their level, drop the late ones."""
+        self.horizon = now
+        bounds = self.bounds(now)
+        if bounds == self._bounds:
+            return
+        self._bounds = bounds
+        tiles: dict[int, list] = {}
+        for key, tile in sorted(self.tiles.items()):
+            start = key * US
+            size = self._tile_us(start, bounds)
+            if not size:
+                continue
+            key = start // size * size // US
+            have = tiles.get(key)
+            if have is None:
+                tiles[key] = tile
+            else:
+                _merge(have, tile)
+        self.tiles = tiles
+        oldest = bounds[-1]
+        if self.seen:
+            self.seen = {eid: ts for eid, ts in self.seen.items() if ts >= oldest}
+        if self.last and self.last[0][0] < oldest:
+            self.last = [item for item in self.last if item[0] >= oldest]
+
+    # ---- writes
+    def apply(self, value: Any, ts: int, now: int, event_id: Any = None) -> str:
+        """Count one event (``value`` at event time ``ts``, seen at the clock reading ``now``):
+        returns :data:`APPLIED`, or :data:`LATE` (older than the longest window), :data:`EARLY`
+        (further ahead of ``now`` than clock skew explains) or :data:`DUPLICATE` (an event id
+        already counted), which change nothing. Numeric functions need :func:`is_number` values;
+        the caller checks that first."""
+        if now > self.horizon:
+            self._advance(now)
+        bounds, spec = self._bounds, self.spec
+        if ts < bounds[-1]:
+            return LATE
+        if ts >= self.horizon + spec.ahead_us:
+            return EARLY
+        if event_id is not None:
+            if event_id in self.seen:
+                return DUPLICATE
+            self.seen[event_id] = ts
+        size = self._tile_us(ts, bounds)
+        key = ts // size * size // US
+        tile = self.tiles.get(key)
+        keep_sum, keep_min, keep_max = spec.columns
+        if tile is None:
+            self.tiles[key] = [1, value if keep_sum else None, value if keep_min else None,
+                               value if keep_max else None]
+        else:
+            tile[_COUNT] += 1
+            if keep_sum:
+                tile[_SUM] = _bounded(tile[_SUM] + value)
+            if keep_min and value < tile[_MIN]:
+                tile[_MIN] = value
+            if keep_max and value > tile[_MAX]:
+                tile[_MAX] = value
+        if spec.last_n:
+            self._keep_latest(value, ts)
+        return APPLIED
+
+    def _keep_latest(self, value: Any, ts: int) -> None:
+        last = self.last
+        if len(last) >= self.spec.last_n and ts < last[0][0]:
+            return
+        last.insert(bisect_right(last, ts, key=lambda item: item[0]), [ts, value])
+        if len(last) > self.spec.last_n:
+            del last[0]
+
+    # ---- reads
+    def read(self, now: int) -> dict[str, Any]:
+        """``{output name: value}`` of every function and window at ``now`` (see the module
+        docstring for what each window covers). An empty window: count and sum 0, mean, min and
+        max None, last_N []."""
+        spec = self.spec
+        totals = self._window_totals(now)
+        out: dict[str, Any] = {}
+        for o in spec.outputs:
+            count, total, low, high = totals[o.window.us]
+            fn = o.function
+            if fn == "count":
+                out[o.name] = count
+            elif fn == "sum":
+                out[o.name] = total if count else 0
+            elif fn == "mean":
+                out[o.name] = total / count if count else None
+            elif fn == "min":
+                out[o.name] = low if count else None
+            elif fn == "max":
+                out[o.name] = high if count else None
+            else:
+                edge = now - o.window.us
+                values = [v for ts, v in self.last if edge <= ts < now]
+                out[o.name] = values[-o.n:]
+        return out
+
+    def _window_totals(self, now: int) -> dict[int, list]:
+        """``{window_us: [count, sum, min, max]}``: one pass over the tiles, newest first."""
+        starts = [(self.window_start(now, w.us) // US, w.us) for w in self.spec.windows]
+        totals: dict[int, list] = {}
+        acc = [0, 0, None, None]
+        i = 0
+        for key in sorted((k for k in self.tiles if k * US < now), reverse=True):
+            while i < len(starts) and key < starts[i][0]:
+                totals[starts[i][1]] = list(acc)
+                i += 1
+            if i == len(starts):
+                break
+            tile = self.tiles[key]
+            if acc[_COUNT] == 0:
+                acc = list(tile)
+            else:
+                _merge_loose(acc, tile)
+        for _, w in starts[i:]:
+            totals[w] = list(acc)
+        return totals
+
+    def valid_until(self, now: int) -> int:
+        """The first clock reading after ``now`` at which :meth:`read` may answer differently."""
+        until = [self.window_start(now, w.us) + self.spec.error_bound_us(w) + w.us for w in self.spec.windows]
+        until.extend(k * US + 1 for k in self.tiles if k * US >= now)
+        for ts, _ in self.last:  # an event enters a window at ts + 1 and leaves at ts + w + 1
+            until.append(ts + 1)
+            until.extend(ts + w.us + 1 for w in self.spec.windows)
+        return min(u for u in until if u > now)
+
+    # ---- encoding
+    def to_obj(self) -> list:
+        """The state as msgpack-friendly lists and maps (maps with integer keys)."""
+        return [self.horizon, self.tiles, self.last, self.seen]
+
+    @classmethod
+    def from_obj(cls, spec: Aggregation, obj: list) -> "WindowState":
+        horizon, tiles, last, seen = obj
+        return cls(spec, horizon, tiles, last, seen)
+
+    def pack(self) -> bytes:
+        return msgpack.packb(self.to_obj(), use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, spec: Aggregation, blob: bytes) -> "WindowState":
+        return cls.from_obj(spec, msgpack.unpackb(blob, raw=False, strict_map_key=False))
+
+
+def _merge_loose(acc: list, tile: list) -> None:
+    """:func:`_merge` for a read's running total (sums may pass 64 bits there)."""
+    acc[_COUNT] += tile[_COUNT]
+    if acc[_SUM] is not None:
+        acc[_SUM] += tile[_SUM]
+    if acc[_MIN] is not None and tile[_MIN] < acc[_MIN]:
+        acc[_MIN] = tile[_MIN]
+    if acc[_MAX] is not None and tile[_MAX] > acc[_MAX]:
+        acc[_MAX] = tile[_MAX]
+
+
+class Positions:
+    """The last applied position of each source (a Kafka ``topic/partition`` -> offset, a file
+    -> line), so a redelivered event is recognised: a source delivers its events in position
+    order, so anything at or before the last applied position was applied already."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: dict[str, int] | None = None) -> None:
+        self.last: dict[str, int] = {} if last is None else last
+
+    def is_new(self, source: str, position: int) -> bool:
+        """Whether the event at ``position`` of ``source`` was not applied yet."""
+        return position > self.last.get(source, -1)
+
+    def advance(self, source: str, position: int) -> None:
+        """Record that ``source`` is applied up to ``position``."""
+        if position > self.last.get(source, -1):
+            self.last[source] = position
+
+    def to_obj(self) -> dict[str, int]:
+        return self.last
+
+    @classmethod
+    def from_obj(cls, obj: dict[str, int]) -> "Positions":
+        return cls(dict(obj))
