@@ -61,15 +61,16 @@ class WindowState:
     :arg spec: the feature's :class:`~common.aggregations.Aggregation`.
     """
 
-    __slots__ = ("spec", "horizon", "tiles", "last", "seen", "_bounds")
+    __slots__ = ("spec", "horizon", "tiles", "last", "seen", "newest", "_bounds")
 
     def __init__(self, spec: Aggregation, horizon: int = 0, tiles: dict | None = None,
-                 last: list | None = None, seen: dict | None = None) -> None:
+                 last: list | None = None, seen: dict | None = None, newest: int = 0) -> None:
         self.spec = spec
         self.horizon = horizon  # the latest clock reading the tiles are laid out for
         self.tiles: dict[int, list] = {} if tiles is None else tiles  # start in s -> tile
         self.last: list[list] = [] if last is None else last  # [[event_us, value]], oldest first
         self.seen: dict[Any, int] = {} if seen is None else seen  # event id -> event_us
+        self.newest = newest  # the latest event time counted: the aggregates' event time
         self._bounds = self.bounds(horizon)
 
     # ---- layout
@@ -152,6 +153,8 @@ class WindowState:
                 tile[_MAX] = value
         if spec.last_n:
             self._keep_latest(value, ts)
+        if ts > self.newest:
+            self.newest = ts
         return APPLIED
 
     def _keep_latest(self, value: Any, ts: int) -> None:
@@ -222,19 +225,25 @@ class WindowState:
     # ---- encoding
     def to_obj(self) -> list:
         """The state as msgpack-friendly lists and maps (maps with integer keys)."""
-        return [self.horizon, self.tiles, self.last, self.seen]
+        return [self.horizon, self.tiles, self.last, self.seen, self.newest]
 
     @classmethod
     def from_obj(cls, spec: Aggregation, obj: list) -> "WindowState":
-        horizon, tiles, last, seen = obj
-        return cls(spec, horizon, tiles, last, seen)
+        return cls(spec, *obj)
 
     def pack(self) -> bytes:
-        return msgpack.packb(self.to_obj(), use_bin_type=True)
+        return _pack(self.to_obj())
 
     @classmethod
     def unpack(cls, spec: Aggregation, blob: bytes) -> "WindowState":
-        return cls.from_obj(spec, msgpack.unpackb(blob, raw=False, strict_map_key=False))
+        return cls.from_obj(spec, _unpack(blob))
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
 def _merge_loose(acc: list, tile: list) -> None:
@@ -273,3 +282,132 @@ class Positions:
     @classmethod
     def from_obj(cls, obj: dict[str, int]) -> "Positions":
         return cls(dict(obj))
+
+
+class Aggregator:
+    """The window states of one shard: per entity one msgpack blob ``{feature: state}``, the
+    applied position of each source, and counters.
+
+    :arg specs: the configured aggregations (``Config.aggregations``).
+    """
+
+    def __init__(self, specs: tuple[Aggregation, ...] = ()) -> None:
+        self.specs = {a.feature: a for a in specs}
+        self.outputs = {o.name: a.feature for a in specs for o in a.outputs}  # name -> feature
+        self.states: dict[str, bytes] = {}  # entity id -> packed {feature: state object}
+        self.positions = Positions()
+        self.counts = {APPLIED: 0, LATE: 0, EARLY: 0, DUPLICATE: 0, "redelivered": 0}
+
+    def __bool__(self) -> bool:
+        return bool(self.specs)
+
+    # ---- writes
+    def check(self, writes: list, event_ids: list | None = None) -> None:
+        """Raise ValueError, naming the write, if one cannot be aggregated: a non-number for a
+        numeric function, a write to an aggregate's own name, an event id that is not a string
+        or an integer."""
+        specs, outputs = self.specs, self.outputs
+        for i, (eid, name, value, ts) in enumerate(writes):
+            if name in outputs:
+                raise ValueError(f"{name} is computed by the aggregation of {outputs[name]}: write {outputs[name]}")
+            spec = specs.get(name)
+            if spec is not None and spec.needs_number and not is_number(value):
+                raise ValueError(refusal(spec, value))
+        for event_id in event_ids or ():
+            if event_id is not None and type(event_id) not in (str, int):
+                raise ValueError("an event id must be a string or an integer")
+
+    def apply(self, writes: list, now: int, event_ids: list | None = None, source: str | None = None,
+              positions: list | None = None) -> set[str]:
+        """Count the writes of aggregated features (checked by :meth:`check`) at the clock
+        reading ``now``; return the entities whose state changed. ``event_ids`` and
+        ``positions`` run parallel to ``writes``; a write at a position of ``source`` at or
+        before the last one applied is a redelivery and is skipped."""
+        specs = self.specs
+        applied = -1 if source is None else self.positions.last.get(source, -1)
+        touched: dict[str, dict] = {}
+        counts = self.counts
+        for i, (eid, name, value, ts) in enumerate(writes):
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            if positions is not None and positions[i] <= applied:
+                counts["redelivered"] += 1
+                continue
+            states = touched.get(eid)
+            if states is None:
+                blob = self.states.get(eid)
+                states = touched[eid] = {} if blob is None else _unpack(blob)
+            obj = states.get(name)
+            state = WindowState(spec) if obj is None else WindowState.from_obj(spec, obj)
+            counts[state.apply(value, ts, now, None if event_ids is None else event_ids[i])] += 1
+            states[name] = state.to_obj()
+        if positions and source is not None:
+            self.positions.advance(source, max(positions))
+        for eid, states in touched.items():
+            self.states[eid] = _pack(states)
+        return set(touched)
+
+    def delete(self, eid: str, name: str | None = None) -> bool:
+        """Forget an entity's states (``name`` None) or one feature's; whether there was one."""
+        blob = self.states.get(eid)
+        if blob is None:
+            return False
+        if name is None:
+            del self.states[eid]
+            return True
+        states = _unpack(blob)
+        if states.pop(name, None) is None:
+            return False
+        if states:
+            self.states[eid] = _pack(states)
+        else:
+            del self.states[eid]
+        return True
+
+    # ---- reads
+    def read(self, eid: str, now: int, names=None) -> tuple[dict, dict, int] | None:
+        """``({name: value}, {name: event_us}, valid until)`` of an entity's aggregates at
+        ``now`` (only ``names`` if given), or None when it never had an aggregated event."""
+        blob = self.states.get(eid)
+        if blob is None:
+            return None
+        values, times, until = {}, {}, 1 << 62
+        for feature, obj in _unpack(blob).items():
+            spec = self.specs.get(feature)
+            if spec is None:  # no longer configured
+                continue
+            state = WindowState.from_obj(spec, obj)
+            got = state.read(now)
+            if names is not None:
+                got = {n: v for n, v in got.items() if n in names}
+                if not got:
+                    continue
+            values.update(got)
+            times.update(dict.fromkeys(got, state.newest))
+            until = min(until, state.valid_until(now))
+        return values, times, until
+
+    # ---- snapshots
+    def to_obj(self) -> dict:
+        return {"states": self.states, "positions": self.positions.to_obj()}
+
+    def load(self, obj: dict) -> None:
+        """Install a snapshot made by :meth:`to_obj`."""
+        self.states = dict(obj["states"])
+        self.positions = Positions.from_obj(obj["positions"])
+
+    def stats(self) -> dict:
+        c = self.counts
+        return {"agg_entities": len(self.states), "agg_events": c[APPLIED], "agg_late": c[LATE],
+                "agg_early": c[EARLY], "agg_duplicates": c[DUPLICATE], "agg_redelivered": c["redelivered"]}
+
+
+_KINDS = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
+
+
+def refusal(spec: Aggregation, value: Any) -> str:
+    """Why ``value`` cannot be a write of ``spec``'s feature."""
+    numeric = ", ".join(f for f in spec.functions if not f.startswith(("count", "last_")))
+    kind = _KINDS.get(type(value), type(value).__name__)
+    return f"{spec.feature} is aggregated with {numeric}: its value must be a number, not {kind}"

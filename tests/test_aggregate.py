@@ -303,3 +303,49 @@ def test_a_feature_is_aggregated_once_and_names_do_not_collide():
                             {"feature": "c_count_1h", "functions": ["count"], "windows": ["1h"]}])
     with pytest.raises(AggregationError, match="array of tables"):
         parse_aggregations({"feature": "c"})
+
+
+# ---- the shard's aggregator
+def _aggregator():
+    from shard.aggregate import Aggregator
+    return Aggregator((SPECS[0], SPECS[2]))
+
+
+def test_the_aggregator_counts_positions_once_and_reads_every_output():
+    agg = _aggregator()
+    writes = [["u1", "clicks", 2, T0 - 10 * US], ["u1", "other", "x", T0 - 10 * US], ["u2", "clicks", 3, T0 - 5 * US]]
+    assert agg.apply(writes, T0, source="kafka:t/0", positions=[7, 7, 8]) == {"u1", "u2"}
+    # a redelivery overlapping what was applied: only position 9 is new
+    agg.apply(writes + [["u1", "clicks", 5, T0 - US]], T0, source="kafka:t/0", positions=[7, 7, 8, 9])
+    values, times, until = agg.read("u1", T0)
+    assert values["clicks_count_1h"] == 2 and values["clicks_sum_24h"] == 7 and values["clicks_last_5_7d"] == [2, 5]
+    assert times["clicks_sum_1h"] == T0 - US and T0 < until <= T0 + 300 * US
+    assert agg.stats()["agg_redelivered"] == 2 and agg.stats()["agg_events"] == 3
+    assert agg.read("nobody", T0) is None
+    assert agg.read("u1", T0, {"clicks_sum_1h"})[0] == {"clicks_sum_1h": 7}
+
+
+def test_the_aggregator_refuses_what_it_cannot_aggregate():
+    agg = _aggregator()
+    with pytest.raises(ValueError, match="clicks is aggregated with sum, mean, min, max: its value must be a number, not a string"):
+        agg.check([["u", "clicks", "3", T0]])
+    with pytest.raises(ValueError, match="not a boolean"):
+        agg.check([["u", "clicks", True, T0]])
+    with pytest.raises(ValueError, match="computed by the aggregation of clicks"):
+        agg.check([["u", "clicks_sum_1h", 3, T0]])
+    with pytest.raises(ValueError, match="event id"):
+        agg.check([["u", "clicks", 3, T0]], [[1]])
+    agg.check([["u", "tag", "any value", T0], ["u", "clicks", 1.5, T0]], ["e1", 2])  # count/last_N take anything
+
+
+def test_the_aggregator_survives_its_snapshot_and_forgets_deleted_entities():
+    from shard.aggregate import Aggregator
+    agg = _aggregator()
+    agg.apply([["u", "clicks", 1, T0 - US], ["u", "tag", "a", T0 - US]], T0, ["e1", "e1"], "f.jsonl", [3, 3])
+    copy = Aggregator((SPECS[0], SPECS[2]))
+    copy.load(agg.to_obj())
+    assert copy.read("u", T0) == agg.read("u", T0)
+    copy.apply([["u", "clicks", 1, T0 - US]], T0, ["e1"])  # the same event id: counted once
+    assert copy.read("u", T0)[0]["clicks_count_1h"] == 1
+    assert copy.delete("u", "tag") and "tag_count_10s" not in copy.read("u", T0)[0]
+    assert copy.delete("u") and copy.read("u", T0) is None and not copy.delete("u")
