@@ -29,6 +29,10 @@ from common.aggregations import US, Aggregation
 from common.events import INT64_MAX, INT64_MIN
 
 APPLIED, LATE, EARLY, DUPLICATE = "applied", "late", "early", "duplicate"  # apply() outcomes
+
+
+class AggregateRefused(ValueError):
+    """A write an aggregation cannot take (a non-number for a sum, say); the message says why."""
 _COUNT, _SUM, _MIN, _MAX = range(4)  # a tile: [count, sum, min, max]; an unkept column is None
 
 
@@ -303,19 +307,19 @@ class Aggregator:
 
     # ---- writes
     def check(self, writes: list, event_ids: list | None = None) -> None:
-        """Raise ValueError, naming the write, if one cannot be aggregated: a non-number for a
+        """Raise :class:`AggregateRefused` if a write cannot be aggregated: a non-number for a
         numeric function, a write to an aggregate's own name, an event id that is not a string
         or an integer."""
         specs, outputs = self.specs, self.outputs
         for i, (eid, name, value, ts) in enumerate(writes):
             if name in outputs:
-                raise ValueError(f"{name} is computed by the aggregation of {outputs[name]}: write {outputs[name]}")
+                raise AggregateRefused(f"{name} is computed by the aggregation of {outputs[name]}: write {outputs[name]}")
             spec = specs.get(name)
             if spec is not None and spec.needs_number and not is_number(value):
-                raise ValueError(refusal(spec, value))
+                raise AggregateRefused(refusal(spec, value))
         for event_id in event_ids or ():
             if event_id is not None and type(event_id) not in (str, int):
-                raise ValueError("an event id must be a string or an integer")
+                raise AggregateRefused("an event id must be a string or an integer")
 
     def apply(self, writes: list, now: int, event_ids: list | None = None, source: str | None = None,
               positions: list | None = None) -> set[str]:
