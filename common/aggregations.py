@@ -220,3 +220,18 @@ def parse_aggregations(entries: Any, where: str = "aggregations") -> tuple[Aggre
                 raise AggregationError(f"{where}: {out.name!r} is both an aggregate and an aggregated feature")
             names.add(out.name)
     return aggs
+
+
+_KINDS = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
+
+
+def refusal(spec: Aggregation, value: Any) -> str:
+    """Why ``value`` cannot be a write of ``spec``'s feature (a numeric function needs numbers)."""
+    numeric = ", ".join(f for f in spec.functions if f in NUMERIC)
+    kind = _KINDS.get(type(value), type(value).__name__)
+    return f"{spec.feature} is aggregated with {numeric}: its value must be a number, not {kind}"
+
+
+def computed_refusal(name: str, feature: str) -> str:
+    """Why a write to an aggregate's own name is refused."""
+    return f"{name} is computed by the aggregation of {feature}: write {feature}"

@@ -82,21 +82,27 @@ class FeaturesHandler(BodyHandler, EntityReads):
         return self.get_feature(eid, name)
 
     async def post(self) -> None:
+        ids = [] if self.ctx.limits.aggregations else None  # event ids matter to aggregations only
         try:
-            writes = parse_body(self.json_body(), self.ctx.limits, timefmt.now_us())
+            writes = parse_body(self.json_body(), self.ctx.limits, timefmt.now_us(), ids)
         except EventError as exc:
             raise APIError(400, exc.detail) from None
-        written, stale = await write_all(self, writes)
+        written, stale = await write_all(self, writes, ids if ids and any(i is not None for i in ids) else None)
         self.finish(orjson.dumps({"message": "feature saved", "written": written, "stale": stale}))
 
 
-async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
-    """Send write tuples to their shards concurrently; return (written, stale)."""
+async def write_all(handler: BaseHandler, writes: list, ids: list | None = None) -> tuple[int, int]:
+    """Send write tuples (with their event ids, parallel, if given) to their shards
+    concurrently; return (written, stale)."""
     client, shard_for = handler.ctx.client, handler.ctx.partitioner.shard_for
     by_shard: dict[int, list] = {}
-    for w in writes:
-        by_shard.setdefault(shard_for(w[0]), []).append(w)
-    futs = [client.submit(s, P.write(ws)) for s, ws in by_shard.items()]
+    ids_by_shard: dict[int, list] = {}
+    for i, w in enumerate(writes):
+        shard = shard_for(w[0])
+        by_shard.setdefault(shard, []).append(w)
+        if ids is not None:
+            ids_by_shard.setdefault(shard, []).append(ids[i])
+    futs = [client.submit(s, P.write(ws, event_ids=ids_by_shard.get(s))) for s, ws in by_shard.items()]
     written = stale = 0
     failure = None
     for shard, fut in zip(by_shard, futs):

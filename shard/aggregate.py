@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from common.aggregations import US, Aggregation
+from common.aggregations import US, Aggregation, computed_refusal, refusal
 from common.events import INT64_MAX, INT64_MIN
 
 APPLIED, LATE, EARLY, DUPLICATE = "applied", "late", "early", "duplicate"  # apply() outcomes
@@ -313,7 +313,7 @@ class Aggregator:
         specs, outputs = self.specs, self.outputs
         for i, (eid, name, value, ts) in enumerate(writes):
             if name in outputs:
-                raise AggregateRefused(f"{name} is computed by the aggregation of {outputs[name]}: write {outputs[name]}")
+                raise AggregateRefused(computed_refusal(name, outputs[name]))
             spec = specs.get(name)
             if spec is not None and spec.needs_number and not is_number(value):
                 raise AggregateRefused(refusal(spec, value))
@@ -405,13 +405,3 @@ class Aggregator:
         c = self.counts
         return {"agg_entities": len(self.states), "agg_events": c[APPLIED], "agg_late": c[LATE],
                 "agg_early": c[EARLY], "agg_duplicates": c[DUPLICATE], "agg_redelivered": c["redelivered"]}
-
-
-_KINDS = {str: "a string", bool: "a boolean", type(None): "null", list: "an array", dict: "an object"}
-
-
-def refusal(spec: Aggregation, value: Any) -> str:
-    """Why ``value`` cannot be a write of ``spec``'s feature."""
-    numeric = ", ".join(f for f in spec.functions if not f.startswith(("count", "last_")))
-    kind = _KINDS.get(type(value), type(value).__name__)
-    return f"{spec.feature} is aggregated with {numeric}: its value must be a number, not {kind}"
