@@ -70,6 +70,7 @@ class Aggregation:
     last_n: int  # the largest N of its last_N functions; 0 if none
     needs_number: bool  # a numeric function is declared: a value must be a number
     columns: tuple[bool, bool, bool]  # whether tiles keep a sum, a min, a max
+    layout_us: tuple[tuple[int, int], ...] = ()  # (tile_us, span_us) of each level: the hot paths'
 
     @property
     def ahead_us(self) -> int:
@@ -201,6 +202,7 @@ def parse_aggregation(entry: Any, where: str = "aggregations[0]") -> Aggregation
         last_n=max((n for _, n in functions), default=0),
         needs_number=any(fn in NUMERIC for fn, _ in functions),
         columns=columns,
+        layout_us=tuple((lv.tile_us, lv.span_us) for lv in levels),
     )
 
 

@@ -75,34 +75,38 @@ class WindowState:
         self.last: list[list] = [] if last is None else last  # [[event_us, value]], oldest first
         self.seen: dict[Any, int] = {} if seen is None else seen  # event id -> event_us
         self.newest = newest  # the latest event time counted: the aggregates' event time
-        self._bounds = self.bounds(horizon)
+        self._bounds: list | None = None  # bounds(horizon), worked out when a write needs them
 
     # ---- layout
     def bounds(self, now: int) -> list[int]:
         """``B_k`` of each level at ``now``: level k holds event times in ``[B_k, B_(k-1))``."""
-        return [(now - lv.span_us) // lv.tile_us * lv.tile_us for lv in self.spec.levels]
+        return [(now - span) // tile * tile for tile, span in self.spec.layout_us]
 
     def _tile_us(self, t: int, bounds: list[int]) -> int:
         """The tile size of event time ``t`` (0: older than every level, late)."""
-        for lv, b in zip(self.spec.levels, bounds):
+        for (tile, _), b in zip(self.spec.layout_us, bounds):
             if t >= b:
-                return lv.tile_us
+                return tile
         return 0
 
     def window_start(self, now: int, window_us: int) -> int:
         """Where a read of a ``window_us`` window at ``now`` starts: the start of the tile holding
         its old edge, in ``(now - window_us - S_k, now - window_us]``."""
+        return self._edge(now, window_us, self.bounds(max(now, self.horizon)))[0]
+
+    def _edge(self, now: int, window_us: int, bounds: list[int]) -> tuple[int, int, int]:
+        """``(start, window_us, tile)``: the tile holding a window's old edge, and its size."""
         edge = now - window_us
-        tile = self._tile_us(edge, self.bounds(max(now, self.horizon))) or self.spec.levels[-1].tile_us
-        return edge // tile * tile
+        tile = self._tile_us(edge, bounds) or self.spec.layout_us[-1][0]
+        return edge // tile * tile, window_us, tile
 
     def _advance(self, now: int) -> None:
         """Lay the tiles out for ``now``: fold fine tiles past their level, drop the late ones."""
+        old = self._bounds if self._bounds is not None else self.bounds(self.horizon)
         self.horizon = now
-        bounds = self.bounds(now)
-        if bounds == self._bounds:
+        bounds = self._bounds = self.bounds(now)
+        if bounds == old:
             return
-        self._bounds = bounds
         tiles: dict[int, list] = {}
         for key, tile in sorted(self.tiles.items()):
             start = key * US
@@ -131,6 +135,8 @@ class WindowState:
         the caller checks that first."""
         if now > self.horizon:
             self._advance(now)
+        elif self._bounds is None:
+            self._bounds = self.bounds(self.horizon)
         bounds, spec = self._bounds, self.spec
         if ts < bounds[-1]:
             return LATE
@@ -140,7 +146,9 @@ class WindowState:
             if event_id in self.seen:
                 return DUPLICATE
             self.seen[event_id] = ts
-        size = self._tile_us(ts, bounds)
+        for (size, _), b in zip(spec.layout_us, bounds):  # the tile size of its level
+            if ts >= b:
+                break
         key = ts // size * size // US
         tile = self.tiles.get(key)
         keep_sum, keep_min, keep_max = spec.columns
@@ -163,9 +171,12 @@ class WindowState:
 
     def _keep_latest(self, value: Any, ts: int) -> None:
         last = self.last
-        if len(last) >= self.spec.last_n and ts < last[0][0]:
+        if not last or ts >= last[-1][0]:  # the usual case: the latest so far
+            last.append([ts, value])
+        elif len(last) >= self.spec.last_n and ts < last[0][0]:
             return
-        last.insert(bisect_right(last, ts, key=lambda item: item[0]), [ts, value])
+        else:
+            last.insert(bisect_right(last, ts, key=_event_time), [ts, value])
         if len(last) > self.spec.last_n:
             del last[0]
 
@@ -174,8 +185,14 @@ class WindowState:
         """``{output name: value}`` of every function and window at ``now`` (see the module
         docstring for what each window covers). An empty window: count and sum 0, mean, min and
         max None, last_N []."""
+        return self.read_until(now)[0]
+
+    def read_until(self, now: int) -> tuple[dict[str, Any], int]:
+        """:meth:`read`, and the first clock reading after ``now`` at which it may differ."""
         spec = self.spec
-        totals = self._window_totals(now)
+        bounds = self.bounds(max(now, self.horizon))
+        starts = [self._edge(now, w.us, bounds) for w in spec.windows]
+        totals = self._window_totals(now, starts)
         out: dict[str, Any] = {}
         for o in spec.outputs:
             count, total, low, high = totals[o.window.us]
@@ -194,11 +211,22 @@ class WindowState:
                 edge = now - o.window.us
                 values = [v for ts, v in self.last if edge <= ts < now]
                 out[o.name] = values[-o.n:]
-        return out
+        return out, self._until(now, starts)
 
-    def _window_totals(self, now: int) -> dict[int, list]:
+    def _until(self, now: int, starts: list) -> int:
+        """When a read changes next: a window's old edge reaches its next tile, a tile ahead of
+        ``now`` starts, an event of last_N enters (ts + 1) or leaves (ts + w + 1) a window."""
+        until = [start + tile + w for start, w, tile in starts]
+        if self.tiles and max(self.tiles) * US >= now:
+            until.extend(k * US + 1 for k in self.tiles if k * US >= now)
+        for ts, _ in self.last:
+            until.append(ts + 1)
+            until.extend(ts + w + 1 for _, w, _ in starts)
+        return min(u for u in until if u > now)
+
+    def _window_totals(self, now: int, starts: list) -> dict[int, list]:
         """``{window_us: [count, sum, min, max]}``: one pass over the tiles, newest first."""
-        starts = [(self.window_start(now, w.us) // US, w.us) for w in self.spec.windows]
+        starts = [(start // US, w) for start, w, _ in starts]
         totals: dict[int, list] = {}
         acc = [0, 0, None, None]
         i = 0
@@ -219,12 +247,7 @@ class WindowState:
 
     def valid_until(self, now: int) -> int:
         """The first clock reading after ``now`` at which :meth:`read` may answer differently."""
-        until = [self.window_start(now, w.us) + self.spec.error_bound_us(w) + w.us for w in self.spec.windows]
-        until.extend(k * US + 1 for k in self.tiles if k * US >= now)
-        for ts, _ in self.last:  # an event enters a window at ts + 1 and leaves at ts + w + 1
-            until.append(ts + 1)
-            until.extend(ts + w.us + 1 for w in self.spec.windows)
-        return min(u for u in until if u > now)
+        return self.read_until(now)[1]
 
     # ---- encoding
     def to_obj(self) -> list:
@@ -248,6 +271,10 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 
 def _unpack(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
+
+
+def _event_time(item: list) -> int:
+    return item[0]
 
 
 def _merge_loose(acc: list, tile: list) -> None:
@@ -289,21 +316,59 @@ class Positions:
 
 
 class Aggregator:
-    """The window states of one shard: per entity one msgpack blob ``{feature: state}``, the
-    applied position of each source, and counters.
+    """The window states of one shard, per entity ``{feature: state}``: decoded for the
+    :data:`HOT_ENTITIES` entities used last, one msgpack blob each for the others; the applied
+    position of each source; and counters.
 
     :arg specs: the configured aggregations (``Config.aggregations``).
     """
 
+    HOT_ENTITIES = 20_000  # entities kept decoded: a write or read of them skips unpack and pack
+
     def __init__(self, specs: tuple[Aggregation, ...] = ()) -> None:
         self.specs = {a.feature: a for a in specs}
         self.outputs = {o.name: a.feature for a in specs for o in a.outputs}  # name -> feature
-        self.states: dict[str, bytes] = {}  # entity id -> packed {feature: state object}
+        self.states: dict[str, bytes] = {}  # entity id -> packed {feature: state object}, if not hot
+        self.hot: dict[str, dict] = {}  # entity id -> {feature: state object}, least recent first
         self.positions = Positions()
         self.counts = {APPLIED: 0, LATE: 0, EARLY: 0, DUPLICATE: 0, "redelivered": 0}
 
     def __bool__(self) -> bool:
         return bool(self.specs)
+
+    def has(self, eid: str) -> bool:
+        """Whether the entity had an aggregated event (that was not deleted)."""
+        return eid in self.hot or eid in self.states
+
+    def _decoded(self, eid: str, create: bool = False, evict: bool = True) -> dict | None:
+        """The entity's ``{feature: state object}``, now the most recent hot one; None if it has
+        none and not ``create``. With ``evict``, the least recent beyond :data:`HOT_ENTITIES`
+        are packed away (a write packs them once it is done with its entities)."""
+        states = self.hot.pop(eid, None)
+        if states is None:
+            blob = self.states.pop(eid, None)
+            if blob is None and not create:
+                return None
+            states = {} if blob is None else _unpack(blob)
+        self.hot[eid] = states
+        if evict:
+            self._evict()
+        return states
+
+    def _evict(self) -> None:
+        hot = self.hot
+        while len(hot) > self.HOT_ENTITIES:
+            cold = next(iter(hot))
+            self.states[cold] = _pack(hot.pop(cold))
+
+    def packed(self):
+        """Every entity's packed states, ``(eid, blob)`` (a snapshot writes them)."""
+        yield from self.states.items()
+        for eid, states in self.hot.items():
+            yield eid, _pack(states)
+
+    def __len__(self) -> int:
+        return len(self.states) + len(self.hot)
 
     # ---- writes
     def check(self, writes: list, event_ids: list | None = None) -> None:
@@ -340,68 +405,60 @@ class Aggregator:
                 continue
             states = touched.get(eid)
             if states is None:
-                blob = self.states.get(eid)
-                states = touched[eid] = {} if blob is None else _unpack(blob)
+                states = touched[eid] = self._decoded(eid, create=True, evict=False)
             obj = states.get(name)
             state = WindowState(spec) if obj is None else WindowState.from_obj(spec, obj)
             counts[state.apply(value, ts, now, None if event_ids is None else event_ids[i])] += 1
             states[name] = state.to_obj()
         if positions and source is not None:
             self.positions.advance(source, max(positions))
-        for eid, states in touched.items():
-            self.states[eid] = _pack(states)
+        self._evict()
         return set(touched)
 
     def delete(self, eid: str, name: str | None = None) -> bool:
         """Forget an entity's states (``name`` None) or one feature's; whether there was one."""
-        blob = self.states.get(eid)
-        if blob is None:
-            return False
         if name is None:
-            del self.states[eid]
-            return True
-        states = _unpack(blob)
-        if states.pop(name, None) is None:
+            return self.hot.pop(eid, None) is not None or self.states.pop(eid, None) is not None
+        states = self._decoded(eid)
+        if states is None or states.pop(name, None) is None:
             return False
-        if states:
-            self.states[eid] = _pack(states)
-        else:
-            del self.states[eid]
+        if not states:
+            del self.hot[eid]
         return True
 
     # ---- reads
     def read(self, eid: str, now: int, names=None) -> tuple[dict, dict, int] | None:
         """``({name: value}, {name: event_us}, valid until)`` of an entity's aggregates at
         ``now`` (only ``names`` if given), or None when it never had an aggregated event."""
-        blob = self.states.get(eid)
-        if blob is None:
+        states = self._decoded(eid)
+        if states is None:
             return None
         values, times, until = {}, {}, 1 << 62
-        for feature, obj in _unpack(blob).items():
+        for feature, obj in states.items():
             spec = self.specs.get(feature)
             if spec is None:  # no longer configured
                 continue
             state = WindowState.from_obj(spec, obj)
-            got = state.read(now)
+            got, valid = state.read_until(now)
             if names is not None:
                 got = {n: v for n, v in got.items() if n in names}
                 if not got:
                     continue
             values.update(got)
             times.update(dict.fromkeys(got, state.newest))
-            until = min(until, state.valid_until(now))
+            until = min(until, valid)
         return values, times, until
 
     # ---- snapshots
     def to_obj(self) -> dict:
-        return {"states": self.states, "positions": self.positions.to_obj()}
+        return {"states": dict(self.packed()), "positions": self.positions.to_obj()}
 
     def load(self, obj: dict) -> None:
         """Install a snapshot made by :meth:`to_obj`."""
-        self.states = dict(obj["states"])
+        self.states, self.hot = dict(obj["states"]), {}
         self.positions = Positions.from_obj(obj["positions"])
 
     def stats(self) -> dict:
         c = self.counts
-        return {"agg_entities": len(self.states), "agg_events": c[APPLIED], "agg_late": c[LATE],
+        return {"agg_entities": len(self), "agg_events": c[APPLIED], "agg_late": c[LATE],
                 "agg_early": c[EARLY], "agg_duplicates": c[DUPLICATE], "agg_redelivered": c["redelivered"]}

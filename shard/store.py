@@ -164,7 +164,7 @@ class Store:
         if names is None:
             return self._entity_json(eid, now)
         blob = self.data.get(eid)
-        if blob is None and eid not in self.aggs.states:
+        if blob is None and not self.aggs.has(eid):
             return None
         feats = {} if blob is None else _decode(blob)
         feats, _ = self._live({n: feats[n] for n in names if n in feats}, now)
@@ -188,7 +188,7 @@ class Store:
         if hit is not None and now < hit[1]:
             return hit[0]
         blob = self.data.get(eid)
-        if blob is None and eid not in self.aggs.states:
+        if blob is None and not self.aggs.has(eid):
             return None
         feats, until = self._live({} if blob is None else _decode(blob), now)
         if self.aggs:
@@ -253,7 +253,7 @@ class Store:
 
     def _render_row(self, eid: str, key: tuple, now: int) -> tuple:
         blob = self.data.get(eid)
-        aggregated = self.aggs and eid in self.aggs.states
+        aggregated = self.aggs and self.aggs.has(eid)
         if blob is None and not aggregated:
             n = len(key)
             return (key, SEP.join([b"null"] * n), NOT_FOUND_S * n, EPOCH_TS, NEVER)

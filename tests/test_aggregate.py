@@ -349,3 +349,17 @@ def test_the_aggregator_survives_its_snapshot_and_forgets_deleted_entities():
     assert copy.read("u", T0)[0]["clicks_count_1h"] == 1
     assert copy.delete("u", "tag") and "tag_count_10s" not in copy.read("u", T0)[0]
     assert copy.delete("u") and copy.read("u", T0) is None and not copy.delete("u")
+
+
+def test_states_beyond_the_hot_ones_are_packed_and_read_the_same():
+    from shard.aggregate import Aggregator
+    agg, hot = Aggregator((SPECS[0],)), Aggregator((SPECS[0],))
+    agg.HOT_ENTITIES = 2
+    for i in range(30):
+        writes = [[f"u{i % 7}", "clicks", i, T0 - i * US], [f"u{(i * 3) % 7}", "clicks", 1, T0 - 2 * i * US]]
+        agg.apply(writes, T0)
+        hot.apply(writes, T0)
+        assert len(agg.hot) <= 2 and len(agg) == len(hot)
+    for i in range(7):
+        assert agg.read(f"u{i}", T0) == hot.read(f"u{i}", T0)
+    assert dict(agg.packed()) == dict(hot.packed())

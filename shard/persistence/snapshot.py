@@ -32,8 +32,8 @@ def write_snapshot(directory: str, gen: int, store: Store, shard: int) -> str:
     with open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(frame(pack({"snapshot": 1, "shard": shard, "gen": gen})))
         synced = [0]
-        entities = _write_chunks(fh, store.data, lambda chunk: chunk, synced)
-        aggregated = _write_chunks(fh, store.aggs.states, lambda chunk: {"agg": chunk}, synced)
+        entities = _write_chunks(fh, store.data.items(), lambda chunk: chunk, synced)
+        aggregated = _write_chunks(fh, store.aggs.packed(), lambda chunk: {"agg": chunk}, synced)
         fh.write(frame(pack({"entities": entities, "values": store.values, "aggregated": aggregated,
                              "positions": store.aggs.positions.to_obj()})))
         fh.flush()
@@ -43,12 +43,12 @@ def write_snapshot(directory: str, gen: int, store: Store, shard: int) -> str:
     return final
 
 
-def _write_chunks(fh, blobs: dict, wrap, synced: list) -> int:
-    """Write ``{id: blob}`` as records of ``wrap([e, blob, ...])``; return the count."""
+def _write_chunks(fh, blobs, wrap, synced: list) -> int:
+    """Write ``(id, blob)`` pairs as records of ``wrap([e, blob, ...])``; return the count."""
     pack = msgpack.Packer(use_bin_type=True).pack
     chunk: list = []
     count = 0
-    for eid, blob in blobs.items():
+    for eid, blob in blobs:
         chunk.append(eid)
         chunk.append(blob)
         if len(chunk) >= 2 * CHUNK_ENTITIES:
