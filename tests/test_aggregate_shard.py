@@ -137,3 +137,10 @@ def test_the_log_and_snapshots_bring_the_windows_back(tmp_path):
     third = _journal(tmp_path, Clock(NOW + 600 * US))
     assert third.store.render_entity("u") == before and third.store.aggs.positions.last == {"file:/x": 3}
     third.close()
+
+
+def test_the_write_builder_spells_its_optional_fields():
+    assert P.write([["a", "x", 1, 10]], 3, ["e1"], "kafka:t/0", [5]) == {
+        "t": "write", "id": 3, "w": [["a", "x", 1, 10]], "ids": ["e1"], "src": "kafka:t/0", "at": [5]}
+    assert P.write([["a", "x", 1, 10]], 3) == {"t": "write", "id": 3, "w": [["a", "x", 1, 10]]}
+    assert P.write_origin(P.write([], 1, None, "f", [])) == (None, "f", [])
