@@ -37,17 +37,12 @@ from bench._util import Cluster, lua_script, poll_for, request, wrk
 from common.aggregations import parse_aggregations
 
 FEATURES = 5
-CONFIG = """
+CONFIG = "".join(f"""
 [[aggregations]]
-feature = "f0"
+feature = "{feature}"
 functions = ["count", "sum", "mean", "min", "max", "last_5"]
 windows = ["1h", "24h", "7d"]
-
-[[aggregations]]
-feature = "f1"
-functions = ["count", "sum", "mean", "min", "max", "last_5"]
-windows = ["1h", "24h", "7d"]
-"""
+""" for feature in ("f0", "f1"))
 
 
 def make_lines(n: int, entities: int, now_s: float, seed: int = 1) -> list[bytes]:
