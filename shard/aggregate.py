@@ -273,6 +273,10 @@ def _unpack(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=False, strict_map_key=False)
 
 
+def _pack_states(states: dict) -> bytes:
+    return _pack({feature: state.to_obj() for feature, state in states.items()})
+
+
 def _event_time(item: list) -> int:
     return item[0]
 
@@ -329,7 +333,7 @@ class Aggregator:
         self.specs = {a.feature: a for a in specs}
         self.outputs = {o.name: a.feature for a in specs for o in a.outputs}  # name -> feature
         self.states: dict[str, bytes] = {}  # entity id -> packed {feature: state object}, if not hot
-        self.hot: dict[str, dict] = {}  # entity id -> {feature: state object}, least recent first
+        self.hot: dict[str, dict] = {}  # entity id -> {feature: WindowState}, least recent first
         self.positions = Positions()
         self.counts = {APPLIED: 0, LATE: 0, EARLY: 0, DUPLICATE: 0, "redelivered": 0}
 
@@ -341,7 +345,7 @@ class Aggregator:
         return eid in self.hot or eid in self.states
 
     def _decoded(self, eid: str, create: bool = False, evict: bool = True) -> dict | None:
-        """The entity's ``{feature: state object}``, now the most recent hot one; None if it has
+        """The entity's ``{feature: WindowState}``, now the most recent hot one; None if it has
         none and not ``create``. With ``evict``, the least recent beyond :data:`HOT_ENTITIES`
         are packed away (a write packs them once it is done with its entities)."""
         states = self.hot.pop(eid, None)
@@ -349,23 +353,28 @@ class Aggregator:
             blob = self.states.pop(eid, None)
             if blob is None and not create:
                 return None
-            states = {} if blob is None else _unpack(blob)
+            states = {} if blob is None else self._states_of(blob)
         self.hot[eid] = states
         if evict:
             self._evict()
         return states
 
+    def _states_of(self, blob: bytes) -> dict:
+        """Packed states, decoded (those of a feature no longer aggregated are dropped)."""
+        specs = self.specs
+        return {f: WindowState.from_obj(specs[f], obj) for f, obj in _unpack(blob).items() if f in specs}
+
     def _evict(self) -> None:
         hot = self.hot
         while len(hot) > self.HOT_ENTITIES:
             cold = next(iter(hot))
-            self.states[cold] = _pack(hot.pop(cold))
+            self.states[cold] = _pack_states(hot.pop(cold))
 
     def packed(self):
         """Every entity's packed states, ``(eid, blob)`` (a snapshot writes them)."""
         yield from self.states.items()
         for eid, states in self.hot.items():
-            yield eid, _pack(states)
+            yield eid, _pack_states(states)
 
     def __len__(self) -> int:
         return len(self.states) + len(self.hot)
@@ -406,10 +415,10 @@ class Aggregator:
             states = touched.get(eid)
             if states is None:
                 states = touched[eid] = self._decoded(eid, create=True, evict=False)
-            obj = states.get(name)
-            state = WindowState(spec) if obj is None else WindowState.from_obj(spec, obj)
+            state = states.get(name)
+            if state is None:
+                state = states[name] = WindowState(spec)
             counts[state.apply(value, ts, now, None if event_ids is None else event_ids[i])] += 1
-            states[name] = state.to_obj()
         if positions and source is not None:
             self.positions.advance(source, max(positions))
         self._evict()
@@ -434,11 +443,7 @@ class Aggregator:
         if states is None:
             return None
         values, times, until = {}, {}, 1 << 62
-        for feature, obj in states.items():
-            spec = self.specs.get(feature)
-            if spec is None:  # no longer configured
-                continue
-            state = WindowState.from_obj(spec, obj)
+        for state in states.values():
             got, valid = state.read_until(now)
             if names is not None:
                 got = {n: v for n, v in got.items() if n in names}
