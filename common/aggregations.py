@@ -71,11 +71,7 @@ class Aggregation:
     needs_number: bool  # a numeric function is declared: a value must be a number
     columns: tuple[bool, bool, bool]  # whether tiles keep a sum, a min, a max
     layout_us: tuple[tuple[int, int], ...] = ()  # (tile_us, span_us) of each level: the hot paths'
-
-    @property
-    def ahead_us(self) -> int:
-        """How far past the shard's clock an event may be and still count (clock skew)."""
-        return AHEAD_TILES * self.levels[0].tile_us
+    ahead_us: int = 0  # how far past the shard's clock an event may be and still count (skew)
 
     def error_bound_us(self, window: Window) -> int:
         """The most a read of ``window`` can reach past its old edge: one tile of its level."""
@@ -203,6 +199,7 @@ def parse_aggregation(entry: Any, where: str = "aggregations[0]") -> Aggregation
         needs_number=any(fn in NUMERIC for fn, _ in functions),
         columns=columns,
         layout_us=tuple((lv.tile_us, lv.span_us) for lv in levels),
+        ahead_us=AHEAD_TILES * levels[0].tile_us,
     )
 
 

@@ -417,7 +417,7 @@ class Aggregator:
                 states = touched[eid] = self._decoded(eid, create=True, evict=False)
             state = states.get(name)
             if state is None:
-                state = states[name] = WindowState(spec)
+                state = states[name] = WindowState(spec, now)
             counts[state.apply(value, ts, now, None if event_ids is None else event_ids[i])] += 1
         if positions and source is not None:
             self.positions.advance(source, max(positions))
