@@ -15,6 +15,10 @@ min, max, last_5) x 3 windows (1h, 24h, 7d). In each:
   (the aggregated entities' JSON holds 36 aggregates besides their 5 values);
 - memory: the shards' resident set after the ingest.
 
+``--same-cluster`` instead measures whole-entity GETs in one cluster with the aggregations, of
+500 entities each: 5 plain features; the 2 aggregated and 3 plain features (41 in the JSON);
+41 plain features.
+
 Then, in this process: the msgpack bytes of the window states (per entity and aggregation) after
 the same stream, and the worst case (an event in every tile of the 7-day layout).
 The targets: ingest >= 0.7x and GET >= 0.8x of the run without aggregations.
@@ -130,14 +134,40 @@ def _toml(text: str):
     return tomllib.loads(text)["aggregations"]
 
 
+def same_cluster(tmp: Path, duration: float) -> None:
+    """GET of entities with and without aggregates, in one cluster, one after the other."""
+    now = time.time()
+    config = tmp / "store.toml"
+    config.write_text(CONFIG)
+    kinds = {"5 plain features": {f"g{j}": 1.5 + j for j in range(5)},
+             "f0, f1 aggregated + 3 plain (41 in the JSON)": {f"f{j}": 1.5 + j for j in range(5)},
+             "41 plain features": {f"h{j}": 1.5 + j for j in range(41)}}
+    with Cluster(tmp, config_file=config) as cluster:
+        for k, feats in enumerate(kinds.values()):
+            for i in range(500):
+                body = {"entity_id": f"k{k}:{i}", "features": feats, "event_timestamp": now - 60}
+                assert request("POST", cluster.url + "/features", body)[0] == 200
+        for k, what in enumerate(kinds):
+            script = lua_script(f'  return wrk.format("GET", "/features/k{k}%3A" .. rnd(500))')
+            wrk(cluster.url, 64, 1, script)
+            got = wrk(cluster.url, 64, duration, script)
+            print(f"GET, 64 connections, {what}: {got.rps:,.0f} req/s ({got.errors + got.non2xx} errors)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each wrk run")
+    parser.add_argument("--same-cluster", action="store_true", help="GETs of three kinds of entity in one cluster")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()}", flush=True)
+    if args.same_cluster:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            same_cluster(Path(tmpdir), args.duration)
+        print(f"load average: {os.getloadavg()}")
+        return 0
     lines = make_lines(args.events, args.entities, time.time())
     values = args.events * FEATURES
     figures: dict[str, list[dict]] = {"plain": [], "aggregated": []}
