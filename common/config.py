@@ -20,6 +20,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from common.aggregations import Aggregation, AggregationError, parse_aggregations
+
 FRONTEND, SHARD, INGEST = "frontend", "shard", "ingest"
 ROLES = (FRONTEND, SHARD, INGEST)
 EVERY = ROLES
@@ -101,6 +103,7 @@ class Config:
                                   above=0)
     views: tuple[FeatureView, ...] = ()  # from the configuration file
     feature_services: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> references
+    aggregations: tuple[Aggregation, ...] = ()  # [[aggregations]] of the configuration file
     ttl_grace_s: float | None = setting(None, "an expired value is kept this long (Feast: OUTSIDE_MAX_AGE)",
                                         [S], shown="unset, one TTL", at_least=0)
     render_cache_entities: int = setting(100_000, "entities kept rendered, per shard; 0 = off", [S],
@@ -132,8 +135,8 @@ class Config:
                                                 [F, I])
     # --- this process
     shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
-    config_file: str | None = setting(None, "TOML file with Feast views and feature services", [F, S],
-                                      env="FS_CONFIG")
+    config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",
+                                      [F, S, I], env="FS_CONFIG")
     log_level: str = setting("INFO", "logging level", EVERY, choices=LOG_LEVELS)
     access_log: bool = setting(False, "log every HTTP request (costs CPU)", [F])
 
@@ -232,7 +235,11 @@ def _views_from_file(path: str) -> dict[str, Any]:
         for name, spec in doc.get("views", {}).items()
     )
     services = tuple((name, tuple(refs)) for name, refs in doc.get("feature_services", {}).items())
-    return {"views": views, "feature_services": services}
+    try:
+        aggregations = parse_aggregations(doc.get("aggregations", []))
+    except AggregationError as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from None
+    return {"views": views, "feature_services": services, "aggregations": aggregations}
 
 
 def _check_view(path: str, name: str, spec: Any) -> None:

@@ -18,7 +18,9 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
 | ``fget``  | ``es`` entity ids, ``f`` names          | ``v``, ``s``, ``ts``: one row per id    |
-| ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``  | ``written``, ``stale``                  |
+| ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``; | ``written``, ``stale``                  |
+|           | optional, parallel to ``w``: ``ids``    |                                         |
+|           | event ids, ``at`` positions in ``src``  |                                         |
 | ``del``   | ``e``, ``n`` name or nil                | ``deleted``                             |
 | ``stats`` | -                                       | counters of the shard                   |
 
@@ -72,6 +74,9 @@ ENTITIES = "es"  # entity ids, in order
 NAME = "n"  # one feature name, or nil for the whole entity
 NAMES = "f"  # feature names, or nil for every feature
 WRITES = "w"  # [[entity_id, name, value, event_us], ...]
+EVENT_IDS = "ids"  # write: the event id of each write, or nil (a repeated id counts once)
+ORIGIN = "src"  # write: the source the writes were read from ("kafka:topic/3", "file:/path")
+POSITIONS = "at"  # write: the position in the source of each write (offset, line number)
 BODY = "body"  # JSON bytes of an entity or a feature
 PARTS = "parts"  # JSON bytes per entity id, in request order
 VALUES = "v"  # fget rows: value fragments
@@ -166,9 +171,24 @@ def fget(eids: list, names: list, req_id: Any = None) -> dict:
     return _request(FGET, req_id, {ENTITIES: eids, NAMES: names})
 
 
-def write(writes: list, req_id: Any = None) -> dict:
-    """``write``: ``[[entity_id, name, value, event_us], ...]``."""
-    return _request(WRITE, req_id, {WRITES: writes})
+def write(writes: list, req_id: Any = None, event_ids: list | None = None, origin: str | None = None,
+          positions: list | None = None) -> dict:
+    """``write``: ``[[entity_id, name, value, event_us], ...]``; optionally, parallel to it, the
+    event id of each write, and the position of each in the source ``origin`` (ingest), so the
+    shard counts a redelivered event once in its aggregations."""
+    fields: dict = {WRITES: writes}
+    if event_ids is not None:
+        fields[EVENT_IDS] = event_ids
+    if origin is not None:
+        fields[ORIGIN] = origin
+        fields[POSITIONS] = positions
+    return _request(WRITE, req_id, fields)
+
+
+def write_origin(req: dict) -> tuple[Any, Any, Any]:
+    """The ``(event ids, origin, positions)`` of a ``write`` request, each None when absent
+    (not checked)."""
+    return req.get(EVENT_IDS), req.get(ORIGIN), req.get(POSITIONS)
 
 
 def delete(eid: str, name: str | None = None, req_id: Any = None) -> dict:

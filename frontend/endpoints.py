@@ -79,11 +79,14 @@ class Endpoint:
 
 async def write(ctx, body: bytes, size: int | None = None) -> Reply:
     """``POST /features``: one write or an array of them -> ``{message, written, stale}``."""
+    ids = [] if ctx.limits.aggregations else None  # event ids matter to aggregations only
     try:
-        writes = parse_body(parse_json(body, ctx.cfg, size), ctx.limits, timefmt.now_us())
+        writes = parse_body(parse_json(body, ctx.cfg, size), ctx.limits, timefmt.now_us(), ids)
     except EventError as exc:
         raise APIError(400, exc.detail) from None
-    written, stale = await fanout.write_all(ctx, writes)
+    if ids is not None and all(i is None for i in ids):
+        ids = None
+    written, stale = await fanout.write_all(ctx, writes, ids)
     return 200, {}, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
 
 

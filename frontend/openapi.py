@@ -118,7 +118,9 @@ SPEC = {
         "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
         "Write": {"type": "object", "required": ["entity_id"], "properties": {
             "entity_id": {"type": "string", "minLength": 1}, "name": {"type": "string"}, "value": _ANY,
-            "features": {"type": "object", "additionalProperties": _ANY}, "event_timestamp": _TS}},
+            "features": {"type": "object", "additionalProperties": _ANY}, "event_timestamp": _TS,
+            "event_id": {"oneOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}],
+                         "description": "counted once by aggregations when repeated"}}},
         "Saved": {"type": "object", "properties": {"message": {"type": "string"}, "written": {"type": "integer"},
                                                    "stale": {"type": "integer"}}},
         "Feature": {"type": "object", "properties": {"entity_id": {"type": "string"}, "name": {"type": "string"},

@@ -9,6 +9,7 @@ import logging
 from typing import Any, Callable
 
 from common import protocol as P
+from shard.aggregate import AggregateRefused
 from shard.store import NOT_FOUND_DETAIL, Store
 
 log = logging.getLogger("shard")
@@ -107,14 +108,32 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
     with nothing logged or applied."""
     writes = _field(req, P.WRITES, list)
+    meta = _write_meta(req, len(writes))
     try:
-        prepared = shard.store.prepare(writes)
+        prepared = shard.store.prepare(writes, meta)
+    except AggregateRefused as exc:
+        raise BadRequest(str(exc)) from None
     except (TypeError, ValueError):
         raise BadRequest(f"field {P.WRITES!r} must hold [entity_id, name, value, event_us] items") from None
-    if shard.journal is not None:
-        shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
+    if shard.journal is not None:  # durable (per FS_FSYNC) before it is acknowledged
+        shard.journal.log_write(writes, prepared.aggregate and prepared.aggregate[1])
     written, stale = shard.store.install(prepared)
     return P.write_reply(P.id_of(req), written, stale)
+
+
+def _write_meta(req: dict, n: int) -> list | None:
+    """``[None, event ids, origin, positions]`` of a write request (the clock reading is the
+    store's to fill in), or None when it has none of them."""
+    ids, origin, positions = P.write_origin(req)
+    if ids is None and origin is None:
+        return None
+    if ids is not None and (type(ids) is not list or len(ids) != n):
+        raise BadRequest(f"field {P.EVENT_IDS!r} must be a list with one event id (or nil) per write")
+    if origin is not None and (type(origin) is not str or type(positions) is not list or len(positions) != n
+                               or not all(type(p) is int for p in positions)):
+        raise BadRequest(f"fields {P.ORIGIN!r} and {P.POSITIONS!r} must be a source name and one "
+                         "integer position per write")
+    return [None, ids, origin, positions]
 
 
 def handle_delete(shard: ShardState, req: dict) -> dict:
