@@ -60,6 +60,8 @@ WRITE = "write"
 DELETE = "del"
 STATS = "stats"
 EVENTS = "events"  # producer -> ingest process only
+PDUMP = "pdump"  # cluster mode: a peer's frozen copy of one partition, in chunks
+OFFSETS = "offsets"  # cluster mode: the next offset of every partition a shard holds
 
 # field names: spelled here and nowhere else
 TYPE = "t"
@@ -86,6 +88,14 @@ SHARD = "shard"
 SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
+PARTITION = "p"  # cluster mode: a partition of the cluster topic
+DUMP = "dump"  # pdump: the token of a frozen partition copy
+AT = "at"  # pdump: the position of the first entity wanted
+OFFSET = "o"  # pdump: the partition's next offset when it was frozen
+ITEMS = "items"  # pdump: [entity_id, blob, entity_id, blob, ...]
+NEXT = "next"  # pdump: the position to ask for next, or nil at the end
+PARTITIONS = "parts_held"  # offsets: {partition: [next_offset, serving]}
+SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature
@@ -95,7 +105,8 @@ MALFORMED = "malformed"  # the frame is not a msgpack array of request maps
 UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log failed)
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL)
+NOT_OWNER = "not_owner"  # the entity is not this shard's (another slot table, or a partition not held)
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, NOT_OWNER)
 
 
 # fget rows
@@ -186,6 +197,16 @@ def events_maps(events: list, req_id: Any = None) -> dict:
     return _request(EVENTS, req_id, {EVENT_MAPS: events})
 
 
+def pdump(partition: int, dump: Any = None, at: int = 0, req_id: Any = None) -> dict:
+    """``pdump``: a chunk of a peer's frozen copy of ``partition`` (no ``dump``: freeze one now)."""
+    return _request(PDUMP, req_id, {PARTITION: partition, DUMP: dump, AT: at})
+
+
+def offsets(req_id: Any = None) -> dict:
+    """``offsets``: the next offset of every partition the shard holds, and whether it serves it."""
+    return _request(OFFSETS, req_id, {})
+
+
 def stamp(req: dict, req_id: Any) -> Any:
     """Give a request built without an id its id; return the id."""
     req[ID] = req_id
@@ -243,6 +264,16 @@ def delete_reply(req_id: Any, deleted: int) -> dict:
 def ping_reply(req_id: Any, **who: Any) -> dict:
     """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest)."""
     return ok(req_id, **who)
+
+
+def dump_reply(req_id: Any, dump: Any, offset: int, items: list, next_at: int | None) -> dict:
+    """Reply to ``pdump``."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, ITEMS: items, NEXT: next_at})
+
+
+def offsets_reply(req_id: Any, held: dict) -> dict:
+    """Reply to ``offsets``: ``{partition: [next_offset, serving]}``."""
+    return ok(req_id, **{PARTITIONS: held})
 
 
 def is_ok(reply: dict) -> bool:
