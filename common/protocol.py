@@ -94,7 +94,7 @@ AT = "at"  # pdump: the position of the first entity wanted
 OFFSET = "o"  # pdump: the partition's next offset when it was frozen
 ITEMS = "items"  # pdump: [entity_id, blob, entity_id, blob, ...]
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
-PARTITIONS = "parts_held"  # offsets: {partition: [next_offset, serving]}
+PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
 # error codes, listed once
@@ -272,8 +272,9 @@ def dump_reply(req_id: Any, dump: Any, offset: int, items: list, next_at: int | 
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:
-    """Reply to ``offsets``: ``{partition: [next_offset, serving]}``."""
-    return ok(req_id, **{PARTITIONS: held})
+    """Reply to ``offsets``, from ``{partition: (next_offset, serving)}``: a list of
+    ``[partition, next_offset, serving]`` (msgpack map keys are strings)."""
+    return ok(req_id, **{PARTITIONS: [[p, o, up] for p, (o, up) in held.items()]})
 
 
 def is_ok(reply: dict) -> bool:

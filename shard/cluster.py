@@ -18,8 +18,9 @@ import msgpack
 import zmq
 
 from common import protocol as P
-from common.events import EventError, Limits, loads_json, parse_event
+from common.events import EventError, Limits
 from common.murmur2 import partition_of
+from common.records import writes_of
 from shard.store import Store
 
 log = logging.getLogger("shard.cluster")
@@ -48,7 +49,7 @@ class Held:
         self.released_at: float | None = None  # monotonic time it stopped being assigned
 
 
-def _values_in(blob: bytes) -> int:
+def values_in(blob: bytes) -> int:
     """The number of values in a store blob (a msgpack map), from its header alone."""
     first = blob[0]
     if 0x80 <= first <= 0x8F:
@@ -121,12 +122,8 @@ class Partitions:
 
     def _writes(self, part: int, value: bytes, default_us: int, offset: int) -> list:
         try:
-            doc = loads_json(value)
-            events = doc if type(doc) is list else [doc]
-            writes = []
-            for i, obj in enumerate(events):
-                writes.extend(parse_event(obj, self.limits, default_us, f"[{i}]." if type(doc) is list else ""))
-        except (ValueError, EventError) as exc:
+            writes = writes_of(value, self.limits, default_us)
+        except (ValueError, EventError, RecursionError) as exc:
             self.rejected += 1
             self._warn(f"record {self.topic}[{part}]@{offset} not applied: {getattr(exc, 'detail', exc)}")
             return []
@@ -192,7 +189,7 @@ class Partitions:
         it = iter(items)
         pairs = dict(zip(it, it))
         store.data.update(pairs)
-        store.values += sum(map(_values_in, pairs.values()))
+        store.values += sum(map(values_in, pairs.values()))
         h.entities = set(pairs)
         h.next = offset
 
