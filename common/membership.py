@@ -136,11 +136,14 @@ class Reader:
     """Reads the membership topic from its start into a :class:`View`; call :meth:`poll` often."""
 
     def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int = 50, view: View | None = None) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+        self._eof = KafkaError._PARTITION_EOF
         self.view = view or View()
+        self.at_end = False  # the reader has reached the end of the topic once
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused-members-reader",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms,
+                                  "enable.partition.eof": True,
                                   "logger": logging.getLogger("membership.kafka")})
         self.consumer.assign([TopicPartition(members_topic(topic), 0, OFFSET_BEGINNING)])
 
@@ -150,7 +153,16 @@ class Reader:
         for msg in msgs:
             if msg.error() is None:
                 self.view.update(msg.key(), msg.value())
+            elif msg.error().code() == self._eof:
+                self.at_end = True
         return len(msgs)
+
+    def catch_up(self, timeout_s: float) -> bool:
+        """Read until the end of the topic (or ``timeout_s``); whether the end was reached."""
+        deadline = time.monotonic() + timeout_s
+        while not self.at_end and time.monotonic() < deadline:
+            self.poll(0.05)
+        return self.at_end
 
     def close(self) -> None:
         self.consumer.close()

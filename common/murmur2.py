@@ -48,3 +48,23 @@ def partition_for(key: bytes, partitions: int) -> int:
 def partition_of(entity_id: str, partitions: int) -> int:
     """The partition of an entity id (its UTF-8 bytes are the record key); memoised for reads."""
     return (murmur2(entity_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class KafkaPartitioner:
+    """The ``Partitioner`` interface of cluster mode: the "shard" of an entity is its partition."""
+
+    __slots__ = ("n_shards",)
+
+    def __init__(self, partitions: int) -> None:
+        self.n_shards = partitions
+
+    def shard_for(self, entity_id: str) -> int:
+        return partition_of(entity_id, self.n_shards)
+
+    def group(self, entity_ids) -> dict[int, list[int]]:
+        """Positions of ``entity_ids`` grouped by partition, request order kept."""
+        n = self.n_shards
+        out: dict[int, list[int]] = {}
+        for pos, eid in enumerate(entity_ids):
+            out.setdefault(partition_of(eid, n), []).append(pos)
+        return out

@@ -106,7 +106,9 @@ UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
 NOT_OWNER = "not_owner"  # the entity is not this shard's (another slot table, or a partition not held)
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, NOT_OWNER)
+NOT_APPLIED = "not_applied"  # cluster mode: the write is in Kafka, but no owner applied it in time
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, NOT_OWNER,
+         NOT_APPLIED)
 
 
 # fget rows

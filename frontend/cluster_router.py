@@ -13,20 +13,10 @@ import itertools
 import time
 from typing import Callable
 
-from common import protocol as P
 from common.membership import View
 from common.murmur2 import partition_of
 
 TABLE_TTL_S = 0.1  # the owner table is recomputed at most this often (liveness is time-based)
-
-
-class NoOwner(Exception):
-    """No caught-up replica of the partition answered in time; ``detail`` says why."""
-
-    def __init__(self, partition: int, why: str) -> None:
-        super().__init__(f"partition {partition}: {why}")
-        self.partition = partition
-        self.detail = f"no replica of partition {partition} answered: {why}"
 
 
 class Router:
@@ -84,27 +74,3 @@ class Router:
 
     def uncovered(self) -> list[int]:
         return [p for p, eps in enumerate(self.table()) if not eps]
-
-
-async def call(router: Router, client, p: int, build: Callable[[], dict], deadline: float,
-               attempt_s: float) -> dict:
-    """Send ``build()`` to the replicas of ``p`` in turn until one answers (ok or an error other
-    than ``not_owner``), each try bounded by ``attempt_s`` and all by ``deadline``."""
-    from frontend.shard_client import ShardUnavailable
-
-    why = "no live replica has caught up"
-    for endpoint in router.candidates(p):
-        left = deadline - router.clock()
-        if left <= 0:
-            why = "the deadline passed"
-            break
-        try:
-            reply = await client.submit(router.link(endpoint), build(), timeout_s=min(left, attempt_s))
-        except ShardUnavailable as exc:
-            why = f"{endpoint}: {exc}"
-            continue
-        if P.code_of(reply) == P.NOT_OWNER:
-            why = f"{endpoint}: {P.reason_of(reply)}"
-            continue
-        return reply
-    raise NoOwner(p, why)

@@ -9,8 +9,11 @@ import pytest
 
 from common import membership as M
 from common import protocol as P
-from frontend import cluster_router as R
+from common.config import Config
+from common.murmur2 import KafkaPartitioner, partition_of
 from common.records import records
+from frontend import cluster as C
+from frontend import cluster_router as R
 from frontend import cluster_writes as W
 from frontend.shard_client import ShardUnavailable
 
@@ -89,31 +92,62 @@ def test_candidates_rotate_and_put_replicas_with_our_write_first():
     assert sorted(router.candidates(0)) == ["tcp://a", "tcp://b", "tcp://c"]
 
 
-def test_call_retries_past_dead_and_not_owner_replicas():
-    router = router_over({"tcp://a": [0], "tcp://b": [0], "tcp://c": [0]})
-    client = FakeClient({0: ShardUnavailable(0, "is not connected"),
-                         1: P.error(None, P.NOT_OWNER, "partition 0 has not caught up here"),
-                         2: P.body_reply(None, b"{}")})
+class FakeShards:
+    """The ShardClient side the cluster client drives: ``send`` answers from a table."""
 
-    async def run():
-        outcomes = set()
-        for _ in range(3):  # whichever replica comes first, the answer is c's
-            reply = await R.call(router, client, 0, lambda: P.get("e"), router.clock() + 1, 0.3)
-            outcomes.add(reply[P.BODY])
-        return outcomes
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers  # link index -> reply map or exception
+        self.sent: list[tuple[int, float]] = []
+        self.endpoints: list[str] = []
 
-    assert asyncio.run(run()) == {b"{}"}
-    assert all(t == pytest.approx(0.3) for _, _, t in client.sent)
+    def add_link(self, endpoint: str) -> int:
+        self.endpoints.append(endpoint)
+        return len(self.endpoints) - 1
+
+    def send(self, index: int, request: dict, done, timeout_s=None) -> None:
+        self.sent.append((index, timeout_s))
+        answer = self.answers[self.endpoints[index]]
+        done(answer if isinstance(answer, Exception) else dict(answer, id=P.id_of(request)))
 
 
-def test_call_names_the_partition_when_no_replica_answers():
-    router = router_over({"tcp://a": [0]})
-    client = FakeClient({0: ShardUnavailable(0, "did not answer in 1 s")})
-    with pytest.raises(R.NoOwner) as err:
-        asyncio.run(R.call(router, client, 0, lambda: P.get("e"), router.clock() + 1, 0.5))
-    assert "partition 0" in err.value.detail and "did not answer" in err.value.detail
-    with pytest.raises(R.NoOwner, match="no live replica"):
-        asyncio.run(R.call(router, client, 1, lambda: P.get("e"), router.clock() + 1, 0.5))
+def cluster_client(owners: dict[str, list[int]], answers: dict, partitions: int = 2) -> C.ClusterClient:
+    view = M.View()
+    for i, (endpoint, parts) in enumerate(owners.items()):
+        publish(view, f"r{i}", endpoint, {p: (0, True) for p in parts})
+    cfg = Config(shard_timeout_s=1.0)
+    reader = type("Reader", (), {"view": view})()
+    return C.ClusterClient(cfg, FakeShards(answers), reader, None, partitions)
+
+
+def test_a_read_retries_past_dead_and_not_owner_replicas():
+    answers = {"tcp://a": ShardUnavailable(0, "is not connected"),
+               "tcp://b": P.error(None, P.NOT_OWNER, "partition 0 has not caught up here"),
+               "tcp://c": P.body_reply(None, b"{}")}
+    client = cluster_client({"tcp://a": [0], "tcp://b": [0], "tcp://c": [0]}, answers)
+    got = []
+    for _ in range(3):  # whichever replica comes first, the answer is c's
+        client.send(0, P.get("e"), got.append)
+    assert [r[P.BODY] for r in got] == [b"{}"] * 3
+    assert all(t <= 1.0 for _, t in client.shards.sent)
+    assert min(t for _, t in client.shards.sent) <= 0.5  # no replica may take the whole deadline
+
+
+def test_a_read_names_the_partition_when_no_replica_answers():
+    client = cluster_client({"tcp://a": [0]}, {"tcp://a": ShardUnavailable(0, "did not answer in 1 s")})
+    got = []
+    client.send(0, P.get("e"), got.append)
+    client.send(1, P.get("e"), got.append)
+    assert isinstance(got[0], C.PartitionUnavailable) and isinstance(got[0], ShardUnavailable)
+    assert "partition 0" in str(got[0]) and "did not answer" in str(got[0])
+    assert "partition 1" in str(got[1]) and "no live replica" in str(got[1])
+
+
+def test_kafka_partitioner_groups_by_partition():
+    kp = KafkaPartitioner(8)
+    ids = [f"u{i}" for i in range(40)]
+    groups = kp.group(ids)
+    assert sorted(pos for g in groups.values() for pos in g) == list(range(40))
+    assert all(kp.shard_for(ids[pos]) == p == partition_of(ids[pos], 8) for p, g in groups.items() for pos in g)
 
 
 def test_records_group_an_entitys_events_by_time():

@@ -1,0 +1,134 @@
+"""Cluster mode in the front end: a shard client whose "shards" are the topic's partitions.
+
+:class:`ClusterClient` has the interface the handlers already use (``send``, ``submit``,
+``call_all``, with the partition as the shard index, ``common.murmur2.KafkaPartitioner`` as the
+partitioner), so every read path works unchanged: a request for partition ``p`` goes to a
+caught-up replica (:class:`~frontend.cluster_router.Router`) and, when that one does not answer
+or answers ``not_owner``, to the next, within ``FS_SHARD_TIMEOUT_S``. A ``write`` request is not
+sent to a shard: its records go to Kafka (:class:`~frontend.cluster_writes.Writer`), and the
+reply comes once an owner applied them (``not_applied`` when none did in time, which the front
+end answers with 202; ``unavailable`` when Kafka did not ack: 503). See docs/CLUSTER.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Callable
+
+from common import membership
+from common import protocol as P
+from common.records import records
+from frontend.cluster_router import Router
+from frontend.cluster_writes import AppliedWatch, KafkaRefused, Writer
+from frontend.shard_client import ShardUnavailable, _settle
+
+log = logging.getLogger("frontend.cluster")
+
+MEMBERSHIP_POLL_S = 0.02  # how often the membership topic is read
+ATTEMPT_SHARE = 0.5  # one replica gets at most this share of the deadline, so another can answer
+
+
+class PartitionUnavailable(ShardUnavailable):
+    """No caught-up replica of a partition answered in time."""
+
+    def __init__(self, partition: int, why: str) -> None:
+        Exception.__init__(self, f"no replica of partition {partition} answered: {why}")
+        self.shard = partition
+
+
+class ClusterClient:
+    """Partitions as shards, over a ``ShardClient`` whose links are added as shards appear."""
+
+    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int) -> None:
+        self.cfg = cfg
+        self.shards = shards
+        self.reader = reader
+        self.writer = writer
+        self.partitions = partitions
+        self.timeout_s = cfg.shard_timeout_s
+        self.router = Router(reader.view, partitions, shards.add_link)
+        self.watch = AppliedWatch(self.router, shards)
+        self._poller: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return self.partitions
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.shards.start(self._loop)
+        self.reader.catch_up(5.0)
+        self._read_members()
+
+    def _read_members(self) -> None:
+        try:
+            self.reader.poll(0)
+        except Exception:  # a broker hiccup: the view just ages; never stop the loop
+            log.exception("membership read failed")
+        self._poller = self._loop.call_later(MEMBERSHIP_POLL_S, self._read_members)
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        self.shards.close()
+        self.writer.close()
+        self.reader.close()
+
+    # ---- the ShardClient interface, by partition
+    def send(self, p: int, request: dict, done: Callable) -> None:
+        """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others."""
+        self._attempt(p, request, done, self.router.candidates(p), 0,
+                      time.monotonic() + self.timeout_s, "no live replica has caught up")
+
+    def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
+                 deadline: float, why: str) -> None:
+        left = deadline - time.monotonic()
+        if i >= len(candidates) or left <= 0:
+            done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
+            return
+        endpoint = candidates[i]
+        share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
+
+        def on_reply(reply) -> None:
+            if isinstance(reply, ShardUnavailable):
+                self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {reply}")
+            elif type(reply) is dict and P.code_of(reply) == P.NOT_OWNER:
+                self._attempt(p, request, done, candidates, i + 1, deadline,
+                              f"{endpoint}: {P.reason_of(reply)}")
+            else:
+                done(reply)
+
+        self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
+
+    def submit(self, p: int, request: dict) -> asyncio.Future:
+        if P.kind_of(request) == P.WRITE:
+            return asyncio.ensure_future(self._write(p, request[P.WRITES]))
+        fut = self._loop.create_future()
+        self.send(p, request, partial(_settle, fut))
+        return fut
+
+    async def call_all(self, build: Callable[[], dict], shards=None) -> dict:
+        """``build()`` to every live shard (``/stats``, ``/metrics``); keyed by link index."""
+        links = {self.router.link(m.endpoint) for m in self.reader.view.live()}
+        return await self.shards.call_all(build, sorted(links))
+
+    async def _write(self, p: int, writes: list) -> dict:
+        """Produce the records of ``writes`` (all of partition ``p``) and wait for an owner."""
+        try:
+            acked = await self.writer.send(records(writes))
+        except KafkaRefused as exc:
+            return P.error(None, P.UNAVAILABLE, f"Kafka did not acknowledge the write: {exc}")
+        apply_s = self.cfg.cluster_apply_timeout_s
+        results = await asyncio.gather(*(self.watch.applied(part, offset, apply_s) for part, offset in acked))
+        if not all(results):
+            return P.error(None, P.NOT_APPLIED, f"the write is durable in Kafka but no owner of partition "
+                                                f"{p} applied it within {apply_s:g} s; it will be applied")
+        return P.write_reply(None, len(writes), 0)
+
+    # ---- readiness
+    def uncovered(self) -> list[int]:
+        """Partitions that no caught-up live shard serves."""
+        return self.router.uncovered()

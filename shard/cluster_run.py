@@ -1,0 +1,97 @@
+"""``python -m shard`` in cluster mode: the usual loop, fed by Kafka instead of write requests.
+
+Wires :class:`~shard.cluster.Partitions` and its :class:`~shard.cluster.Tail` to the shard's
+ROUTER loop as chores, and publishes this shard in the membership topic. See docs/CLUSTER.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from common import membership
+from common.events import Limits
+from shard.cluster import Partitions, SnapshotMismatch, Tail
+
+log = logging.getLogger("shard")
+
+CLUSTER_POLL_MS = 2  # the loop's longest sleep: a record is applied within this of its arrival
+
+
+class ClusterShard:
+    """The Kafka side of one cluster-mode shard: tail, membership, snapshots."""
+
+    def __init__(self, cfg, store, ctx, endpoint: str) -> None:
+        self.cfg = cfg
+        self.advertise = cfg.cluster_advertise or endpoint
+        n = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
+        membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
+                                {"cleanup.policy": "compact"})
+        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic)
+        self.dir = (os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{cfg.shard_index}")
+                    if cfg.data_dir else None)
+        if self.dir:
+            loaded = self.parts.load_snapshot(self.dir)  # SnapshotMismatch goes to main()
+            if loaded:
+                log.info("snapshot of %d partitions loaded: %s", len(loaded), loaded)
+        self.me = membership.Member(cfg.replica, self.advertise, {}, cfg.cluster_heartbeat_s)
+        self.reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic, cfg.kafka_fetch_wait_ms)
+        self.reader.catch_up(5.0)  # know the peers before the first assignment needs one
+        self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
+        self._published = 0.0
+        self._snapshot_at = time.monotonic()
+        self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
+
+    def _peers(self, p: int) -> list[tuple[str, int]]:
+        self.reader.poll(0)
+        return [(m.endpoint, m.partitions[p][0]) for m in self.reader.view.owners(p)
+                if m.endpoint != self.advertise]
+
+    def publish(self) -> None:
+        """Tell the membership topic what this shard holds now."""
+        self.me.partitions = self.parts.states()
+        self.publisher.publish(self.me)
+        self._published = time.monotonic()
+
+    def _taken(self, p: int) -> bool:
+        """Whether another shard of this replica set serves ``p`` (this one may free it)."""
+        return any(m.replica == self.cfg.replica and m.endpoint != self.advertise
+                   for m in self.reader.view.owners(p))
+
+    def tick(self) -> None:
+        """One loop pass: apply new records, read membership, heartbeat, free, snapshot."""
+        self.tail.poll(0)
+        self.reader.poll(0)
+        now = time.monotonic()
+        if now - self._published >= self.cfg.cluster_heartbeat_s:
+            self.publish()
+        if self.parts.free_released(self._taken):
+            self.publish()
+        if self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        t0 = time.perf_counter()
+        self.parts.write_snapshot(self.dir)
+        self._snapshot_at = time.monotonic()
+        log.info("snapshot of %d partitions in %.3f s", len(self.parts.held), time.perf_counter() - t0)
+
+    def stats(self) -> dict:
+        return {"cluster_partitions": {str(p): [o, up] for p, (o, up) in self.parts.states().items()},
+                "cluster_records": self.parts.applied, "misrouted": self.parts.misrouted,
+                "rejected_records": self.parts.rejected, "bootstrapped_from": dict(map(
+                    lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}
+
+    def close(self) -> None:
+        """On SIGTERM: snapshot, leave the group (Kafka moves the partitions), say so."""
+        if self.dir:
+            try:
+                self.snapshot()
+            except OSError as exc:
+                log.error("final snapshot failed: %s", exc)
+        self.tail.close()
+        self.publisher.leave(self.me)
+        self.reader.close()
+
+
+__all__ = ["ClusterShard", "SnapshotMismatch", "CLUSTER_POLL_MS"]
