@@ -83,6 +83,15 @@ class Config:
     ingest_max_event_bytes: int = 1048576  # FS_INGEST_MAX_EVENT_BYTES: one JSON line / message
     ingest_progress_s: float = 10.0  # FS_INGEST_PROGRESS_S: seconds between progress log lines
     ingest_stats_endpoint: str | None = "tcp://127.0.0.1:5691"  # FS_INGEST_STATS_ENDPOINT
+    # --- cluster mode (docs/CLUSTER.md); off unless cluster_kafka is set
+    cluster_kafka: str | None = None  # FS_CLUSTER_KAFKA: bootstrap servers; set = cluster mode
+    cluster_topic: str = "features"  # FS_CLUSTER_TOPIC: the topic every write goes to
+    cluster_partitions: int = 16  # FS_CLUSTER_PARTITIONS: partitions of the topic when it is created
+    replica: str = "a"  # FS_REPLICA: this shard's replica set (one consumer group each)
+    cluster_advertise: str | None = None  # FS_CLUSTER_ADVERTISE: the endpoint others reach this shard at
+    cluster_heartbeat_s: float = 1.0  # FS_CLUSTER_HEARTBEAT_S: between a shard's membership records
+    cluster_apply_timeout_s: float = 2.0  # FS_CLUSTER_APPLY_TIMEOUT_S: a write not applied by then: 202
+    cluster_tail_records: int = 100000  # FS_CLUSTER_TAIL_RECORDS: own copy this close to a peer's: no transfer
     # --- this process
     shard_index: int = 0  # --index of `python -m shard`
     config_file: str | None = None  # FS_CONFIG: TOML file with views and feature services
@@ -96,6 +105,12 @@ class Config:
         return tuple(
             f"tcp://{self.shard_bind_host}:{self.shard_base_port + i}" for i in range(self.shards)
         )
+
+    def shard_endpoint(self) -> str:
+        """Where shard ``shard_index`` binds; in cluster mode any index only picks the port."""
+        if self.cluster_kafka and self.shard_index >= len(self.shard_endpoints):
+            return f"tcp://{self.shard_bind_host}:{self.shard_base_port + self.shard_index}"
+        return self.endpoints()[self.shard_index]
 
     def view_ttls(self) -> dict[str, float]:
         """Per-view TTLs, keyed by the name prefix ``view:``."""
@@ -247,7 +262,9 @@ def _check(cfg: Config) -> None:
     if cfg.shard_endpoints and len(cfg.shard_endpoints) != cfg.shards:
         # endpoints given explicitly decide the shard count
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
-    if not 0 <= cfg.shard_index < cfg.shards:
+    if cfg.cluster_kafka:
+        _check_cluster(cfg)
+    elif not 0 <= cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
     if cfg.frontend_processes < 1:
         raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
@@ -269,3 +286,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError("FS_RENDER_CACHE_ENTITIES must be >= 0 (0 = no cache)")
     if cfg.max_batch_entities < 1 or cfg.max_response_bytes < 1:
         raise ConfigError("FS_MAX_BATCH_ENTITIES and FS_MAX_RESPONSE_BYTES must be positive")
+
+
+def _check_cluster(cfg: Config) -> None:
+    if cfg.shard_index < 0:
+        raise ConfigError(f"shard index {cfg.shard_index} must be >= 0")
+    if cfg.cluster_partitions < 1:
+        raise ConfigError("FS_CLUSTER_PARTITIONS must be at least 1")
+    if not cfg.replica or not cfg.replica.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"FS_REPLICA must be letters, digits, '-' or '_', not {cfg.replica!r}")
+    if cfg.cluster_heartbeat_s <= 0 or cfg.cluster_apply_timeout_s <= 0:
+        raise ConfigError("FS_CLUSTER_HEARTBEAT_S and FS_CLUSTER_APPLY_TIMEOUT_S must be positive")

@@ -41,7 +41,9 @@ class Context:
     stats: Any = None  # frontend.ops.RequestStats: per-process request counters
 
 
-_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}
+_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503,
+                 P.NOT_OWNER: 503,  # another slot table, or a partition moving: names the mismatch
+                 P.NOT_APPLIED: 202}  # cluster mode: durable in Kafka, not applied in time
 
 
 def shard_failure(exc: ShardUnavailable | ShardError, cfg: Config) -> APIError:

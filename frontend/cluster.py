@@ -17,6 +17,8 @@ import time
 from functools import partial
 from typing import Callable
 
+import orjson
+
 from common import membership
 from common import protocol as P
 from common.records import records
@@ -104,8 +106,11 @@ class ClusterClient:
         self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
 
     def submit(self, p: int, request: dict) -> asyncio.Future:
-        if P.kind_of(request) == P.WRITE:
+        kind = P.kind_of(request)
+        if kind == P.WRITE:
             return asyncio.ensure_future(self._write(p, request[P.WRITES]))
+        if kind == P.DELETE:
+            return asyncio.ensure_future(self._delete(p, request[P.ENTITY], request[P.NAME]))
         fut = self._loop.create_future()
         self.send(p, request, partial(_settle, fut))
         return fut
@@ -117,8 +122,24 @@ class ClusterClient:
 
     async def _write(self, p: int, writes: list) -> dict:
         """Produce the records of ``writes`` (all of partition ``p``) and wait for an owner."""
+        failed = await self._produce(p, records(writes))
+        return failed or P.write_reply(None, len(writes), 0)
+
+    async def _delete(self, p: int, eid: str, name: str | None) -> dict:
+        """An entity's delete is a tombstone record; its reply counts the values read just before."""
+        if name is not None:
+            return P.error(None, P.BAD_REQUEST, "cluster mode deletes whole entities only (a Kafka "
+                                                "tombstone); write null to clear one feature")
+        reply = await self.submit(p, P.get(eid))
+        if not P.is_ok(reply):
+            return reply
+        failed = await self._produce(p, [(eid.encode(), None)])
+        return failed or P.delete_reply(None, len(orjson.loads(reply[P.BODY])["features"]))
+
+    async def _produce(self, p: int, recs: list) -> dict | None:
+        """Produce ``recs`` and wait until an owner applied each; an error reply when not."""
         try:
-            acked = await self.writer.send(records(writes))
+            acked = await self.writer.send(recs)
         except KafkaRefused as exc:
             return P.error(None, P.UNAVAILABLE, f"Kafka did not acknowledge the write: {exc}")
         apply_s = self.cfg.cluster_apply_timeout_s
@@ -126,9 +147,14 @@ class ClusterClient:
         if not all(results):
             return P.error(None, P.NOT_APPLIED, f"the write is durable in Kafka but no owner of partition "
                                                 f"{p} applied it within {apply_s:g} s; it will be applied")
-        return P.write_reply(None, len(writes), 0)
+        return None
 
     # ---- readiness
-    def uncovered(self) -> list[int]:
-        """Partitions that no caught-up live shard serves."""
-        return self.router.uncovered()
+    def readiness(self) -> tuple[bool, str, dict]:
+        """Ready once every partition has a caught-up live owner: (ready, detail, body fields)."""
+        uncovered = self.router.uncovered()
+        shards = [{"replica": m.replica, "endpoint": m.endpoint, "serving": m.serving()}
+                  for m in sorted(self.reader.view.live(), key=lambda m: m.key)]
+        detail = (f"partitions without a caught-up replica: {', '.join(map(str, uncovered))}"
+                  if uncovered else "")
+        return not uncovered, detail, {"partitions": self.partitions, "shards": shards}

@@ -29,6 +29,10 @@ class KafkaWriter(ShardWriter):
         if producer is None:
             from confluent_kafka import Producer
 
+            from common.membership import ensure_topic
+
+            ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
+
             producer = Producer({"bootstrap.servers": cfg.cluster_kafka, "enable.idempotence": True,
                                  "acks": "all", "partitioner": "murmur2_random", "linger.ms": 5,
                                  "queue.buffering.max.messages": 1_000_000,

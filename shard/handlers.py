@@ -9,6 +9,7 @@ import logging
 from typing import Any, Callable
 
 from common import protocol as P
+from shard.cluster import answer_pdump
 from shard.store import NOT_FOUND_DETAIL, Store
 
 log = logging.getLogger("shard")
@@ -32,12 +33,29 @@ class ShardState:
 
     ``journal`` (None when memory only) has ``log_write(writes)`` and ``log_delete(eid, name)``;
     they append before the store changes and raise :class:`Refused` when the log cannot be written.
+
+    ``owner`` (None: every entity is this shard's) has ``refusal(eid)``: why this shard may not
+    answer for ``eid``, or None (``shard.topology.SlotOwner``, ``shard.cluster.Partitions``).
+    ``cluster`` is the ``shard.cluster_run.ClusterShard`` of a cluster-mode shard.
     """
 
-    def __init__(self, index: int, store: Store | None = None, journal=None) -> None:
+    def __init__(self, index: int, store: Store | None = None, journal=None, owner=None) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
+        self.owner = owner
+        self.cluster = None
+
+
+def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
+    """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None."""
+    owner = shard.owner
+    if owner is not None:
+        for eid in eids:
+            why = owner.refusal(eid)
+            if why is not None:
+                return P.error(req["id"], P.NOT_OWNER, why)
+    return None
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -64,13 +82,19 @@ def _eids(req: dict) -> list:
 
 
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard, ready}``; always ready: a shard binds its socket only once recovered."""
-    return P.ok(req["id"], shard=shard.index, ready=True)
+    """``{}`` -> ``{shard, ready, table}``; always ready: a shard binds its socket only once
+    recovered. ``table`` is the slot table it serves (``SlotOwner.describe()``), when it has one."""
+    table = shard.owner.describe() if hasattr(shard.owner, "describe") else None
+    return P.ok(req["id"], shard=shard.index, ready=True, **{P.SLOT_TABLE: table})
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    body = shard.store.render_entity(_field(req, "e", str), _names(req))
+    eid = _field(req, "e", str)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_entity(eid, _names(req))
     if body is None:
         return P.error(req["id"], P.NOT_FOUND, NOT_FOUND_DETAIL)
     return P.ok(req["id"], body=body)
@@ -78,7 +102,11 @@ def handle_get(shard: ShardState, req: dict) -> dict:
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    body = shard.store.render_feature(_field(req, "e", str), _field(req, "n", str))
+    eid = _field(req, "e", str)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_feature(eid, _field(req, "n", str))
     if body is None:
         return P.error(req["id"], P.NOT_FOUND, "Feature not found")
     return P.ok(req["id"], body=body)
@@ -87,12 +115,18 @@ def handle_get1(shard: ShardState, req: dict) -> dict:
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
     eids = _eids(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
     return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
     """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
     eids = _eids(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
     names = _names(req)
     if not names:
         raise BadRequest("field 'f' must be a non-empty list of names")
@@ -107,6 +141,14 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
     with nothing logged or applied."""
     writes = _field(req, "w", list)
+    if shard.cluster is not None:
+        return P.error(req["id"], P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
+    try:
+        refused = _foreign(shard, req, (w[0] for w in writes))
+    except (TypeError, IndexError, KeyError):
+        raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
+    if refused is not None:
+        return refused
     try:
         prepared = shard.store.prepare(writes)
     except (TypeError, ValueError):
@@ -121,6 +163,11 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
     eid = _field(req, "e", str)
     name = _field(req, "n", str, optional=True)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    if shard.cluster is not None:
+        return P.error(req["id"], P.NOT_OWNER, "cluster mode: deletes go to the Kafka topic, not to a shard")
     if shard.journal is not None:
         shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
@@ -133,7 +180,24 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 def handle_stats(shard: ShardState, req: dict) -> dict:
     """``{}`` -> the shard's counters."""
     extra = shard.journal.stats() if shard.journal is not None else {}
+    if shard.cluster is not None:
+        extra = shard.cluster.stats()
     return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra)
+
+
+def handle_pdump(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, items, next}``: a chunk of this shard's frozen
+    copy of partition ``p`` (frozen by the first request, which has no ``dump``)."""
+    if shard.cluster is None:
+        return P.error(req["id"], P.NOT_OWNER, "not a cluster-mode shard")
+    return answer_pdump(shard.cluster.parts, req)
+
+
+def handle_offsets(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{}`` -> ``{held: [[p, next_offset, serving], ...]}``."""
+    if shard.cluster is None:
+        return P.error(req["id"], P.NOT_OWNER, "not a cluster-mode shard")
+    return P.offsets_reply(req["id"], shard.cluster.parts.states())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -145,6 +209,8 @@ HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
     P.WRITE: handle_write,
     P.DELETE: handle_delete,
     P.STATS: handle_stats,
+    P.PDUMP: handle_pdump,
+    P.OFFSETS: handle_offsets,
 }
 
 

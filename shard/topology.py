@@ -12,18 +12,13 @@ import json
 import os
 import zlib
 
-from common.partition import SLOTS, default_table
+from common.partition import SLOTS, default_table, table_digest
 
 TOPOLOGY_FILE = "TOPOLOGY.json"
 
 
 class TopologyMismatch(Exception):
     """The data directory was written under another slot table."""
-
-
-def table_digest(table: tuple[int, ...]) -> int:
-    """A CRC-32 of a slot table, to compare tables between processes."""
-    return zlib.crc32(bytes(table) if max(table) < 256 else json.dumps(table).encode())
 
 
 class SlotOwner:
@@ -50,17 +45,6 @@ class SlotOwner:
     def describe(self) -> list:
         """``[shards, index, digest]``, sent in ping replies."""
         return [self.n_shards, self.index, self.digest]
-
-
-def mismatch(described, index: int, n_shards: int) -> str | None:
-    """Compare a shard's ``describe()`` with what the caller expects of shard ``index``."""
-    want = [n_shards, index, table_digest(default_table(n_shards))]
-    if list(described or ()) == want:
-        return None
-    if not described:
-        return f"shard {index} does not report its slot table"
-    return (f"shard {index} serves the slot table of {described[0]} shards as shard {described[1]}; "
-            f"this process expects {n_shards} shards")
 
 
 def check_data_dir(directory: str, index: int, n_shards: int) -> None:
