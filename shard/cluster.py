@@ -71,6 +71,8 @@ class Partitions:
         self.misrouted = 0  # events whose entity is not of the record's partition
         self.rejected = 0  # events that do not parse or validate
         self.applied = 0  # records applied
+        self.changes = 0  # bumped by every change of the held data (snapshots are skipped without)
+        self.assigned_once = False  # until Kafka assigned something, a loaded snapshot is kept whole
         self._dumps: dict[int, tuple[int, int, list, float]] = {}  # token -> (p, offset, items, at)
         self._tokens = itertools.count(1)
         self._warned = 0.0
@@ -118,6 +120,7 @@ class Partitions:
         for h, eids in touched:
             h.entities |= eids
         self.applied += count
+        self.changes += count
         return count
 
     def _writes(self, part: int, value: bytes, default_us: int, offset: int) -> list:
@@ -192,6 +195,7 @@ class Partitions:
         store.values += sum(map(values_in, pairs.values()))
         h.entities = set(pairs)
         h.next = offset
+        self.changes += 1
 
     def release(self, p: int) -> None:
         """Kafka took the partition away: stop serving it, keep it for peers for a while."""
@@ -206,13 +210,16 @@ class Partitions:
         h = self.held.pop(p, None)
         if h is None:
             return
+        self.changes += 1
         delete = self.store.delete
         for eid in h.entities:
             delete(eid)
 
     def free_released(self, taken: Callable[[int], bool]) -> list[int]:
         """Free released partitions that ``taken(p)`` says another member serves, or that were
-        released long ago; return them."""
+        released long ago; return them. Nothing is freed before the first assignment."""
+        if not self.assigned_once:
+            return []
         now = time.monotonic()
         gone = [p for p, h in self.held.items() if not h.assigned and h.released_at is not None
                 and (taken(p) or now - h.released_at > RELEASE_KEEP_S)]
@@ -352,6 +359,7 @@ class Tail:
         from confluent_kafka import TopicPartition
 
         got = {tp.partition for tp in tps}
+        self.parts.assigned_once = True
         for p, h in list(self.parts.held.items()):
             if p not in got and (h.serving or h.released_at is None):
                 self.parts.release(p)

@@ -28,8 +28,8 @@ class ClusterShard:
         membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
                                 {"cleanup.policy": "compact"})
         self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic)
-        self.dir = (os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{cfg.shard_index}")
-                    if cfg.data_dir else None)
+        where = endpoint.split("://")[-1].replace(":", "-").replace("/", "_").replace("*", "any")
+        self.dir = os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{where}") if cfg.data_dir else None
         if self.dir:
             loaded = self.parts.load_snapshot(self.dir)  # SnapshotMismatch goes to main()
             if loaded:
@@ -40,6 +40,7 @@ class ClusterShard:
         self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
         self._published = 0.0
         self._snapshot_at = time.monotonic()
+        self._snapshot_changes = self.parts.changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
 
     def _peers(self, p: int) -> list[tuple[str, int]]:
@@ -67,13 +68,15 @@ class ClusterShard:
             self.publish()
         if self.parts.free_released(self._taken):
             self.publish()
-        if self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s:
+        if (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
+                and self.parts.changes != self._snapshot_changes):
             self.snapshot()
 
     def snapshot(self) -> None:
         t0 = time.perf_counter()
         self.parts.write_snapshot(self.dir)
         self._snapshot_at = time.monotonic()
+        self._snapshot_changes = self.parts.changes
         log.info("snapshot of %d partitions in %.3f s", len(self.parts.held), time.perf_counter() - t0)
 
     def stats(self) -> dict:

@@ -1,0 +1,175 @@
+"""Cluster mode end to end: a real Kafka-protocol broker (Tansu), shards of two replica sets,
+a front end, as real processes. One cluster is shared by the module and its topology changes
+as the tests go (in file order): external producer, writes, failover, restart from snapshot,
+scale-out, then the loss of a whole replica set."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import orjson
+import pytest
+
+from tests.cluster_support import KafkaCluster
+from tests.ingest_support import Broker
+from common import protocol as P
+from tests.support import poll_for, quote, request, zmq_call
+
+PARTITIONS = 8
+ENTITIES = [f"user:{i}" for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("kafka-cluster"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster-mode")
+    c = KafkaCluster(broker, tmp, PARTITIONS, data_dir=tmp / "data", snapshot_interval_s=0.5)
+    try:
+        for name in ("a0", "a1", "b0"):
+            c.start_shard(name)
+        c.start_frontend()
+        for i, eid in enumerate(ENTITIES):  # a base every test reads
+            status, _, body = request("POST", c.url + "/features", {"entity_id": eid, "features": {"n": i}})
+            assert status == 200, body
+        yield c
+    finally:
+        c.stop()
+
+
+def read(cluster, eid: str):
+    return request("GET", cluster.url + "/features/" + quote(eid), timeout=5)
+
+
+class Loop(threading.Thread):
+    """Reads every base entity (and optionally writes) in a loop until stopped; records failures."""
+
+    def __init__(self, cluster, write: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.write = cluster, write
+        self.failures: list[str] = []
+        self.reads = 0
+        self.acked: dict[str, int] = {}  # entity -> the value of its last 200 write
+        self.statuses: dict[int, int] = {}
+        self.running = True
+
+    def run(self) -> None:
+        serial = 0
+        while self.running:
+            for i, eid in enumerate(ENTITIES):
+                if not self.running:
+                    break
+                status, _, body = read(self.cluster, eid)
+                self.reads += 1
+                if status != 200 or "n" not in body.get("features", {}):
+                    self.failures.append(f"{eid}: {status} {body}")
+                if self.write:
+                    serial += 1
+                    target = f"w:{serial % 40}"
+                    status, _, body = request("POST", self.cluster.url + "/features",
+                                              {"entity_id": target, "name": "v", "value": serial}, timeout=5)
+                    self.statuses[status] = self.statuses.get(status, 0) + 1
+                    if status == 200:
+                        self.acked[target] = serial
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(15)
+
+
+def test_an_external_producer_keyed_by_entity_feeds_the_store(cluster, broker):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    eid = f"ext/{uuid.uuid4().hex[:6]} ü"
+    event = {"entity_id": eid, "features": {"clicks": 3, "emb": [0.5, 1]}, "event_timestamp": "2026-01-02T03:04:05Z"}
+    producer.produce(cluster.topic, orjson.dumps(event), key=eid.encode())
+    assert producer.flush(10) == 0
+    got = poll_for(lambda: (lambda r: r[0] == 200 and r)(read(cluster, eid)), 10, what="the event over HTTP")
+    assert got[2] == {"entity_id": eid, "features": {"clicks": 3, "emb": [0.5, 1]},
+                      "last_updated": "2026-01-02T03:04:05Z"}
+
+
+def test_a_write_gets_200_and_reads_back_at_once(cluster):
+    for i in range(20):
+        eid = f"rw:{i}"
+        status, _, body = request("POST", cluster.url + "/features",
+                                  {"entity_id": eid, "features": {"a": i, "b": str(i)}})
+        assert (status, body["written"]) == (200, 2), body
+        status, _, body = read(cluster, eid)  # the writer reads its own write, whichever replica
+        assert status == 200 and body["features"] == {"a": i, "b": str(i)}, body
+    status, _, body = request("POST", cluster.url + "/features", {"entity_id": "rw:0", "name": "x"})
+    assert status == 400 and body["detail"] == "value is required"
+
+
+def test_killing_a_shard_fails_no_read(cluster):
+    loop = Loop(cluster, write=True)
+    loop.start()
+    poll_for(lambda: loop.reads >= 60, 20, what="the reader to go round once")
+    cluster.shards["a1"].kill()  # SIGKILL: no goodbye, the group notices after the session timeout
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + 3 * len(ENTITIES), 60, what="three rounds after the kill")
+    cluster.wait_ready()  # a0 took a1's partitions over
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    assert loop.statuses.get(200, 0) > 0 and set(loop.statuses) <= {200, 202}, loop.statuses
+    for eid, value in loop.acked.items():  # every write that got a 200 is there
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
+
+
+def test_a_restarted_shard_loads_its_snapshot_and_reads_the_tail(cluster):
+    """b0 is the only shard of replica set b: it gets every partition back after a restart."""
+    b0 = cluster.endpoints["b0"]
+    poll_for(lambda: all(up for _, up in cluster.held("b0").values()), 10, what="b0 to serve")
+    before = cluster.held("b0")
+    snapshot = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}" / "partitions.snap"
+    poll_for(snapshot.exists, 10, what="b0's snapshot")
+    cluster.shards["b0"].kill()
+    for i in range(30):  # the tail b0 has to read after its snapshot
+        status, _, body = request("POST", cluster.url + "/features", {"entity_id": f"tail:{i}", "name": "t", "value": i})
+        assert status == 200, body
+    cluster.start_shard("b0")
+    poll_for(lambda: len(cluster.held("b0")) == PARTITIONS and all(up for _, up in cluster.held("b0").values()),
+             30, what="b0 to serve every partition again")
+    sources = cluster.stats("b0")["bootstrapped_from"]
+    assert all(s.startswith("own copy at") for s in sources.values()), sources
+    offsets = {int(p): int(s.rsplit(" ", 1)[1]) for p, s in sources.items()}
+    assert set(offsets) == set(before) and all(offsets[p] <= before[p][0] for p in before)  # a snapshot
+    assert sum(offsets.values()) >= len(ENTITIES)  # taken after the base was written
+    assert sum(o for o, _ in cluster.held("b0").values()) > sum(offsets.values())  # it read a tail
+    for i in range(30):  # straight from b0: the tail is applied there
+        reply = zmq_call(b0, [P.get(f"tail:{i}", req_id=1)], 1000)[0]
+        assert P.is_ok(reply) and orjson.loads(reply[P.BODY])["features"] == {"t": i}, reply
+
+
+def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
+    """a2 joins replica set a (with a0; a1 was killed before): Kafka gives it partitions, which
+    it fills from a peer; then replica set b dies and every entity is read from a0 and a2."""
+    loop = Loop(cluster, write=True)
+    loop.start()
+    cluster.start_shard("a2")
+    poll_for(lambda: any(up for _, up in cluster.held("a2").values()), 30, what="a2 to serve a partition")
+    sources = cluster.stats("a2")["bootstrapped_from"]
+    assert any(s.startswith("peer ") for s in sources.values()), sources
+    poll_for(lambda: set(cluster.held("a0")).isdisjoint(cluster.held("a2"))
+             and len(cluster.held("a0")) + len(cluster.held("a2")) == PARTITIONS, 30,
+             what="a0 and a2 to split the partitions")
+    cluster.shards["b0"].kill()
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + 2 * len(ENTITIES), 60, what="two rounds without replica set b")
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    for eid in ENTITIES + [f"tail:{i}" for i in range(30)]:
+        assert read(cluster, eid)[0] == 200, eid
+    for eid, value in loop.acked.items():
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
+    status, _, body = request("GET", cluster.url + "/readyz")
+    assert status == 200 and {s["replica"] for s in body["shards"]} == {"a"}, body
