@@ -144,15 +144,12 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     if shard.cluster is not None:
         return P.error(req["id"], P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
     try:
-        refused = _foreign(shard, req, (w[0] for w in writes))
-    except (TypeError, IndexError, KeyError):
-        raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
-    if refused is not None:
-        return refused
-    try:
         prepared = shard.store.prepare(writes)
     except (TypeError, ValueError):
         raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
+    refused = _foreign(shard, req, (w[0] for w in writes))  # checked by prepare: strings
+    if refused is not None:
+        return refused
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
     written, stale = shard.store.commit(prepared)
