@@ -112,14 +112,22 @@ class View:
 
 # ---- Kafka I/O (confluent-kafka is imported only by processes in cluster mode)
 def ensure_topic(bootstrap: str, name: str, partitions: int, config: dict | None = None,
-                 timeout_s: float = 15.0) -> int:
+                 timeout_s: float = 30.0) -> int:
     """Create topic ``name`` with ``partitions`` partitions unless it exists; return its
     partition count (the existing one, when it was there already)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    meta = admin.list_topics(timeout=timeout_s).topics.get(name)
+    deadline = time.monotonic() + timeout_s
+    while True:  # the broker may still be starting (a local cluster starts everything at once)
+        try:
+            meta = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic()))).topics.get(name)
+            break
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     if meta is not None and meta.error is None and meta.partitions:
         return len(meta.partitions)
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,

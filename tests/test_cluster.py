@@ -4,17 +4,22 @@ as the tests go (in file order): external producer, writes, failover, restart fr
 scale-out, then the loss of a whole replica set."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
-import time
 import uuid
 
 import orjson
 import pytest
 
-from tests.cluster_support import KafkaCluster
-from tests.ingest_support import Broker
 from common import protocol as P
-from tests.support import poll_for, quote, request, zmq_call
+from ingest.producer import Producer
+from tests.cluster_support import FAST, KafkaCluster
+from tests.ingest_support import Broker
+from tests.support import ROOT, base_env, free_port, poll_for, quote, request, zmq_call
 
 PARTITIONS = 8
 ENTITIES = [f"user:{i}" for i in range(60)]
@@ -173,3 +178,49 @@ def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
         assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
     status, _, body = request("GET", cluster.url + "/readyz")
     assert status == 200 and {s["replica"] for s in body["shards"]} == {"a"}, body
+
+
+def consecutive_free_ports(n: int) -> int:
+    """A port P such that P .. P + n - 1 are free (the Procfile's shards bind base + index)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
+    """``honcho -f Procfile.cluster start``: a broker, 2 replica sets of 2 shards, front end, ingest."""
+    http_port, base, kafka = free_port(), consecutive_free_ports(4), free_port()
+    env = base_env(http_port=http_port, shard_base_port=base, cluster_kafka=f"127.0.0.1:{kafka}",
+                   cluster_partitions=4, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                   ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                   dead_letter_path=str(tmp_path / "dead.jsonl"), **FAST)
+    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", "Procfile.cluster", "start"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        status, _, body = poll_for(lambda: (lambda r: r[0] == 200 and r)(request("GET", url + "/readyz")), 60,
+                                   interval=0.2, what="the local cluster")
+        assert {s["replica"] for s in body["shards"]} == {"a", "b"} and len(body["shards"]) == 4, body
+        assert request("POST", url + "/features", {"entity_id": "h", "name": "x", "value": 1})[0] == 200
+        assert request("GET", url + "/features/h/x")[2]["value"] == 1
+        with Producer(env["FS_INGEST_ENDPOINT"]) as producer:  # the ingest process writes to Kafka
+            producer.send({"entity_id": "via-ingest", "name": "y", "value": 2})
+            producer.flush()
+        poll_for(lambda: request("GET", url + "/features/via-ingest/y")[0] == 200, 10, what="the ingested event")
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert proc.returncode in (0, 130), text
+    for line in ("shard 0 stopped", "shard 3 stopped", "front end stopped", "ingest.1 stopped"):
+        assert line in text, text
