@@ -28,7 +28,7 @@ log = logging.getLogger("shard.cluster")
 DUMP_CHUNK = 5000  # entities per pdump reply
 DUMP_KEEP_S = 120.0  # a frozen copy no peer asked for in this long is dropped
 RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if no peer took it
-PEER_TIMEOUT_MS = 5000  # one pdump round trip longer than this: try another source
+PEER_TIMEOUT_MS = 2000  # one pdump round trip longer than this: try another source
 SNAPSHOT_FILE = "partitions.snap"
 
 
@@ -387,7 +387,8 @@ class Tail:
         if own is not None and own.released_at is None:
             self.sources.setdefault(p, f"own copy at {own.next}")
             return own.next  # still ours: it was being read until the rebalance
-        peers = sorted(self.peers(p), key=lambda e: -e[1])
+        have = own.next if own is not None else 0
+        peers = sorted((e for e in self.peers(p) if e[1] > have), key=lambda e: -e[1])  # ahead of us
         if own is not None and (not peers or peers[0][1] - own.next <= self.tail_records):
             self.sources[p] = f"own copy at {own.next}"
             return own.next
