@@ -29,6 +29,7 @@ from frontend.shard_client import ShardUnavailable, _settle
 log = logging.getLogger("frontend.cluster")
 
 MEMBERSHIP_POLL_S = 0.02  # how often the membership topic is read
+ROUND_PAUSE_S = 0.02  # between two rounds over the replicas of a partition, within the deadline
 ATTEMPT_SHARE = 0.5  # one replica gets at most this share of the deadline, so another can answer
 
 
@@ -88,6 +89,12 @@ class ClusterClient:
     def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
                  deadline: float, why: str) -> None:
         left = deadline - time.monotonic()
+        if i >= len(candidates) and left > ROUND_PAUSE_S and self._loop is not None:
+            # every replica failed (a new shard not connected yet, one restarting, a partition
+            # moving): go round again, with what the membership topic says by then
+            self._loop.call_later(ROUND_PAUSE_S, lambda: self._attempt(
+                p, request, done, self.router.candidates(p), 0, deadline, why))
+            return
         if i >= len(candidates) or left <= 0:
             done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
             return

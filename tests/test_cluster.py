@@ -163,9 +163,14 @@ def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
     poll_for(lambda: any(up for _, up in cluster.held("a2").values()), 30, what="a2 to serve a partition")
     sources = cluster.stats("a2")["bootstrapped_from"]
     assert any(s.startswith("peer ") for s in sources.values()), sources
-    poll_for(lambda: set(cluster.held("a0")).isdisjoint(cluster.held("a2"))
-             and len(cluster.held("a0")) + len(cluster.held("a2")) == PARTITIONS, 30,
-             what="a0 and a2 to split the partitions")
+    def split():  # a0 and a2 serve disjoint halves, and the front end knows it
+        a0, a2 = cluster.held("a0"), cluster.held("a2")
+        body = request("GET", cluster.url + "/readyz")[2]
+        seen = {p for s in body["shards"] if s["replica"] == "a" for p in s["serving"]}
+        return (a0 and a2 and set(a0).isdisjoint(a2) and len(a0) + len(a2) == PARTITIONS
+                and all(up for _, up in [*a0.values(), *a2.values()]) and seen == set(range(PARTITIONS)))
+
+    poll_for(split, 30, what="a0 and a2 to split the partitions")
     cluster.shards["b0"].kill()
     reads = loop.reads
     poll_for(lambda: loop.reads >= reads + 2 * len(ENTITIES), 60, what="two rounds without replica set b")
