@@ -16,6 +16,7 @@ import orjson
 log = logging.getLogger("membership")
 
 LIVENESS = 3  # a member is presumed dead after this many heartbeats without a record
+FETCH_WAIT_MS = 100  # the membership topic needs no low latency (Tansu waits this long when idle)
 MAX_AGE_S = 60.0  # a record written longer ago than this (by its own clock) is ignored at start
 
 
@@ -143,7 +144,8 @@ def ensure_topic(bootstrap: str, name: str, partitions: int, config: dict | None
 class Reader:
     """Reads the membership topic from its start into a :class:`View`; call :meth:`poll` often."""
 
-    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int = 50, view: View | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int = FETCH_WAIT_MS,
+                 view: View | None = None) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
         self._eof = KafkaError._PARTITION_EOF

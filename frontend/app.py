@@ -79,7 +79,7 @@ def make_client(cfg: Config):
     partitions = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
     membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
                             {"cleanup.policy": "compact"})
-    reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic, cfg.kafka_fetch_wait_ms)
+    reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
     writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
     return ClusterClient(cfg, ShardClient([], cfg.shard_timeout_s), reader, writer, partitions)
 

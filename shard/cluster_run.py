@@ -15,7 +15,8 @@ from shard.cluster import Partitions, SnapshotMismatch, Tail
 
 log = logging.getLogger("shard")
 
-CLUSTER_POLL_MS = 2  # the loop's longest sleep: a record is applied within this of its arrival
+CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
+CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
 
 
 class ClusterShard:
@@ -35,10 +36,11 @@ class ClusterShard:
             if loaded:
                 log.info("snapshot of %d partitions loaded: %s", len(loaded), loaded)
         self.me = membership.Member(cfg.replica, self.advertise, {}, cfg.cluster_heartbeat_s)
-        self.reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic, cfg.kafka_fetch_wait_ms)
+        self.reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
         self.reader.catch_up(5.0)  # know the peers before the first assignment needs one
         self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
         self._published = 0.0
+        self._chores_at = 0.0
         self._snapshot_at = time.monotonic()
         self._snapshot_changes = self.parts.changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
@@ -60,10 +62,14 @@ class ClusterShard:
                    for m in self.reader.view.owners(p))
 
     def tick(self) -> None:
-        """One loop pass: apply new records, read membership, heartbeat, free, snapshot."""
+        """One loop pass: apply new records; every CHORES_S, read membership, heartbeat, free,
+        snapshot."""
         self.tail.poll(0)
-        self.reader.poll(0)
         now = time.monotonic()
+        if now < self._chores_at:
+            return
+        self._chores_at = now + CHORES_S
+        self.reader.poll(0)
         if now - self._published >= self.cfg.cluster_heartbeat_s:
             self.publish()
         if self.parts.free_released(self._taken):
