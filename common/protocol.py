@@ -92,7 +92,7 @@ PARTITION = "p"  # cluster mode: a partition of the cluster topic
 DUMP = "dump"  # pdump: the token of a frozen partition copy
 AT = "at"  # pdump: the position of the first entity wanted
 OFFSET = "o"  # pdump: the partition's next offset when it was frozen
-ITEMS = "items"  # pdump: [entity_id, blob, entity_id, blob, ...]
+BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es``
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
@@ -268,9 +268,9 @@ def ping_reply(req_id: Any, **who: Any) -> dict:
     return ok(req_id, **who)
 
 
-def dump_reply(req_id: Any, dump: Any, offset: int, items: list, next_at: int | None) -> dict:
-    """Reply to ``pdump``."""
-    return ok(req_id, **{DUMP: dump, OFFSET: offset, ITEMS: items, NEXT: next_at})
+def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
+    """Reply to ``pdump``: entity ids (``es``) and their blobs, from position ``at`` on."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, NEXT: next_at})
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:

@@ -25,7 +25,7 @@ from shard.store import Store
 
 log = logging.getLogger("shard.cluster")
 
-DUMP_CHUNK = 5000  # entities per pdump reply
+DUMP_CHUNK = 10000  # entities per pdump reply (about 2 MB with 10 values each)
 DUMP_KEEP_S = 120.0  # a frozen copy no peer asked for in this long is dropped
 RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if no peer took it
 PEER_TIMEOUT_MS = 2000  # one pdump round trip longer than this: try another source
@@ -73,7 +73,7 @@ class Partitions:
         self.applied = 0  # records applied
         self.changes = 0  # bumped by every change of the held data (snapshots are skipped without)
         self.assigned_once = False  # until Kafka assigned something, a loaded snapshot is kept whole
-        self._dumps: dict[int, tuple[int, int, list, float]] = {}  # token -> (p, offset, items, at)
+        self._dumps: dict[int, tuple] = {}  # token -> (p, offset, eids, blobs, last asked)
         self._tokens = itertools.count(1)
         self._warned = 0.0
 
@@ -155,45 +155,40 @@ class Partitions:
             h = self.held[p] = Held()
         return h
 
-    def freeze(self, p: int) -> tuple[int, int, list]:
-        """Freeze the partition's current copy for a peer: (token, next offset, [eid, blob, ...])."""
+    def freeze(self, p: int) -> tuple[int, int, list, list]:
+        """Freeze the partition's current copy for a peer: (token, next offset, eids, blobs).
+        Blobs are immutable bytes: the lists hold the copy as it is now, whatever comes next."""
         h = self.held[p]
         data = self.store.data
-        items: list = []
-        for eid in h.entities:
-            blob = data.get(eid)
-            if blob is not None:
-                items.append(eid)
-                items.append(blob)
+        eids = [e for e in h.entities if e in data]
+        blobs = list(map(data.__getitem__, eids))
         token = next(self._tokens)
         now = time.monotonic()
-        self._dumps = {t: d for t, d in self._dumps.items() if now - d[3] < DUMP_KEEP_S}
-        self._dumps[token] = (p, h.next, items, now)
-        return token, h.next, items
+        self._dumps = {t: d for t, d in self._dumps.items() if now - d[4] < DUMP_KEEP_S}
+        self._dumps[token] = (p, h.next, eids, blobs, now)
+        return token, h.next, eids, blobs
 
-    def chunk(self, token: int, at: int) -> tuple[int, list, int | None] | None:
-        """The frozen copy ``token`` from entity ``at`` on: (offset, items, next position)."""
+    def chunk(self, token: int, at: int) -> tuple[int, list, list, int | None] | None:
+        """The frozen copy ``token`` from entity ``at`` on: (offset, eids, blobs, next position)."""
         dump = self._dumps.get(token)
         if dump is None:
             return None
-        _, offset, items, _ = dump
-        end = at + 2 * DUMP_CHUNK
-        if end >= len(items):
+        _, offset, eids, blobs, _ = dump
+        end = at + DUMP_CHUNK
+        if end >= len(eids):
             del self._dumps[token]
-            return offset, items[at:], None
-        self._dumps[token] = dump[:3] + (time.monotonic(),)
-        return offset, items[at:end], end
+            return offset, eids[at:], blobs[at:], None
+        self._dumps[token] = dump[:4] + (time.monotonic(),)
+        return offset, eids[at:end], blobs[at:end], end
 
-    def load(self, p: int, offset: int, items: list) -> None:
-        """Replace the partition's copy with a peer's ``[eid, blob, ...]`` at ``offset``."""
+    def load(self, p: int, offset: int, eids: list, blobs: list) -> None:
+        """Replace the partition's copy with a peer's (``eids[i]`` holds ``blobs[i]``) at ``offset``."""
         self.free(p)
         h = self.require(p)
         store = self.store
-        it = iter(items)
-        pairs = dict(zip(it, it))
-        store.data.update(pairs)
-        store.values += sum(map(values_in, pairs.values()))
-        h.entities = set(pairs)
+        store.data.update(zip(eids, blobs))
+        store.values += sum(map(values_in, blobs))
+        h.entities = set(eids)
         h.next = offset
         self.changes += 1
 
@@ -241,13 +236,8 @@ class Partitions:
             fh.write(frame(pack({"topic": self.topic, "partitions": self.n,
                                  "offsets": {p: h.next for p, h in self.held.items()}})))
             for p, h in self.held.items():
-                chunk: list = [p]
-                for eid in h.entities:
-                    blob = data.get(eid)
-                    if blob is not None:
-                        chunk.append(eid)
-                        chunk.append(blob)
-                fh.write(frame(pack(chunk)))
+                eids = [e for e in h.entities if e in data]
+                fh.write(frame(pack([p, eids, list(map(data.__getitem__, eids))])))
             fh.write(frame(pack({"end": len(self.held)})))
             fh.flush()
             os.fsync(fh.fileno())
@@ -275,37 +265,37 @@ class Partitions:
         if len(records) != len(head["offsets"]) + 2 or records[-1].get("end") != len(head["offsets"]):
             raise SnapshotMismatch(f"{path} is not complete")
         now = time.monotonic()
-        for chunk in records[1:-1]:
-            p = chunk[0]
-            self.load(p, head["offsets"][p], chunk[1:])
+        for p, eids, blobs in records[1:-1]:
+            self.load(p, head["offsets"][p], eids, blobs)
             self.held[p].released_at = now
         return {p: h.next for p, h in self.held.items()}
 
 
 # ---- the peer side and the Kafka side
 def answer_pdump(parts: Partitions, req: dict) -> dict:
-    """``{p, dump?, at}`` -> ``{dump, o, items, next}``: a chunk of the frozen copy of ``p``."""
+    """``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of the frozen copy of ``p``."""
     p, token, at = req.get(P.PARTITION), req.get(P.DUMP), req.get(P.AT) or 0
     req_id = P.id_of(req)
     if token is None:
         h = parts.held.get(p) if type(p) is int else None
         if h is None or not (h.serving or h.released_at is not None):
             return P.error(req_id, P.NOT_OWNER, f"partition {p!r} is not held here")
-        token, _, _ = parts.freeze(p)
+        token = parts.freeze(p)[0]
     got = parts.chunk(token, at) if type(at) is int else None
     if got is None:
         return P.error(req_id, P.BAD_REQUEST, f"no frozen copy {token!r} (expired?)")
-    offset, items, next_at = got
-    return P.dump_reply(req_id, token, offset, items, next_at)
+    offset, eids, blobs, next_at = got
+    return P.dump_reply(req_id, token, offset, eids, blobs, next_at)
 
 
-def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int) -> tuple[int, list]:
-    """A peer's copy of partition ``p``: (next offset, [eid, blob, ...]); raises on failure."""
+def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int) -> tuple[int, list, list]:
+    """A peer's copy of partition ``p``: (next offset, eids, blobs); raises on failure."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:
-        items: list = []
+        eids: list = []
+        blobs: list = []
         token, at, offset = None, 0, 0
         while at is not None:
             sock.send(P.encode([P.pdump(p, token, at, req_id=1)]))
@@ -315,8 +305,9 @@ def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int) -> tuple[int, list]
             if not P.is_ok(reply):
                 raise RuntimeError(f"{endpoint}: {P.code_of(reply)}: {P.reason_of(reply)}")
             token, offset, at = reply[P.DUMP], reply[P.OFFSET], reply[P.NEXT]
-            items.extend(reply[P.ITEMS])
-        return offset, items
+            eids.extend(reply[P.ENTITIES])
+            blobs.extend(reply[P.BLOBS])
+        return offset, eids, blobs
     finally:
         sock.close()
 
@@ -395,13 +386,13 @@ class Tail:
         for endpoint, _ in peers:
             try:
                 t0 = time.monotonic()
-                offset, items = fetch_from_peer(self.ctx, endpoint, p)
+                offset, eids, blobs = fetch_from_peer(self.ctx, endpoint, p)
             except (TimeoutError, RuntimeError, zmq.ZMQError, KeyError, IndexError, P.ProtocolError) as exc:
                 log.warning("partition %d: bootstrap from %s failed: %s", p, endpoint, exc)
                 continue
-            self.parts.load(p, offset, items)
+            self.parts.load(p, offset, eids, blobs)
             self.sources[p] = f"peer {endpoint} at {offset}"
-            log.info("partition %d: %d entities from %s in %.3f s", p, len(items) // 2, endpoint,
+            log.info("partition %d: %d entities from %s in %.3f s", p, len(eids), endpoint,
                      time.monotonic() - t0)
             return offset
         if own is not None:

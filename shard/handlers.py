@@ -183,7 +183,7 @@ def handle_stats(shard: ShardState, req: dict) -> dict:
 
 
 def handle_pdump(shard: ShardState, req: dict) -> dict:
-    """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, items, next}``: a chunk of this shard's frozen
+    """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of this shard's frozen
     copy of partition ``p`` (frozen by the first request, which has no ``dump``)."""
     if shard.cluster is None:
         return P.error(req["id"], P.NOT_OWNER, "not a cluster-mode shard")

@@ -89,19 +89,20 @@ def test_refusal_names_the_partition_until_it_serves():
 def test_a_frozen_copy_streams_in_chunks_and_loads_elsewhere(monkeypatch):
     import shard.cluster as C
 
-    monkeypatch.setattr(C, "DUMP_CHUNK", 7)
+    monkeypatch.setattr(C, "DUMP_CHUNK", 7)  # 30 entities: 5 chunks
     src = serving(Partitions(Store(), N, Limits(), "t"), 3, 1)
     ids = ids_of(3, 30)
     src.apply([rec(3, i, eid, {"f": i, "g": [i]}) for i, eid in enumerate(ids)] + [rec(1, 0, ids_of(1, 1)[0], {"f": 0})])
     reply = answer_pdump(src, P.pdump(3, req_id=1))
-    items, token = list(reply[P.ITEMS]), reply[P.DUMP]
+    eids, blobs, token = list(reply[P.ENTITIES]), list(reply[P.BLOBS]), reply[P.DUMP]
     src.apply([rec(3, 30, ids[0], {"f": "later"}, ts=1_800_000_000)])  # after the freeze: not in it
     while reply[P.NEXT] is not None:
         reply = answer_pdump(src, P.pdump(3, token, reply[P.NEXT], req_id=2))
-        items.extend(reply[P.ITEMS])
-    assert reply[P.OFFSET] == 30 and len(items) == 60
+        eids.extend(reply[P.ENTITIES])
+        blobs.extend(reply[P.BLOBS])
+    assert reply[P.OFFSET] == 30 and len(eids) == len(blobs) == 30
     dst = Partitions(Store(), N, Limits(), "t")
-    dst.load(3, reply[P.OFFSET], items)
+    dst.load(3, reply[P.OFFSET], eids, blobs)
     assert dst.store.values == 60 and dst.held[3].entities == set(ids)
     assert entity(dst.store, ids[0]) == {"f": 0, "g": [0]}
     dst.apply([rec(3, 30, ids[0], {"f": "later"}, ts=1_800_000_000)])  # the tail from the offset
