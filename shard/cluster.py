@@ -29,6 +29,7 @@ DUMP_CHUNK = 10000  # entities per pdump reply (about 2 MB with 10 values each)
 DUMP_KEEP_S = 120.0  # a frozen copy no peer asked for in this long is dropped
 RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if no peer took it
 PEER_TIMEOUT_MS = 2000  # one pdump round trip longer than this: try another source
+UNREACHABLE_S = 30.0  # a peer that failed a transfer is not asked again for this long
 SNAPSHOT_FILE = "partitions.snap"
 
 
@@ -332,6 +333,7 @@ class Tail:
         self.tail_records = tail_records
         self.topic = cfg.cluster_topic
         self.sources: dict[int, str] = {}  # where each partition was bootstrapped from (stats, tests)
+        self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
         self.consumer = Consumer({
             "bootstrap.servers": cfg.cluster_kafka,
             "group.id": f"{cfg.cluster_topic}.replica-{cfg.replica}",
@@ -384,11 +386,14 @@ class Tail:
             self.sources[p] = f"own copy at {own.next}"
             return own.next
         for endpoint, _ in peers:
+            if self._unreachable.get(endpoint, 0) > time.monotonic():
+                continue
             try:
                 t0 = time.monotonic()
                 offset, eids, blobs = fetch_from_peer(self.ctx, endpoint, p)
             except (TimeoutError, RuntimeError, zmq.ZMQError, KeyError, IndexError, P.ProtocolError) as exc:
                 log.warning("partition %d: bootstrap from %s failed: %s", p, endpoint, exc)
+                self._unreachable[endpoint] = time.monotonic() + UNREACHABLE_S
                 continue
             self.parts.load(p, offset, eids, blobs)
             self.sources[p] = f"peer {endpoint} at {offset}"

@@ -97,8 +97,13 @@ def test_shards_in_other_namespaces_serve_through_a_front_end_here(hosts, tmp_pa
             return request("GET", url + "/readyz")[0] == 200
 
         poll_for(ready, 60, interval=0.2, what="the namespaced shards to serve every partition")
-        body = request("GET", url + "/readyz")[2]
-        assert sorted(s["endpoint"] for s in body["shards"]) == sorted(endpoints.values()), body
+
+        def both():  # each replica set (host) serves every partition
+            body = request("GET", url + "/readyz")[2]
+            return (sorted(s["endpoint"] for s in body["shards"]) == sorted(endpoints.values())
+                    and all(s["serving"] == [0, 1, 2, 3] for s in body["shards"]))
+
+        poll_for(both, 60, interval=0.2, what="both namespaced shards to serve every partition")
         for i in range(20):
             eid = f"far/{i}"
             status, _, reply = request("POST", url + "/features", {"entity_id": eid, "features": {"x": i}})
