@@ -35,7 +35,7 @@ def embedded(cfg, state: ShardState, _ctx, _endpoint):
         journal.recover()
     except (TopologyMismatch, RecoveryError, OSError) as exc:
         raise StartError(f"cannot recover: {exc}") from None
-    return ([store.sweep, journal.tick], journal.commit, journal.close, POLL_MS,
+    return ([store.sweep, journal.tick], journal.sync_pending, journal.close, POLL_MS,
             f"shard {cfg.shard_index} of {cfg.shards}, data in {journal.dir}, fsync {cfg.fsync}")
 
 

@@ -226,7 +226,8 @@ class Partitions:
     # ---- snapshots
     def write_snapshot(self, directory: str) -> str:
         """Every held partition with its next offset, to ``directory`` (temp file, fsync, rename)."""
-        from shard.persistence import _fsync_dir, frame
+        from shard.persistence import frame
+        from shard.persistence.files import fsync_dir
 
         os.makedirs(directory, exist_ok=True)
         final = os.path.join(directory, SNAPSHOT_FILE)
@@ -243,7 +244,7 @@ class Partitions:
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return final
 
     def load_snapshot(self, directory: str) -> dict[int, int]:

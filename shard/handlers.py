@@ -152,7 +152,7 @@ def handle_write(shard: ShardState, req: dict) -> dict:
         return refused
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
-    written, stale = shard.store.commit(prepared)
+    written, stale = shard.store.install(prepared)
     return P.ok(req["id"], written=written, stale=stale)
 
 
