@@ -195,7 +195,7 @@ class ReadyzHandler(BaseHandler):
         if self.ctx.cfg.cluster_kafka:
             return self._answer(self.ctx.client.readiness())
         replies = await self.ctx.client.call_all(P.ping)
-        down = [s for s, r in replies.items() if isinstance(r, Exception) or not r.get("ready")]
+        down = [s for s, r in replies.items() if isinstance(r, Exception) or not P.is_ok(r)]
         wrong = {s: mismatch(r.get(P.SLOT_TABLE), s, self.ctx.cfg.shards) for s, r in replies.items()
                  if s not in down}
         wrong = {s: why for s, why in wrong.items() if why}  # another slot table: names it

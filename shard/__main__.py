@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # bound only once recovered: a shard that answers a ping is ready
     sock = bind(ctx, endpoint)
-    server = Server(state, sock, chores=chores, commit=commit, poll_ms=poll_ms)
+    server = Server(state, sock, chores=chores, make_durable=commit, poll_ms=poll_ms)
     server.install_signal_handlers()
     log.info("shard %d listening on %s: %s", cfg.shard_index, endpoint, what)
     print(f"READY shard {cfg.shard_index} {endpoint}", flush=True)

@@ -18,6 +18,7 @@ import msgpack
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer
 from common.events import EventError, Limits
 from common.murmur2 import partition_of
 from common.records import writes_of
@@ -292,9 +293,7 @@ def answer_pdump(parts: Partitions, req: dict) -> dict:
 
 def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int) -> tuple[int, list, list]:
     """A peer's copy of partition ``p``: (next offset, eids, blobs); raises on failure."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = connect_dealer(ctx, endpoint, immediate=False)  # the first request waits for the connection
     try:
         eids: list = []
         blobs: list = []

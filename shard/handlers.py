@@ -54,7 +54,7 @@ def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
         for eid in eids:
             why = owner.refusal(eid)
             if why is not None:
-                return P.error(req["id"], P.NOT_OWNER, why)
+                return P.error(P.id_of(req), P.NOT_OWNER, why)
     return None
 
 
@@ -68,48 +68,48 @@ def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> A
 
 
 def _names(req: dict) -> list | None:
-    names = _field(req, "f", list, optional=True)
+    names = _field(req, P.NAMES, list, optional=True)
     if names is not None and not all(type(n) is str for n in names):
-        raise BadRequest("field 'f' must be a list of strings")
+        raise BadRequest(f"field {P.NAMES!r} must be a list of strings")
     return names
 
 
 def _eids(req: dict) -> list:
-    eids = _field(req, "es", list)
+    eids = _field(req, P.ENTITIES, list)
     if not all(type(e) is str for e in eids):
-        raise BadRequest("field 'es' must be a list of strings")
+        raise BadRequest(f"field {P.ENTITIES!r} must be a list of strings")
     return eids
 
 
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard, ready, table}``; always ready: a shard binds its socket only once
+    """``{}`` -> ``{shard, table}``; a shard that answers is ready: it binds its socket once
     recovered. ``table`` is the slot table it serves (``SlotOwner.describe()``), when it has one."""
     table = shard.owner.describe() if hasattr(shard.owner, "describe") else None
-    return P.ok(req["id"], shard=shard.index, ready=True, **{P.SLOT_TABLE: table})
+    return P.ping_reply(P.id_of(req), shard=shard.index, table=table)
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    eid = _field(req, "e", str)
+    eid = _field(req, P.ENTITY, str)
     refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
     body = shard.store.render_entity(eid, _names(req))
     if body is None:
-        return P.error(req["id"], P.NOT_FOUND, NOT_FOUND_DETAIL)
-    return P.ok(req["id"], body=body)
+        return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
+    return P.body_reply(P.id_of(req), body)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    eid = _field(req, "e", str)
+    eid = _field(req, P.ENTITY, str)
     refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
-    body = shard.store.render_feature(eid, _field(req, "n", str))
+    body = shard.store.render_feature(eid, _field(req, P.NAME, str))
     if body is None:
-        return P.error(req["id"], P.NOT_FOUND, "Feature not found")
-    return P.ok(req["id"], body=body)
+        return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
+    return P.body_reply(P.id_of(req), body)
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
@@ -118,7 +118,7 @@ def handle_mget(shard: ShardState, req: dict) -> dict:
     refused = _foreign(shard, req, eids)
     if refused is not None:
         return refused
-    return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
+    return P.parts_reply(P.id_of(req), shard.store.render_many(eids, _names(req)))
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
@@ -129,9 +129,9 @@ def handle_fget(shard: ShardState, req: dict) -> dict:
         return refused
     names = _names(req)
     if not names:
-        raise BadRequest("field 'f' must be a non-empty list of names")
+        raise BadRequest(f"field {P.NAMES!r} must be a non-empty list of names")
     v, s, ts = shard.store.render_rows(eids, names)
-    return P.ok(req["id"], v=v, s=s, ts=ts)
+    return P.rows_reply(P.id_of(req), v, s, ts)
 
 
 def handle_write(shard: ShardState, req: dict) -> dict:
@@ -140,38 +140,38 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     The items are checked while the store works out the writes (:meth:`Store.prepare`, which
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
     with nothing logged or applied."""
-    writes = _field(req, "w", list)
+    writes = _field(req, P.WRITES, list)
     if shard.cluster is not None:
-        return P.error(req["id"], P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
     try:
         prepared = shard.store.prepare(writes)
     except (TypeError, ValueError):
-        raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
+        raise BadRequest(f"field {P.WRITES!r} must hold [entity_id, name, value, event_us] items") from None
     refused = _foreign(shard, req, (w[0] for w in writes))  # checked by prepare: strings
     if refused is not None:
         return refused
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
     written, stale = shard.store.install(prepared)
-    return P.ok(req["id"], written=written, stale=stale)
+    return P.write_reply(P.id_of(req), written, stale)
 
 
 def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
-    eid = _field(req, "e", str)
-    name = _field(req, "n", str, optional=True)
+    eid = _field(req, P.ENTITY, str)
+    name = _field(req, P.NAME, str, optional=True)
     refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
     if shard.cluster is not None:
-        return P.error(req["id"], P.NOT_OWNER, "cluster mode: deletes go to the Kafka topic, not to a shard")
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: deletes go to the Kafka topic, not to a shard")
     if shard.journal is not None:
         shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
     if not deleted:
         detail = "Feature not found" if name is not None else NOT_FOUND_DETAIL
-        return P.error(req["id"], P.NOT_FOUND, detail)
-    return P.ok(req["id"], deleted=deleted)
+        return P.error(P.id_of(req), P.NOT_FOUND, detail)
+    return P.delete_reply(P.id_of(req), deleted)
 
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
@@ -179,22 +179,22 @@ def handle_stats(shard: ShardState, req: dict) -> dict:
     extra = shard.journal.stats() if shard.journal is not None else {}
     if shard.cluster is not None:
         extra = shard.cluster.stats()
-    return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra)
+    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra})
 
 
 def handle_pdump(shard: ShardState, req: dict) -> dict:
     """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of this shard's frozen
     copy of partition ``p`` (frozen by the first request, which has no ``dump``)."""
     if shard.cluster is None:
-        return P.error(req["id"], P.NOT_OWNER, "not a cluster-mode shard")
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
     return answer_pdump(shard.cluster.parts, req)
 
 
 def handle_offsets(shard: ShardState, req: dict) -> dict:
     """Cluster mode. ``{}`` -> ``{held: [[p, next_offset, serving], ...]}``."""
     if shard.cluster is None:
-        return P.error(req["id"], P.NOT_OWNER, "not a cluster-mode shard")
-    return P.offsets_reply(req["id"], shard.cluster.parts.states())
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
+    return P.offsets_reply(P.id_of(req), shard.cluster.parts.states())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -215,10 +215,10 @@ def dispatch(shard: ShardState, req: Any) -> dict:
     """Run one request through its handler; every failure becomes an error reply."""
     if type(req) is not dict:
         return P.error(None, P.MALFORMED, "a request must be a map")
-    req_id = req.get("id")
-    handler = HANDLERS.get(req.get("t"))
+    req_id, kind = P.id_of(req), P.kind_of(req)
+    handler = HANDLERS.get(kind)
     if handler is None:
-        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {req.get('t')!r}")
+        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     try:
         return handler(shard, req)
     except BadRequest as exc:
@@ -226,7 +226,7 @@ def dispatch(shard: ShardState, req: Any) -> dict:
     except Refused as exc:
         return P.error(req_id, exc.code, exc.reason)
     except Exception:
-        log.exception("shard %d: handler %r failed", shard.index, req.get("t"))
+        log.exception("shard %d: handler %r failed", shard.index, kind)
         return P.error(req_id, P.INTERNAL, "internal error in shard")
 
 
@@ -235,6 +235,6 @@ def handle_frame(shard: ShardState, frame: bytes) -> bytes:
     try:
         requests = P.decode(frame)
     except P.ProtocolError as exc:
-        log.warning("shard %d: dropped a malformed frame: %s", shard.index, exc)
+        log.warning("shard %d: answered %r to a malformed frame: %s", shard.index, P.MALFORMED, exc)
         return P.encode([P.error(None, P.MALFORMED, str(exc))])
     return P.encode([dispatch(shard, req) for req in requests])
