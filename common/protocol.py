@@ -286,7 +286,9 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
     its socket only once recovered)."""
     if source is not None:
         return ok(req_id, **{SOURCE: source})
-    return ok(req_id, **{SHARD: shard, READY: True, SLOT_TABLE: table})
+    if table is not None:
+        return ok(req_id, **{SHARD: shard, READY: True, SLOT_TABLE: table})
+    return ok(req_id, **{SHARD: shard, READY: True})
 
 
 def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
