@@ -8,15 +8,15 @@ from pathlib import Path
 
 from common import protocol as P
 from tests.ingest_support import Broker
-from tests.support import Proc, base_env, free_port, poll_for, request, zmq_call
+from tests.support import Cluster, Proc, base_env, free_port, poll_for, request, wait_answering, zmq_call
 
 FAST = {"kafka_session_timeout_ms": 2000, "kafka_fetch_wait_ms": 50, "cluster_heartbeat_s": 0.3}
 
 
-class KafkaCluster:
+class KafkaCluster(Cluster):
     """Shards keyed by name (``a0``, ``b1``: replica set and number) and one front end."""
 
-    def __init__(self, broker: Broker, tmp: Path, partitions: int = 8, **fs) -> None:
+    def __init__(self, broker: Broker, tmp: Path, partitions: int = 8, **fs) -> None:  # no shard list
         self.broker = broker
         self.tmp = tmp
         self.topic = f"features-{uuid.uuid4().hex[:8]}"
@@ -30,10 +30,6 @@ class KafkaCluster:
         self.endpoints: dict[str, str] = {}
         self.frontend: Proc | None = None
         self.others: list[Proc] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
 
     def env(self, **extra) -> dict:
         return base_env(**{**self.fs, **extra})
@@ -50,14 +46,7 @@ class KafkaCluster:
         return proc
 
     def wait_bound(self, name: str, timeout: float = 20.0) -> None:
-        proc = self.shards[name]
-
-        def up():
-            if not proc.alive():
-                raise AssertionError(f"shard {name} exited:\n{proc.output()}")
-            return P.is_ok(zmq_call(self.endpoints[name], [P.ping(1)], 200)[0])
-
-        poll_for(up, timeout, what=f"shard {name}")
+        wait_answering(self.shards[name], self.endpoints[name], timeout, f"shard {name}")
 
     def held(self, name: str) -> dict[int, tuple[int, bool]]:
         """``{partition: (next offset, serving)}`` of shard ``name``."""
@@ -79,11 +68,6 @@ class KafkaCluster:
             return request("GET", self.url + "/readyz")[0] == 200
 
         poll_for(ready, timeout, interval=0.1, what="every partition to have a caught-up replica")
-
-    def start_process(self, args: list[str], name: str, stdin=None, **extra) -> Proc:
-        proc = Proc([sys.executable, *args], self.env(**extra), self.tmp / f"{name}.log", stdin=stdin)
-        self.others.append(proc)
-        return proc
 
     def stop(self) -> None:
         for proc in [*self.others, self.frontend, *self.shards.values()]:

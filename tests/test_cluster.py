@@ -4,11 +4,7 @@ as the tests go (in file order): external producer, writes, failover, restart fr
 scale-out, then the loss of a whole replica set."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 
@@ -18,18 +14,10 @@ import pytest
 from common import protocol as P
 from ingest.producer import Producer
 from tests.cluster_support import FAST, KafkaCluster
-from tests.ingest_support import Broker
-from tests.support import ROOT, base_env, free_port, poll_for, quote, request, zmq_call
+from tests.support import Honcho, base_env, free_port, poll_for, quote, request, zmq_call
 
 PARTITIONS = 8
 ENTITIES = [f"user:{i}" for i in range(60)]
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Broker(tmp_path_factory.mktemp("kafka-cluster"))
-    yield b
-    b.stop()
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +194,7 @@ def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
                    cluster_partitions=4, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    dead_letter_path=str(tmp_path / "dead.jsonl"), **FAST)
-    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", "Procfile.cluster", "start"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    honcho = Honcho(["-f", "Procfile.cluster"], env)
     try:
         url = f"http://127.0.0.1:{http_port}"
         def split():  # ready, and each replica set's two shards share the partitions
@@ -221,13 +208,9 @@ def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
             producer.send({"entity_id": "via-ingest", "name": "y", "value": 2})
             producer.flush()
         poll_for(lambda: request("GET", url + "/features/via-ingest/y")[0] == 200, 10, what="the ingested event")
-        os.kill(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        text = honcho.interrupt()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = out.decode(errors="replace")
-    assert proc.returncode in (0, 130), text
+        honcho.kill()
+    assert honcho.returncode in (0, 130), text
     for line in ("shard 0 stopped", "shard 3 stopped", "front end stopped", "ingest.1 stopped"):
         assert line in text, text

@@ -7,7 +7,6 @@ import uuid
 import pytest
 
 from common.murmur2 import murmur2, partition_for, partition_of
-from tests.ingest_support import Broker
 
 # Kafka's clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2
 JAVA = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
@@ -27,13 +26,6 @@ def test_partition_of_entity_is_the_utf8_key():
     for key in KEYS:
         assert partition_of(key, 12) == partition_for(key.encode(), 12)
     assert len({partition_of(k, 8) for k in KEYS}) == 8  # spreads: every partition gets some
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Broker(tmp_path_factory.mktemp("kafka-murmur2"))
-    yield b
-    b.stop()
 
 
 @pytest.mark.parametrize("partitions", [7, 16])
