@@ -36,6 +36,7 @@ class Member:
     endpoint: str
     partitions: dict[int, tuple[int, bool]] = field(default_factory=dict)  # p -> (next, caught up)
     heartbeat_s: float = 1.0
+    leaving: bool = False  # stopping: it serves until others took its partitions over
     seen: float = 0.0  # the reader's monotonic time of the last record
 
     @property
@@ -49,7 +50,7 @@ class Member:
 def encode(member: Member) -> tuple[bytes, bytes]:
     """The key and value of a membership record."""
     value = {"replica": member.replica, "endpoint": member.endpoint, "heartbeat_s": member.heartbeat_s,
-             "time_ms": int(time.time() * 1000),
+             "time_ms": int(time.time() * 1000), "leaving": member.leaving,
              "partitions": {str(p): [o, up] for p, (o, up) in sorted(member.partitions.items())}}
     return member.key.encode(), orjson.dumps(value)
 
@@ -61,7 +62,8 @@ def decode(value: bytes, seen: float) -> Member | None:
         if time.time() * 1000 - doc["time_ms"] > MAX_AGE_S * 1000:
             return None
         parts = {int(p): (int(o), bool(up)) for p, (o, up) in doc["partitions"].items()}
-        return Member(str(doc["replica"]), str(doc["endpoint"]), parts, float(doc["heartbeat_s"]), seen)
+        return Member(str(doc["replica"]), str(doc["endpoint"]), parts, float(doc["heartbeat_s"]),
+                      bool(doc.get("leaving")), seen)
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("membership: ignored a malformed record: %s", exc)
         return None
@@ -84,7 +86,7 @@ class View:
                 self.version += 1
             return
         old = self.members.get(k)
-        if old is None or old.partitions != member.partitions:
+        if old is None or old.partitions != member.partitions or old.leaving != member.leaving:
             self.version += 1
         self.members[k] = member
 

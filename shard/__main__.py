@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     sock = bind(ctx, endpoint)
     server = Server(state, sock, chores=chores, make_durable=commit, poll_ms=poll_ms)
     server.install_signal_handlers()
+    if state.cluster is not None:  # hand the partitions over first, then stop
+        leave = lambda *_: state.cluster.leave(server.stop)  # noqa: E731
+        signal.signal(signal.SIGTERM, leave)
+        signal.signal(signal.SIGINT, leave)
     log.info("shard %d listening on %s: %s", cfg.shard_index, endpoint, what)
     print(f"READY shard {cfg.shard_index} {endpoint}", flush=True)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Callable
 
 from common import membership
 from common.events import Limits
@@ -17,6 +18,7 @@ log = logging.getLogger("shard")
 
 CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
 CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
+LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
 
 
 class ClusterShard:
@@ -41,6 +43,8 @@ class ClusterShard:
         self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
         self._published = 0.0
         self._chores_at = 0.0
+        self.leaving: float | None = None  # monotonic time of the SIGTERM
+        self._stopped: Callable[[], None] = lambda: None
         self._snapshot_at = time.monotonic()
         self._snapshot_changes = self.parts.changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
@@ -64,12 +68,16 @@ class ClusterShard:
     def tick(self) -> None:
         """One loop pass: apply new records; every CHORES_S, read membership, heartbeat, free,
         snapshot."""
-        self.tail.poll(0)
+        if self.leaving is None:
+            self.tail.poll(0)
         now = time.monotonic()
         if now < self._chores_at:
             return
         self._chores_at = now + CHORES_S
         self.reader.poll(0)
+        if self.leaving is not None:
+            self._hand_over(now)
+            return
         if now - self._published >= self.cfg.cluster_heartbeat_s:
             self.publish()
         if self.parts.free_released(self._taken):
@@ -77,6 +85,37 @@ class ClusterShard:
         if (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
                 and self.parts.changes != self._snapshot_changes):
             self.snapshot()
+
+    def leave(self, stopped: Callable[[], None]) -> None:
+        """On SIGTERM: leave the group, so Kafka gives this shard's partitions to the others, and
+        keep serving each one (reads, and ``pdump`` for the new owner) until another shard of this
+        replica set serves it, at most ``LEAVE_S``; then ``stopped()``."""
+        if self.leaving is not None:
+            return
+        log.info("leaving: handing partitions %s over", sorted(p for p, h in self.parts.held.items() if h.serving))
+        self.leaving, self._stopped = time.monotonic(), stopped
+        self.me.leaving = True
+        if self.dir:
+            self.snapshot()
+        self.tail.close()  # leaves the group: a rebalance gives the partitions to the others
+        self.publish()
+
+    def _hand_over(self, now: float) -> None:
+        changed = False
+        for p, h in self.parts.held.items():
+            if h.serving and self._taken(p):
+                h.serving, changed = False, True
+        if changed:
+            self.publish()
+        left = [p for p, h in self.parts.held.items() if h.serving]
+        heirs = [m for m in self.reader.view.live() if m.replica == self.cfg.replica
+                 and m.endpoint != self.advertise and not m.leaving]
+        if not left or not heirs or now - self.leaving > LEAVE_S:
+            if left:
+                log.warning("partitions %s not taken over in %.0f s; leaving anyway", left, LEAVE_S)
+            self._stopped()
+        elif now - self._published >= self.cfg.cluster_heartbeat_s:
+            self.publish()
 
     def snapshot(self) -> None:
         t0 = time.perf_counter()
@@ -92,13 +131,14 @@ class ClusterShard:
                     lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}
 
     def close(self) -> None:
-        """On SIGTERM: snapshot, leave the group (Kafka moves the partitions), say so."""
-        if self.dir:
+        """After the loop: a last snapshot unless :meth:`leave` wrote one, and say this shard left."""
+        if self.dir and self.leaving is None:
             try:
                 self.snapshot()
             except OSError as exc:
                 log.error("final snapshot failed: %s", exc)
-        self.tail.close()
+        if self.leaving is None:
+            self.tail.close()
         self.publisher.leave(self.me)
         self.reader.close()
 

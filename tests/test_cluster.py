@@ -4,6 +4,7 @@ as the tests go (in file order): external producer, writes, failover, restart fr
 scale-out, then the loss of a whole replica set."""
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import uuid
@@ -171,6 +172,30 @@ def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
         assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
     status, _, body = request("GET", cluster.url + "/readyz")
     assert status == 200 and {s["replica"] for s in body["shards"]} == {"a"}, body
+
+
+def test_a_stopped_shard_hands_its_partitions_over_first(cluster):
+    """SIGTERM to a2, with no other replica set left: a0 takes a2's partitions from a2 itself
+    while a2 keeps serving them, and a2 exits once they are taken; no read fails meanwhile."""
+    moving = [p for p, (_, up) in cluster.held("a2").items() if up]
+    assert moving
+    loop = Loop(cluster, write=True)
+    loop.start()
+    poll_for(lambda: loop.reads >= 20, 20, what="the reader to start")
+    cluster.shards["a2"].signal(signal.SIGTERM)
+    assert cluster.shards["a2"].popen.wait(40) == 0
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + len(ENTITIES), 30, what="a round after a2 left")
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.statuses) <= {200, 202}, loop.statuses
+    sources = cluster.stats("a0")["bootstrapped_from"]
+    assert all(sources[str(p)].startswith(f"peer {cluster.endpoints['a2']}") for p in moving), sources
+    assert all(up for _, up in cluster.held("a0").values()) and len(cluster.held("a0")) == PARTITIONS
+    assert "handing partitions" in cluster.shards["a2"].output()
+    for eid, value in loop.acked.items():
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
 
 
 def consecutive_free_ports(n: int) -> int:
