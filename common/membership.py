@@ -15,7 +15,8 @@ import orjson
 
 log = logging.getLogger("membership")
 
-LIVENESS = 3  # a member is presumed dead after this many heartbeats without a record
+LIVENESS = 3  # a member is presumed dead after this many heartbeats without a record while
+# others' records keep arriving (when none arrive, Kafka or this reader is stuck: nobody expires)
 FETCH_WAIT_MS = 100  # the membership topic needs no low latency (Tansu waits this long when idle)
 MAX_AGE_S = 60.0  # a record written longer ago than this (by its own clock) is ignored at start
 
@@ -76,11 +77,13 @@ class View:
         self.members: dict[str, Member] = {}
         self.clock = clock
         self.version = 0  # bumped on every change, so callers can cache what they derive
+        self.latest = 0.0  # when the newest record of any member arrived
 
     def update(self, key: bytes, value: bytes | None) -> None:
         """Apply one record of the membership topic."""
         k = key.decode(errors="replace") if key else ""
-        member = decode(value, self.clock()) if value else None
+        self.latest = self.clock()
+        member = decode(value, self.latest) if value else None
         if member is None:
             if self.members.pop(k, None) is not None:
                 self.version += 1
@@ -91,8 +94,11 @@ class View:
         self.members[k] = member
 
     def live(self) -> list[Member]:
-        now = self.clock()
-        return [m for m in self.members.values() if now - m.seen <= LIVENESS * m.heartbeat_s]
+        """Members heard from lately, or no later than the others (reads never wait for Kafka:
+        while no record arrives at all, the last view holds)."""
+        now, latest = self.clock(), self.latest
+        return [m for m in self.members.values()
+                if now - m.seen <= LIVENESS * m.heartbeat_s or latest - m.seen <= LIVENESS * m.heartbeat_s]
 
     def owners(self, partition: int) -> list[Member]:
         """Live members whose copy of ``partition`` has caught up, in a stable order."""

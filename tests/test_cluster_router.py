@@ -42,7 +42,11 @@ def test_view_keeps_the_latest_record_per_member_and_expires_silent_ones():
     assert view.table(2) == [["tcp://h:2"], ["tcp://h:1", "tcp://h:2"]]
     clock.t += 2.5
     publish(view, "a", "tcp://h:1", {1: (3, True)})
-    clock.t += 1.0  # b silent for 3.5 heartbeats: presumed dead
+    clock.t += 1.0
+    assert view.table(2)[0] == ["tcp://h:2"]  # b silent for 3.5 heartbeats, but a only for 1
+    publish(view, "a", "tcp://h:1", {1: (3, True)})  # a heard from 3.5 heartbeats after b: b is dead
+    assert view.table(2) == [[], ["tcp://h:1"]]
+    clock.t += 60  # nothing arrives at all (Kafka is down): the view holds
     assert view.table(2) == [[], ["tcp://h:1"]]
     view.update(b"a@tcp://h:1", None)  # left
     assert view.uncovered(2) == [0, 1]
