@@ -108,11 +108,15 @@ class ClusterShard:
         if changed:
             self.publish()
         left = [p for p, h in self.parts.held.items() if h.serving]
-        heirs = [m for m in self.reader.view.live() if m.replica == self.cfg.replica
+        view = self.reader.view
+        heirs = [m for m in view.live() if m.replica == self.cfg.replica
                  and m.endpoint != self.advertise and not m.leaving]
-        if not left or not heirs or now - self.leaving > LEAVE_S:
+        deaf = now - max(view.latest, self.leaving) > 3 * self.cfg.cluster_heartbeat_s  # Kafka gone?
+        if not left or not heirs or deaf or now - self.leaving > LEAVE_S:
             if left:
-                log.warning("partitions %s not taken over in %.0f s; leaving anyway", left, LEAVE_S)
+                why = ("no other shard of the replica set" if not heirs else "Kafka does not answer" if deaf
+                       else f"not taken over in {LEAVE_S:.0f} s")
+                log.warning("leaving with partitions %s still here: %s", left, why)
             self._stopped()
         elif now - self._published >= self.cfg.cluster_heartbeat_s:
             self.publish()
