@@ -6,6 +6,7 @@ import gc
 import logging
 import signal
 
+import orjson
 import tornado.httpserver
 import tornado.web
 
@@ -13,7 +14,8 @@ from common.config import Config
 from common.events import Limits
 from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
-from frontend import fast, feast, native, ops
+from frontend import engine, fast, feast, hot, native, ops
+from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.shard_client import ShardClient
 
@@ -84,6 +86,22 @@ def make_client(cfg: Config):
     return ClusterClient(cfg, ShardClient([], cfg.shard_timeout_s), reader, writer, partitions)
 
 
+async def start_server(cfg: Config, ctx: Context, sockets):
+    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names."""
+    delegate = fast.Router(make_app(ctx), ctx)
+    if cfg.http_engine == "tornado":
+        server = tornado.httpserver.HTTPServer(delegate, max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
+                                               idle_connection_timeout=cfg.http_idle_timeout_s)
+        server.add_sockets(sockets)
+        return server
+    server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
+                               too_large=orjson.dumps({"detail": too_large(cfg).detail}),
+                               idle_timeout_s=cfg.http_idle_timeout_s,
+                               header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
+    await server.add_sockets(sockets)
+    return server
+
+
 async def serve(cfg: Config, sockets) -> None:
     """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
 
@@ -92,9 +110,7 @@ async def serve(cfg: Config, sockets) -> None:
     client = make_client(cfg)
     client.start()
     ctx = make_context(cfg, client)
-    server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
-                                           max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes)
-    server.add_sockets(sockets)
+    server = await start_server(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,6 +1,7 @@
 """Operator endpoints: ``GET /metrics`` (Prometheus text) and ``GET /openapi.json``."""
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 
@@ -12,6 +13,8 @@ from prometheus_client.registry import CollectorRegistry
 from common import protocol as P
 from frontend.base import BaseHandler
 from frontend.openapi import SPEC
+
+log = logging.getLogger("frontend")
 
 
 class RequestStats:
@@ -29,6 +32,15 @@ class RequestStats:
         key = (handler_name, method, status)
         self.count[key] += 1
         self.seconds[key] += seconds
+
+
+def record_request(ctx, handler_name: str, method: str, uri: str, remote_ip: str, status: int,
+                   seconds: float) -> None:
+    """Count a request served without a ``RequestHandler`` (a fast path), and log it as the
+    application's access log does: only 5xx, or every one with FS_ACCESS_LOG."""
+    ctx.stats.add(handler_name, method, status, seconds)
+    if status >= 500 or ctx.cfg.access_log:
+        log.info("%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000 * seconds)
 
 
 class _Snapshot:
