@@ -68,11 +68,10 @@ def table_digest(table: tuple[int, ...]) -> int:
 
 
 def mismatch(described, index: int, n_shards: int) -> str | None:
-    """Compare a shard's ``describe()`` with what the caller expects of shard ``index``."""
+    """Compare a shard's ``describe()`` with what the caller expects of shard ``index``: None
+    when they agree, or the shard does not say (it still refuses what is not its own)."""
     want = [n_shards, index, table_digest(default_table(n_shards))]
-    if list(described or ()) == want:
+    if not described or list(described) == want:
         return None
-    if not described:
-        return f"shard {index} does not report its slot table"
     return (f"shard {index} serves the slot table of {described[0]} shards as shard {described[1]}; "
             f"this process expects {n_shards} shards")
