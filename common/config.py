@@ -121,9 +121,9 @@ class Config:
     kafka_bootstrap: str | None = setting(None, "Kafka bootstrap servers", [I])
     kafka_topic: str | None = setting(None, "Kafka topic", [I])
     kafka_group: str | None = setting(None, "Kafka consumer group", [I])
-    kafka_session_timeout_ms: int = setting(10000, "consumer-group session (a join takes ~half)", [I],
+    kafka_session_timeout_ms: int = setting(10000, "consumer-group session (a join takes ~half)", [S, I],
                                             at_least=1)
-    kafka_fetch_wait_ms: int = setting(50, "the broker's longest wait for data", [I], at_least=0)
+    kafka_fetch_wait_ms: int = setting(50, "the broker's longest wait for data", [S, I], at_least=0)
     ingest_batch_events: int = setting(2000, "events per batch (all shards)", [I], at_least=1)
     ingest_batch_window_s: float = setting(0.005, "longest a batch waits to fill", [I], at_least=0)
     ingest_max_in_flight: int = setting(4, "batches sent and not yet acknowledged", [I], at_least=1)
@@ -133,6 +133,19 @@ class Config:
     ingest_progress_s: float = setting(10.0, "seconds between progress log lines", [I], above=0)
     ingest_stats_endpoint: str | None = setting("tcp://127.0.0.1:5691", "where ingest answers stats; empty = none",
                                                 [F, I])
+    # --- cluster mode (docs/CLUSTER.md); off unless cluster_kafka is set
+    cluster_kafka: str | None = setting(None, "Kafka bootstrap servers: cluster mode (docs/CLUSTER.md)", EVERY,
+                                        shown="unset, embedded mode")
+    cluster_topic: str = setting("features", "the topic every write goes to", EVERY)
+    cluster_partitions: int = setting(16, "partitions of the topic when it is created", EVERY, at_least=1)
+    replica: str = setting("a", "this shard's replica set (one consumer group each)", [S])
+    cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
+                                            shown="where it binds")
+    cluster_heartbeat_s: float = setting(1.0, "between a shard's membership records", [S], above=0)
+    cluster_apply_timeout_s: float = setting(2.0, "a write not applied by an owner in this long: 202", [F],
+                                             above=0)
+    cluster_tail_records: int = setting(100_000, "own snapshot this close to a peer's copy: no transfer", [S],
+                                        at_least=0)
     # --- this process
     shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
     config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",
@@ -147,6 +160,12 @@ class Config:
         return tuple(
             f"tcp://{self.shard_bind_host}:{self.shard_base_port + i}" for i in range(self.shards)
         )
+
+    def shard_endpoint(self) -> str:
+        """Where shard ``shard_index`` binds; in cluster mode any index only picks the port."""
+        if self.cluster_kafka and self.shard_index >= len(self.shard_endpoints):
+            return f"tcp://{self.shard_bind_host}:{self.shard_base_port + self.shard_index}"
+        return self.endpoints()[self.shard_index]
 
     def view_ttls(self) -> dict[str, float]:
         """Per-view TTLs, keyed by the name prefix ``view:``."""
@@ -346,5 +365,8 @@ def _check(cfg: Config) -> None:
     if cfg.shard_endpoints and len(cfg.shard_endpoints) != cfg.shards:
         # endpoints given explicitly decide the shard count
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
-    if not cfg.shard_index < cfg.shards:
+    if cfg.cluster_kafka:  # any index only picks the port
+        if not cfg.replica or not cfg.replica.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"FS_REPLICA must be letters, digits, '-' or '_', not {cfg.replica!r}")
+    elif not cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")

@@ -62,6 +62,8 @@ WRITE = "write"
 DELETE = "del"
 STATS = "stats"
 EVENTS = "events"  # producer -> ingest process only
+PDUMP = "pdump"  # cluster mode: a peer's frozen copy of one partition, in chunks
+OFFSETS = "offsets"  # cluster mode: the next offset of every partition a shard holds
 
 # field names: spelled here and nowhere else
 TYPE = "t"
@@ -91,6 +93,14 @@ SHARD = "shard"
 SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
+PARTITION = "p"  # cluster mode: a partition of the cluster topic
+DUMP = "dump"  # pdump: the token of a frozen partition copy
+AT = "at"  # pdump: the position of the first entity wanted
+OFFSET = "o"  # pdump: the partition's next offset when it was frozen
+BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es``
+NEXT = "next"  # pdump: the position to ask for next, or nil at the end
+PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
+SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature
@@ -100,7 +110,10 @@ MALFORMED = "malformed"  # the frame is not a msgpack array of request maps
 UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log failed)
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL)
+NOT_OWNER = "not_owner"  # the entity is not this shard's (another slot table, or a partition not held)
+NOT_APPLIED = "not_applied"  # cluster mode: the write is in Kafka, but no owner applied it in time
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, NOT_OWNER,
+         NOT_APPLIED)
 
 
 # fget rows
@@ -206,6 +219,16 @@ def events_maps(events: list, req_id: Any = None) -> dict:
     return _request(EVENTS, req_id, {EVENT_MAPS: events})
 
 
+def pdump(partition: int, dump: Any = None, at: int = 0, req_id: Any = None) -> dict:
+    """``pdump``: a chunk of a peer's frozen copy of ``partition`` (no ``dump``: freeze one now)."""
+    return _request(PDUMP, req_id, {PARTITION: partition, DUMP: dump, AT: at})
+
+
+def offsets(req_id: Any = None) -> dict:
+    """``offsets``: the next offset of every partition the shard holds, and whether it serves it."""
+    return _request(OFFSETS, req_id, {})
+
+
 def stamp(req: dict, req_id: Any) -> Any:
     """Give a request built without an id its id; return the id."""
     req[ID] = req_id
@@ -275,12 +298,27 @@ def delete_reply(req_id: Any, deleted: int) -> dict:
     return ok(req_id, **{DELETED: deleted})
 
 
-def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None) -> dict:
-    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest's source). A peer
-    that answers is ready (a shard binds its socket only once recovered)."""
+def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
+               table: list | None = None) -> dict:
+    """Reply to ``ping``: ``shard`` (a shard's index, and ``table``: the slot table it serves, in
+    embedded mode) or ``source`` (ingest's source). A peer that answers is ready (a shard binds
+    its socket only once recovered)."""
     if source is not None:
         return ok(req_id, **{SOURCE: source})
+    if table is not None:
+        return ok(req_id, **{SHARD: shard, SLOT_TABLE: table})
     return ok(req_id, **{SHARD: shard})
+
+
+def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
+    """Reply to ``pdump``: entity ids (``es``) and their blobs, from position ``at`` on."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, NEXT: next_at})
+
+
+def offsets_reply(req_id: Any, held: dict) -> dict:
+    """Reply to ``offsets``, from ``{partition: (next_offset, serving)}``: a list of
+    ``[partition, next_offset, serving]`` (msgpack map keys are strings)."""
+    return ok(req_id, **{PARTITIONS: [[p, o, up] for p, (o, up) in held.items()]})
 
 
 def is_ok(reply: dict) -> bool:

@@ -12,6 +12,7 @@ import tornado.web
 
 from common.config import Config
 from common.events import Limits
+from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
 from frontend import engine, fast, feast, hot, native, ops
 from frontend.access import too_large
@@ -63,9 +64,26 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 
-def make_context(cfg: Config, client: ShardClient) -> Context:
-    return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg),
+def make_context(cfg: Config, client) -> Context:
+    partitioner = KafkaPartitioner(client.n_shards) if cfg.cluster_kafka else Partitioner(cfg.shards)
+    return Context(cfg=cfg, client=client, partitioner=partitioner, limits=Limits.from_config(cfg),
                    stats=ops.RequestStats())
+
+
+def make_client(cfg: Config):
+    """The shard client: one link per shard, or (cluster mode) partitions over found shards."""
+    if not cfg.cluster_kafka:
+        return ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
+    from common import membership
+    from frontend.cluster import ClusterClient
+    from frontend.cluster_writes import Writer
+
+    partitions = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
+    membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
+                            {"cleanup.policy": "compact"})
+    reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
+    writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
+    return ClusterClient(cfg, ShardClient([], cfg.shard_timeout_s), reader, writer, partitions)
 
 
 async def start_server(cfg: Config, ctx: Context, sockets):
@@ -89,7 +107,7 @@ async def serve(cfg: Config, sockets) -> None:
 
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
-    client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
+    client = make_client(cfg)
     client.start()
     ctx = make_context(cfg, client)
     server = await start_server(cfg, ctx, sockets)
@@ -97,7 +115,8 @@ async def serve(cfg: Config, sockets) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("front end serving http://%s:%d with %d shards", cfg.http_host, cfg.http_port, cfg.shards)
+    log.info("front end serving http://%s:%d with %s", cfg.http_host, cfg.http_port,
+             f"{client.n_shards} partitions of {cfg.cluster_topic}" if cfg.cluster_kafka else f"{cfg.shards} shards")
     gc.freeze()  # what exists now lives as long as the process: keep it out of every GC pass
     await stop.wait()
     server.stop()

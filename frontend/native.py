@@ -8,6 +8,7 @@ import orjson
 
 from common import protocol as P
 from common.events import EventError, check_entity_id, check_name
+from common.partition import mismatch
 from frontend import endpoints, fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.ingest_stats import IngestStats
@@ -107,15 +108,28 @@ class ReadyzHandler(BaseHandler):
     open_access = True
 
     async def get(self) -> None:
+        if self.ctx.cfg.cluster_kafka:
+            return self._answer(self.ctx.client.readiness())
         replies, down = await fanout.replies_of_all(self.ctx, P.ping)
-        shards = [{"shard": s, "ready": s not in down} for s in sorted(replies)]
-        if down:
-            self.set_status(503)
-            self.set_header("Retry-After", str(self.ctx.cfg.retry_after_s))
-            detail = "shards not ready: " + ", ".join(map(str, down))
-            self.finish(orjson.dumps({"detail": detail, "shards": shards}))
-        else:
-            self.finish(orjson.dumps({"status": "ready", "shards": shards}))
+        wrong = {s: mismatch(r.get(P.SLOT_TABLE), s, self.ctx.cfg.shards) for s, r in replies.items()
+                 if s not in down}
+        wrong = {s: why for s, why in wrong.items() if why}  # another slot table: names it
+        shards = []
+        for s in sorted(replies):
+            shards.append({"shard": s, "ready": s not in down and s not in wrong})
+            if s in wrong:
+                shards[-1]["detail"] = wrong[s]
+        problems = (["shards not ready: " + ", ".join(map(str, down))] if down else []) + list(wrong.values())
+        self._answer((not problems, "; ".join(problems), {"shards": shards}))
+
+    def _answer(self, readiness: tuple[bool, str, dict]) -> None:
+        ready, detail, extra = readiness
+        if ready:
+            self.finish(orjson.dumps({"status": "ready", **extra}))
+            return
+        self.set_status(503)
+        self.set_header("Retry-After", str(self.ctx.cfg.retry_after_s))
+        self.finish(orjson.dumps({"detail": detail, **extra}))
 
 
 class StatsHandler(BaseHandler):

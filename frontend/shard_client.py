@@ -85,6 +85,7 @@ class ShardClient:
         self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM)) for i, e in enumerate(endpoints)]
         # request id -> (callback, deadline, shard), oldest first
         self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
+        self._short: dict[int, float] = {}  # request id -> deadline, for calls with a shorter timeout
         self._ids = itertools.count(1)
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,6 +94,14 @@ class ShardClient:
     @property
     def n_shards(self) -> int:
         return len(self.links)
+
+    def add_link(self, endpoint: str) -> int:
+        """Connect one more shard (cluster mode finds shards as they appear); return its index."""
+        link = ShardOutbox(len(self.links), connect_dealer(self.ctx, endpoint, hwm=HWM))
+        self.links.append(link)
+        if self._loop is not None:
+            self._loop.add_reader(link.sock.getsockopt(zmq.FD), self._drain, link)
+        return link.index
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Attach the sockets to the running loop."""
@@ -114,13 +123,17 @@ class ShardClient:
             _run(done, ShardUnavailable(shard, "client closed"))
 
     # ---- calls
-    def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None]) -> None:
+    def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None],
+             timeout_s: float | None = None) -> None:
         """Send ``request`` (a builder's map, without an id) to ``shard``; ``done`` is called
         once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
-        returns when the shard is not connected."""
+        returns when the shard is not connected. ``timeout_s`` (default: the client's) bounds it."""
         req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
-        self.pending[req_id] = (done, time.monotonic() + self.timeout_s, shard)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        self.pending[req_id] = (done, deadline, shard)
+        if timeout_s is not None and timeout_s < self.timeout_s:  # out of deadline order
+            self._short[req_id] = deadline
         link = self.links[shard]
         if idle and not self._flush_scheduled:
             self._send(link, [request])
@@ -190,6 +203,13 @@ class ShardClient:
                 break
             del pending[req_id]
             _run(done, ShardUnavailable(shard, f"did not answer in {self.timeout_s:g} s"))
+        if self._short:
+            for req_id, deadline in list(self._short.items()):
+                if req_id not in pending or deadline <= now:
+                    del self._short[req_id]
+                    entry = pending.pop(req_id, None)
+                    if entry is not None:
+                        _run(entry[0], ShardUnavailable(entry[2], "did not answer in time"))
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
 

@@ -19,6 +19,7 @@ from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
 from ingest.decode import DeadLetters, Decoder
+from ingest.kafka_writer import KafkaWriter
 from ingest.sources import FileSource, KafkaSource, StartError, ZmqSource
 from ingest.writer import ShardWriter
 
@@ -34,9 +35,10 @@ class Ingest:
     def __init__(self, cfg: Config, ctx: zmq.Context) -> None:
         self.cfg = cfg
         self.dead = DeadLetters(cfg.dead_letter_path)
-        self.decoder = Decoder(Limits.from_config(cfg), Partitioner(cfg.shards), self.dead,
-                               cfg.ingest_max_event_bytes)
-        self.writer = ShardWriter(cfg, ctx, self.dead)
+        # cluster mode: one bucket per unit (records are keyed by entity), produced to Kafka
+        self.decoder = Decoder(Limits.from_config(cfg), Partitioner(1 if cfg.cluster_kafka else cfg.shards),
+                               self.dead, cfg.ingest_max_event_bytes)
+        self.writer = KafkaWriter(cfg, self.dead) if cfg.cluster_kafka else ShardWriter(cfg, ctx, self.dead)
         self.stats_sock = _bind_stats(ctx, cfg.ingest_stats_endpoint)
         self.running = True
         self.started = time.monotonic()
@@ -189,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, ingest.stop)
     signal.signal(signal.SIGINT, ingest.stop)
-    log.info("ingest from %s into %d shards (stats on %s)", ingest.source.name, cfg.shards,
+    log.info("ingest from %s into %s (stats on %s)", ingest.source.name,
+             f"topic {cfg.cluster_topic}" if cfg.cluster_kafka else f"{cfg.shards} shards",
              cfg.ingest_stats_endpoint if ingest.stats_sock is not None else "-")
     up = ingest.writer.wait_connected(cfg.shard_timeout_s)
-    if len(up) < cfg.shards:
+    if len(up) < cfg.shards and not cfg.cluster_kafka:
         log.warning("shards %s do not answer yet: their writes wait", sorted(set(range(cfg.shards)) - set(up)))
     print(f"READY ingest {ingest.source.name}", file=sys.stderr, flush=True)
     try:

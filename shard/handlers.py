@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from common import protocol as P
 from shard.aggregate import AggregateRefused
+from shard.cluster import answer_pdump
 from shard.store import NOT_FOUND_DETAIL, Store
 
 log = logging.getLogger("shard")
@@ -33,12 +34,29 @@ class ShardState:
 
     ``journal`` (None when memory only) has ``log_write(writes)`` and ``log_delete(eid, name)``;
     they append before the store changes and raise :class:`Refused` when the log cannot be written.
+
+    ``owner`` (None: every entity is this shard's) has ``refusal(eid)``: why this shard may not
+    answer for ``eid``, or None (``shard.topology.SlotOwner``, ``shard.cluster.Partitions``).
+    ``cluster`` is the ``shard.cluster_run.ClusterShard`` of a cluster-mode shard.
     """
 
-    def __init__(self, index: int, store: Store | None = None, journal=None) -> None:
+    def __init__(self, index: int, store: Store | None = None, journal=None, owner=None) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
+        self.owner = owner
+        self.cluster = None
+
+
+def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
+    """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None."""
+    owner = shard.owner
+    if owner is not None:
+        for eid in eids:
+            why = owner.refusal(eid)
+            if why is not None:
+                return P.error(P.id_of(req), P.NOT_OWNER, why)
+    return None
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -65,13 +83,19 @@ def _eids(req: dict) -> list:
 
 
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard}``; a shard that answers is ready: it binds its socket once recovered."""
-    return P.ping_reply(P.id_of(req), shard=shard.index)
+    """``{}`` -> ``{shard, table}``; a shard that answers is ready: it binds its socket once
+    recovered. ``table`` is the slot table it serves (``SlotOwner.describe()``), when it has one."""
+    table = shard.owner.describe() if hasattr(shard.owner, "describe") else None
+    return P.ping_reply(P.id_of(req), shard=shard.index, table=table)
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    body = shard.store.render_entity(_field(req, P.ENTITY, str), _names(req))
+    eid = _field(req, P.ENTITY, str)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_entity(eid, _names(req))
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
     return P.body_reply(P.id_of(req), body)
@@ -79,7 +103,11 @@ def handle_get(shard: ShardState, req: dict) -> dict:
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    body = shard.store.render_feature(_field(req, P.ENTITY, str), _field(req, P.NAME, str))
+    eid = _field(req, P.ENTITY, str)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_feature(eid, _field(req, P.NAME, str))
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
     return P.body_reply(P.id_of(req), body)
@@ -88,12 +116,18 @@ def handle_get1(shard: ShardState, req: dict) -> dict:
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
     eids = _eids(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
     return P.parts_reply(P.id_of(req), shard.store.render_many(eids, _names(req)))
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
     """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
     eids = _eids(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
     names = _names(req)
     if not names:
         raise BadRequest(f"field {P.NAMES!r} must be a non-empty list of names")
@@ -108,6 +142,8 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
     with nothing logged or applied."""
     writes = _field(req, P.WRITES, list)
+    if shard.cluster is not None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
     meta = _write_meta(req, len(writes))
     try:
         prepared = shard.store.prepare(writes, meta)
@@ -115,6 +151,9 @@ def handle_write(shard: ShardState, req: dict) -> dict:
         raise BadRequest(str(exc)) from None
     except (TypeError, ValueError):
         raise BadRequest(f"field {P.WRITES!r} must hold [entity_id, name, value, event_us] items") from None
+    refused = _foreign(shard, req, (w[0] for w in writes))  # checked by prepare: strings
+    if refused is not None:
+        return refused
     if shard.journal is not None:  # durable (per FS_FSYNC) before it is acknowledged
         shard.journal.log_write(writes, prepared.aggregate and prepared.aggregate[1])
     written, stale = shard.store.install(prepared)
@@ -140,6 +179,11 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
     eid = _field(req, P.ENTITY, str)
     name = _field(req, P.NAME, str, optional=True)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    if shard.cluster is not None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: deletes go to the Kafka topic, not to a shard")
     if shard.journal is not None:
         shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
@@ -152,7 +196,24 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 def handle_stats(shard: ShardState, req: dict) -> dict:
     """``{}`` -> the shard's counters."""
     extra = shard.journal.stats() if shard.journal is not None else {}
+    if shard.cluster is not None:
+        extra = shard.cluster.stats()
     return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra})
+
+
+def handle_pdump(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of this shard's frozen
+    copy of partition ``p`` (frozen by the first request, which has no ``dump``)."""
+    if shard.cluster is None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
+    return answer_pdump(shard.cluster.parts, req)
+
+
+def handle_offsets(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{}`` -> ``{held: [[p, next_offset, serving], ...]}``."""
+    if shard.cluster is None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
+    return P.offsets_reply(P.id_of(req), shard.cluster.parts.states())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -164,6 +225,8 @@ HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
     P.WRITE: handle_write,
     P.DELETE: handle_delete,
     P.STATS: handle_stats,
+    P.PDUMP: handle_pdump,
+    P.OFFSETS: handle_offsets,
 }
 
 
