@@ -87,7 +87,12 @@ class Config:
     shard_index: int = 0  # --index of `python -m shard`
     config_file: str | None = None  # FS_CONFIG: TOML file with views and feature services
     log_level: str = "INFO"  # FS_LOG_LEVEL
+    log_format: str = "text"  # FS_LOG_FORMAT: text | json (one JSON object per line)
     access_log: bool = False  # FS_ACCESS_LOG: log every HTTP request (costs CPU)
+    # --- metrics
+    metrics: bool = True  # FS_METRICS: request, round-trip and freshness histograms; 0 = off
+    metrics_dir: str | None = None  # FS_METRICS_DIR: front-end processes share counts here; unset = a fresh one per run
+    freshness_sample_every: int = 10  # FS_FRESHNESS_SAMPLE_EVERY: a shard counts the ages of one read in this many
 
     def endpoints(self) -> tuple[str, ...]:
         """The ZeroMQ endpoint of each shard, in shard order."""
@@ -267,5 +272,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("FS_TTL_GRACE_S must be >= 0")
     if cfg.render_cache_entities < 0:
         raise ConfigError("FS_RENDER_CACHE_ENTITIES must be >= 0 (0 = no cache)")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"FS_LOG_FORMAT must be text or json, not {cfg.log_format!r}")
+    if cfg.freshness_sample_every < 1:
+        raise ConfigError("FS_FRESHNESS_SAMPLE_EVERY must be at least 1")
     if cfg.max_batch_entities < 1 or cfg.max_response_bytes < 1:
         raise ConfigError("FS_MAX_BATCH_ENTITIES and FS_MAX_RESPONSE_BYTES must be positive")

@@ -12,43 +12,55 @@ import tornado.web
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import fast, feast, native, ops
+from frontend import fast, feast, native, ops, status
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
+from frontend.metrics import Metrics
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
 
 ENTITY = r"([^/]+)"  # one percent-decoded path segment: '/' inside an id arrives as %2F
+UNMATCHED = "unmatched"  # the route label of a path no route serves: never the path itself
+METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))  # other methods: "other"
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
     """All routes, each handler getting ``ctx`` through ``initialize``."""
-    routes = [
-        (r"/features", native.FeaturesHandler),
-        (r"/features/batch", native.BatchHandler),
-        (rf"/features/{ENTITY}", native.EntityHandler),
-        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler),
-        (r"/healthz", native.HealthzHandler),
-        (r"/readyz", native.ReadyzHandler),
-        (r"/stats", native.StatsHandler),
-        (r"/metrics", ops.MetricsHandler),
-        (r"/openapi.json", ops.OpenAPIHandler),
+    native_routes = [
+        (r"/features", native.FeaturesHandler, "/features"),
+        (r"/features/batch", native.BatchHandler, "/features/batch"),
+        (rf"/features/{ENTITY}", native.EntityHandler, "/features/{entity_id}"),
+        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler, "/features/{entity_id}/{name}"),
+        (r"/healthz", native.HealthzHandler, "/healthz"),
+        (r"/readyz", native.ReadyzHandler, "/readyz"),
+        (r"/stats", native.StatsHandler, "/stats"),
+        (r"/metrics", ops.MetricsHandler, "/metrics"),
+        (r"/openapi.json", ops.OpenAPIHandler, "/openapi.json"),
     ]
-    return tornado.web.Application(
-        [(path, handler, {"ctx": ctx}) for path, handler in routes] + feast.routes(ctx),
+    routes = [(path, handler, {"ctx": ctx}, template) for path, handler, template in native_routes]
+    routes += [(path, handler, args, path) for path, handler, args in feast.routes(ctx)]
+    routes += status.routes(ctx)
+    app = tornado.web.Application(
+        [(path, handler, args) for path, handler, args, _ in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
-        log_function=_access_logger(ctx),
+        log_function=_request_logger(ctx, {handler: template for _, handler, _, template in routes}),
     )
+    app.route_templates = [template for *_, template in routes]  # for tests/test_docs.py
+    return app
 
 
-def _access_logger(ctx: Context):
-    """Count every request; log each one only with FS_ACCESS_LOG (logging costs CPU per request)."""
-    record = ctx.stats.record
+def _request_logger(ctx: Context, templates: dict):
+    """Count every request by route template; log each one only with FS_ACCESS_LOG (logging costs
+    CPU per request)."""
+    record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        record(handler)
+        route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
+        method = handler.request.method
+        record(route, method if method in METHODS else "other", handler.get_status(),
+               handler.request.request_time())
         if ctx.cfg.access_log or handler.get_status() >= 500:
             _log_request(handler)
 
@@ -63,7 +75,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_context(cfg: Config, client: ShardClient) -> Context:
     return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg),
-                   stats=ops.RequestStats())
+                   metrics=Metrics(cfg.metrics_dir, cfg.metrics))
 
 
 async def serve(cfg: Config, sockets) -> None:
@@ -72,8 +84,9 @@ async def serve(cfg: Config, sockets) -> None:
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
     client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
-    client.start()
     ctx = make_context(cfg, client)
+    client.on_roundtrip = ctx.metrics.shard_roundtrip
+    client.start()
     server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
                                            max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes)
     server.add_sockets(sockets)

@@ -38,7 +38,7 @@ class Context:
     client: ShardClient
     partitioner: Partitioner
     limits: Limits
-    stats: Any = None  # frontend.ops.RequestStats: per-process request counters
+    metrics: Any = None  # frontend.metrics.Metrics: request and shard round-trip histograms
 
 
 _SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503}

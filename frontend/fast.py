@@ -68,12 +68,11 @@ class Router(tornado.routing.Router):
         try:
             if m is not None:
                 eid, name = (unquote_to_bytes(g).decode("utf-8") for g in m.groups())
-                return _Read(self.ctx, request, "FeatureHandler", eid,
-                             P.get1(eid, name))
+                return _Read(self.ctx, request, "/features/{entity_id}/{name}", eid, P.get1(eid, name))
             m = _ENTITY.match(path)
             if m is not None and m.group(1) != "batch":
                 eid = unquote_to_bytes(m.group(1)).decode("utf-8")
-                return _Read(self.ctx, request, "EntityHandler", eid, P.get(eid))
+                return _Read(self.ctx, request, "/features/{entity_id}", eid, P.get(eid))
         except UnicodeDecodeError:
             pass  # the application answers 400 in its own words
         return None
@@ -82,10 +81,10 @@ class Router(tornado.routing.Router):
 class _Read(httputil.HTTPMessageDelegate):
     """One read: send the shard request once the request is in, answer from the reply."""
 
-    def __init__(self, ctx: Context, request, name: str, eid: str, message: dict) -> None:
+    def __init__(self, ctx: Context, request, route: str, eid: str, message: dict) -> None:
         self.ctx = ctx
         self.request = request
-        self.name = name  # the handler class whose counters this request adds to
+        self.route = route  # the route template of the handler this stands for, for the metrics
         self.eid = eid
         self.message = message
 
@@ -112,12 +111,12 @@ class _Read(httputil.HTTPMessageDelegate):
         if extra:
             headers.update(extra)
         headers["Content-Length"] = str(len(body))
+        seconds = self.request.request_time()
+        self.ctx.metrics.request(self.route, "GET", status, seconds)  # counted before the client sees it
         conn = self.request.connection
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        seconds = self.request.request_time()
-        self.ctx.stats.add(self.name, "GET", status, seconds)
         if status >= 500 or self.ctx.cfg.access_log:
             log.info("%d GET %s (%s) %.2fms", status, self.request.uri, self.request.remote_ip,
                      1000 * seconds)

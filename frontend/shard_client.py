@@ -86,6 +86,7 @@ class ShardClient:
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.on_roundtrip: Callable[[int, float], None] | None = None  # (shard, seconds) per reply frame
 
     def _connect(self, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
@@ -191,9 +192,13 @@ class ShardClient:
             except P.ProtocolError as exc:
                 log.warning("shard %d sent a malformed frame: %s", link.index, exc)
                 continue
+            timed = self.on_roundtrip is None
             for reply in replies:
                 entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
                 if entry is not None:
+                    if not timed:  # the first request of the frame: sent at its deadline - timeout
+                        timed = True
+                        self.on_roundtrip(link.index, time.monotonic() - entry[1] + self.timeout_s)
                     _run(entry[0], reply)
 
     def _sweep(self) -> None:

@@ -7,7 +7,8 @@ import sys
 
 import zmq
 
-from common import config
+from common import config, logs
+from shard.freshness import Freshness
 from shard.handlers import ShardState
 from shard.persistence import Journal, RecoveryError, SyncError
 from shard.server import Server, bind
@@ -18,9 +19,9 @@ log = logging.getLogger("shard")
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "shard")
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(cfg, "shard", cfg.shard_index)
     store = Store.from_config(cfg)
-    state = ShardState(cfg.shard_index, store)
+    state = ShardState(cfg.shard_index, store, freshness=Freshness(cfg.freshness_sample_every if cfg.metrics else 0))
     if cfg.data_dir:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit fails the write instead
         state.journal = Journal.from_config(cfg, store)

@@ -6,9 +6,11 @@ them without sockets. Each docstring gives the request and reply fields.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 from common import protocol as P
+from shard.freshness import Freshness
 from shard.store import NOT_FOUND_DETAIL, Store
 
 log = logging.getLogger("shard")
@@ -34,10 +36,29 @@ class ShardState:
     they append before the store changes and raise :class:`Refused` when the log cannot be written.
     """
 
-    def __init__(self, index: int, store: Store | None = None, journal=None) -> None:
+    def __init__(self, index: int, store: Store | None = None, journal=None,
+                 freshness: Freshness | None = None) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
+        self.freshness = freshness if freshness is not None else Freshness()
+
+    def served(self, eids: list[str], names: list[str] | None, live: bool = True) -> None:
+        """Count the ages of the values a read served, for one read in ``freshness.sample_every``."""
+        if self.freshness.due():
+            self.freshness.observe(self.store.stamps(eids, names, live), self.store.clock())
+
+
+def _memory_bytes() -> int | None:
+    """This process's resident memory (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -70,24 +91,30 @@ def handle_ping(shard: ShardState, req: dict) -> dict:
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    body = shard.store.render_entity(_field(req, "e", str), _names(req))
+    eid, names = _field(req, "e", str), _names(req)
+    body = shard.store.render_entity(eid, names)
     if body is None:
         return P.error(req["id"], P.NOT_FOUND, NOT_FOUND_DETAIL)
+    shard.served([eid], names)
     return P.ok(req["id"], body=body)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    body = shard.store.render_feature(_field(req, "e", str), _field(req, "n", str))
+    eid, name = _field(req, "e", str), _field(req, "n", str)
+    body = shard.store.render_feature(eid, name)
     if body is None:
         return P.error(req["id"], P.NOT_FOUND, "Feature not found")
+    shard.served([eid], [name])
     return P.ok(req["id"], body=body)
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
-    eids = _eids(req)
-    return P.ok(req["id"], parts=shard.store.render_many(eids, _names(req)))
+    eids, names = _eids(req), _names(req)
+    parts = shard.store.render_many(eids, names)
+    shard.served(eids, names)
+    return P.ok(req["id"], parts=parts)
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
@@ -97,6 +124,7 @@ def handle_fget(shard: ShardState, req: dict) -> dict:
     if not names:
         raise BadRequest("field 'f' must be a non-empty list of names")
     v, s, ts = shard.store.render_rows(eids, names)
+    shard.served(eids, names, live=False)  # Feast reads serve expired values too (OUTSIDE_MAX_AGE)
     return P.ok(req["id"], v=v, s=s, ts=ts)
 
 
@@ -131,9 +159,11 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> the shard's counters."""
+    """``{}`` -> the shard's counters, resident memory, the journal's figures and the ages of
+    the values served (:meth:`Freshness.snapshot`)."""
     extra = shard.journal.stats() if shard.journal is not None else {}
-    return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra)
+    return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra, memory_bytes=_memory_bytes(),
+                freshness=shard.freshness.snapshot())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
