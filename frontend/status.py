@@ -50,9 +50,10 @@ def shard_rows(replies: dict) -> list[dict]:
 def route_rows(metrics: M.Metrics) -> list[dict]:
     """Per ``METHOD route``, over every status and process: the count and cumulative buckets."""
     by_route: dict[str, list[float]] = {}
-    for (name, route, method, _status), acc in metrics.totals().items():
-        if name != M.REQUESTS:
+    for key, acc in metrics.totals().items():
+        if key[0] != M.REQUESTS:
             continue
+        _, route, method, _status = key
         sums = by_route.setdefault(f"{method} {route}", [0.0] * (len(acc) - 1))
         for i, n in enumerate(acc[:-1]):
             sums[i] += n
