@@ -15,7 +15,7 @@ from frontend.status import ingest_stats
 SHARD_GAUGES = {"entities": "entities held", "values": "feature values held", "memory_bytes": "resident memory",
                 "log_bytes": "size of the append-only log (0 without FS_DATA_DIR)"}
 SHARD_COUNTERS = {"writes": "values written", "stale": "writes older than the stored value, ignored"}
-INGEST_COUNTERS = {"events": "events received", "applied": "values applied by the shards",
+INGEST_COUNTERS = {"events": "valid events acknowledged by every shard", "applied": "values applied by the shards",
                    "stale": "values older than the stored ones", "rejected": "events rejected (dead letters)"}
 MAX_VIEWS = 50  # freshness labels across shards: beyond, "other"
 
