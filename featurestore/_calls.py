@@ -162,6 +162,10 @@ def stats() -> Call:
     return Call("GET", "/stats", _json)
 
 
+def status() -> Call:
+    return Call("GET", "/status", _json)
+
+
 def metrics() -> Call:
     return Call("GET", "/metrics", lambda _s, raw: raw.decode())
 

@@ -145,6 +145,10 @@ class Client:
         """Every shard's counters, the totals, and ingest's counters."""
         return self._run(C.stats())
 
+    def status(self) -> dict:
+        """What the status page shows: shards, request counts and buckets per route, ingest."""
+        return self._run(C.status())
+
     def metrics(self) -> str:
         """The Prometheus text of ``GET /metrics``."""
         return self._run(C.metrics())
@@ -230,6 +234,9 @@ class AsyncClient:
 
     async def stats(self) -> dict:
         return await self._run(C.stats())
+
+    async def status(self) -> dict:
+        return await self._run(C.status())
 
     async def metrics(self) -> str:
         return await self._run(C.metrics())

@@ -98,6 +98,9 @@ def test_operations_endpoints(fs):
     names = {fam.name for fam in text_string_to_metric_families(fs.metrics())}
     assert "featurestore_shard_up" in names
     assert "/features/{entity_id}" in fs.openapi()["paths"]
+    status = fs.status()
+    assert [s["state"] for s in status["shards"]] == ["ready", "ready"]
+    assert any(r["route"] == "POST /features" and r["count"] >= 1 for r in status["routes"])
 
 
 def test_one_connection_is_reused(cluster):
