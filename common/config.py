@@ -1,21 +1,50 @@
 """One frozen configuration object, built once from ``FS_*`` variables and flags.
 
-Every process calls :func:`load` in its ``main()`` and passes the result down.
-Nothing else in the project reads ``os.environ``.
+Every process calls :func:`load` (or :func:`load_or_exit`) in its ``main()`` and passes the
+result down. Nothing else in the project reads ``os.environ``.
+
+Each :class:`Config` field is declared with :func:`setting`: its one-line help, the processes
+that use it (``--help`` of each process lists its own), how its default reads (``64 MiB``) and
+its bounds. An empty value (``FS_DATA_DIR=``) is None for an Optional setting (``str | None``,
+``float | None``), the empty tuple for ``FS_SHARD_ENDPOINTS`` (derived), and for any other
+setting an error naming the variable.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+FRONTEND, SHARD, INGEST = "frontend", "shard", "ingest"
+ROLES = (FRONTEND, SHARD, INGEST)
+EVERY = ROLES
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class ConfigError(ValueError):
     """A setting has a value the store cannot use."""
+
+
+def setting(default: Any, help: str, roles: Sequence[str], *, shown: str | None = None,
+            env: str | None = None, flags: Sequence[str] = (), at_least: float | None = None,
+            above: float | None = None, choices: Sequence[str] = ()) -> Any:
+    """A Config field with its metadata.
+
+    :arg help: one line, shown by ``--help``.
+    :arg roles: the processes that use it (their ``--help`` lists it, their parser takes its flag).
+    :arg shown: how the default reads in ``--help`` when the automatic form is not right.
+    :arg env: the variable, when it is not ``FS_`` + the field's name in capitals.
+    :arg flags: extra flags besides ``--field-name`` (``--index``).
+    :arg at_least, above, choices: the values accepted.
+    """
+    meta = {"help": help, "roles": tuple(roles), "shown": shown, "env": env, "flags": tuple(flags),
+            "at_least": at_least, "above": above, "choices": tuple(choices)}
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -29,70 +58,86 @@ class FeatureView:
     push_source: str | None = None  # the Feast push source whose pushes land in this view
 
 
+F, S, I = FRONTEND, SHARD, INGEST
+
+
 @dataclass(frozen=True)
 class Config:
     # --- HTTP front end
-    http_host: str = "127.0.0.1"  # FS_HTTP_HOST
-    http_port: int = 8000  # FS_HTTP_PORT
-    frontend_processes: int = 1  # FS_FRONTEND_PROCESSES: processes sharing the port
+    http_host: str = setting("127.0.0.1", "the front end's HTTP address", [F])
+    http_port: int = setting(8000, "the front end's HTTP port", [F], at_least=0)
+    frontend_processes: int = setting(1, "HTTP processes sharing the port", [F], flags=["--processes"],
+                                      at_least=1)
     # --- shards
-    shards: int = 2  # FS_SHARDS
-    shard_base_port: int = 5700  # FS_SHARD_BASE_PORT: shard i listens on base + i
-    shard_endpoints: tuple[str, ...] = ()  # FS_SHARD_ENDPOINTS; empty = derived from the base port
-    shard_bind_host: str = "127.0.0.1"  # FS_SHARD_BIND_HOST: where a shard binds when derived
-    shard_timeout_s: float = 1.0  # FS_SHARD_TIMEOUT_S: bound on every shard call
-    retry_after_s: int = 1  # FS_RETRY_AFTER_S: Retry-After on a 503
+    shards: int = setting(2, "number of shards (every process must agree)", EVERY, at_least=1)
+    shard_base_port: int = setting(5700, "shard i listens on base + i", EVERY, at_least=1)
+    shard_endpoints: tuple[str, ...] = setting(
+        (), "comma-separated ZeroMQ endpoints, one per shard (decides the shard count)", EVERY,
+        shown="derived from the base port")
+    shard_bind_host: str = setting("127.0.0.1", "the host of the derived shard endpoints", EVERY)
+    shard_timeout_s: float = setting(1.0, "bound on every shard call; past it, 503", [F, I], above=0)
+    retry_after_s: int = setting(1, "Retry-After of a 503, seconds", [F], at_least=0)
     # --- durability (memory only when data_dir is None)
-    data_dir: str | None = None  # FS_DATA_DIR
-    fsync: str = "everysec"  # FS_FSYNC: always | everysec | no
-    snapshot_log_bytes: int = 64 << 20  # FS_SNAPSHOT_LOG_BYTES: snapshot once the log grew this much
-    snapshot_interval_s: float = 300.0  # FS_SNAPSHOT_INTERVAL_S: and at least this often if written
-    skip_damaged: bool = False  # FS_SKIP_DAMAGED: on recovery, skip damaged records (losing them)
+    data_dir: str | None = setting(None, "where the shard keeps its log and snapshots", [S],
+                                   shown="unset, memory only")
+    fsync: str = setting("everysec", "when the log is fsynced", [S], choices=["always", "everysec", "no"])
+    snapshot_log_bytes: int = setting(64 << 20, "snapshot once the log grew this much", [S], at_least=1)
+    snapshot_interval_s: float = setting(300.0, "and at least this often if written", [S], above=0)
+    skip_damaged: bool = setting(False, "on recovery, skip damaged records (losing them)", [S])
     # --- data model limits
-    max_entity_id_bytes: int = 512  # FS_MAX_ENTITY_ID_BYTES
-    max_name_bytes: int = 256  # FS_MAX_NAME_BYTES
-    max_value_bytes: int = 65536  # FS_MAX_VALUE_BYTES: one value, msgpack-encoded
-    max_body_bytes: int = 16 * 1024 * 1024  # FS_MAX_BODY_BYTES: HTTP request body
-    max_batch_entities: int = 1000  # FS_MAX_BATCH_ENTITIES: entities per batch read
-    max_response_bytes: int = 64 * 1024 * 1024  # FS_MAX_RESPONSE_BYTES
+    max_entity_id_bytes: int = setting(512, "longest entity id, UTF-8", [F, I], at_least=1)
+    max_name_bytes: int = setting(256, "longest feature name, UTF-8", [F, I], at_least=1)
+    max_value_bytes: int = setting(65536, "largest value, msgpack-encoded", [F, I], at_least=1)
+    max_body_bytes: int = setting(16 << 20, "largest HTTP request body / ingest message", [F, I], at_least=1)
+    max_batch_entities: int = setting(1000, "entities per batch read", [F], at_least=1)
+    max_response_bytes: int = setting(64 << 20, "largest batch-read response", [F], at_least=1)
     # --- TTL
-    ttl_s: float | None = None  # FS_TTL_S: default TTL of every feature; None = none
+    ttl_s: float | None = setting(None, "default TTL of every feature, seconds", [S], shown="unset, none",
+                                  above=0)
     views: tuple[FeatureView, ...] = ()  # from the configuration file
     feature_services: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> references
-    ttl_grace_s: float | None = None  # FS_TTL_GRACE_S: kept this long past TTL (Feast: OUTSIDE_MAX_AGE); None = one TTL
-    render_cache_entities: int = 100_000  # FS_RENDER_CACHE_ENTITIES: per shard, entities kept rendered; 0 = off
+    ttl_grace_s: float | None = setting(None, "an expired value is kept this long (Feast: OUTSIDE_MAX_AGE)",
+                                        [S], shown="unset, one TTL", at_least=0)
+    render_cache_entities: int = setting(100_000, "entities kept rendered, per shard; 0 = off", [S],
+                                         at_least=0)
     # --- access
-    read_only: bool = False  # FS_READ_ONLY
-    read_token: str | None = None  # FS_READ_TOKEN
-    write_token: str | None = None  # FS_WRITE_TOKEN
+    read_only: bool = setting(False, "every mutation answers 403", [F])
+    read_token: str | None = setting(None, "bearer token for reads", [F], shown="unset, open")
+    write_token: str | None = setting(None, "bearer token for writes (and reads)", [F], shown="unset, open")
     # --- ingest
-    ingest_endpoint: str = "tcp://127.0.0.1:5690"  # FS_INGEST_ENDPOINT: ZeroMQ source
-    ingest_source: str = "zmq"  # FS_INGEST_SOURCE: zmq | kafka | file
-    ingest_file: str | None = None  # FS_INGEST_FILE ('-' = stdin)
-    dead_letter_path: str = "dead-letter.jsonl"  # FS_DEAD_LETTER_PATH
-    kafka_bootstrap: str | None = None  # FS_KAFKA_BOOTSTRAP
-    kafka_topic: str | None = None  # FS_KAFKA_TOPIC
-    kafka_group: str | None = None  # FS_KAFKA_GROUP
-    kafka_session_timeout_ms: int = 10000  # FS_KAFKA_SESSION_TIMEOUT_MS: group session (join ~half)
-    kafka_fetch_wait_ms: int = 50  # FS_KAFKA_FETCH_WAIT_MS: broker's longest wait for data
-    ingest_batch_events: int = 2000  # FS_INGEST_BATCH_EVENTS: events per batch (all shards)
-    ingest_batch_window_s: float = 0.005  # FS_INGEST_BATCH_WINDOW_S: longest a batch waits to fill
-    ingest_max_in_flight: int = 4  # FS_INGEST_MAX_IN_FLIGHT: batches sent and not yet acknowledged
-    ingest_ack_timeout_s: float = 5.0  # FS_INGEST_ACK_TIMEOUT_S: a shard's ack later than this: resend
-    ingest_retry_max_s: float = 2.0  # FS_INGEST_RETRY_MAX_S: longest backoff between resends
-    ingest_max_event_bytes: int = 1048576  # FS_INGEST_MAX_EVENT_BYTES: one JSON line / message
-    ingest_progress_s: float = 10.0  # FS_INGEST_PROGRESS_S: seconds between progress log lines
-    ingest_stats_endpoint: str | None = "tcp://127.0.0.1:5691"  # FS_INGEST_STATS_ENDPOINT
+    ingest_endpoint: str = setting("tcp://127.0.0.1:5690", "the ZeroMQ socket producers send to", [I])
+    ingest_source: str = setting("zmq", "where events come from", [I], choices=["zmq", "kafka", "file"],
+                                 shown="zmq; kafka with FS_KAFKA_BOOTSTRAP, file with --file")
+    ingest_file: str | None = setting(None, "JSON-lines file to read ('-' = stdin)", [I], flags=["--file"])
+    dead_letter_path: str = setting("dead-letter.jsonl", "JSON-lines file of events not applied", [I])
+    kafka_bootstrap: str | None = setting(None, "Kafka bootstrap servers", [I])
+    kafka_topic: str | None = setting(None, "Kafka topic", [I])
+    kafka_group: str | None = setting(None, "Kafka consumer group", [I])
+    kafka_session_timeout_ms: int = setting(10000, "consumer-group session (a join takes ~half)", [I],
+                                            at_least=1)
+    kafka_fetch_wait_ms: int = setting(50, "the broker's longest wait for data", [I], at_least=0)
+    ingest_batch_events: int = setting(2000, "events per batch (all shards)", [I], at_least=1)
+    ingest_batch_window_s: float = setting(0.005, "longest a batch waits to fill", [I], at_least=0)
+    ingest_max_in_flight: int = setting(4, "batches sent and not yet acknowledged", [I], at_least=1)
+    ingest_ack_timeout_s: float = setting(5.0, "a shard's ack later than this: resend", [I], above=0)
+    ingest_retry_max_s: float = setting(2.0, "longest backoff between resends", [I], above=0)
+    ingest_max_event_bytes: int = setting(1 << 20, "longest JSON line / event", [I], at_least=1)
+    ingest_progress_s: float = setting(10.0, "seconds between progress log lines", [I], above=0)
+    ingest_stats_endpoint: str | None = setting("tcp://127.0.0.1:5691", "where ingest answers stats; empty = none",
+                                                [F, I])
     # --- this process
-    shard_index: int = 0  # --index of `python -m shard`
-    config_file: str | None = None  # FS_CONFIG: TOML file with views and feature services
-    log_level: str = "INFO"  # FS_LOG_LEVEL
-    log_format: str = "text"  # FS_LOG_FORMAT: text | json (one JSON object per line)
-    access_log: bool = False  # FS_ACCESS_LOG: log every HTTP request (costs CPU)
+    shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
+    config_file: str | None = setting(None, "TOML file with Feast views and feature services", [F, S],
+                                      env="FS_CONFIG")
+    log_level: str = setting("INFO", "logging level", EVERY, choices=LOG_LEVELS)
+    log_format: str = setting("text", "text, or json: one JSON object per line", EVERY, choices=["text", "json"])
+    access_log: bool = setting(False, "log every HTTP request (costs CPU)", [F])
     # --- metrics
-    metrics: bool = True  # FS_METRICS: request, round-trip and freshness histograms; 0 = off
-    metrics_dir: str | None = None  # FS_METRICS_DIR: front-end processes share counts here; unset = a fresh one per run
-    freshness_sample_every: int = 10  # FS_FRESHNESS_SAMPLE_EVERY: a shard counts the ages of one read in this many
+    metrics: bool = setting(True, "request, round-trip and freshness histograms (0 = off)", [F, S])
+    metrics_dir: str | None = setting(None, "where the front-end processes of a port share their counts", [F],
+                                      shown="unset, a fresh one per run")
+    freshness_sample_every: int = setting(10, "a shard counts the ages of the values of one read in this many",
+                                          [S], at_least=1)
 
     def endpoints(self) -> tuple[str, ...]:
         """The ZeroMQ endpoint of each shard, in shard order."""
@@ -107,37 +152,67 @@ class Config:
         return {f"{v.name}:": v.ttl_s for v in self.views if v.ttl_s is not None}
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_ENV_SKIP = {"views", "feature_services", "shard_index"}
-_ENV_NAME = {"config_file": "FS_CONFIG"}  # where a variable's name is not FS_ + the field's
+del F, S, I
+SETTINGS = {f.name: f for f in dataclasses.fields(Config) if f.metadata}
 
 
 def env_name(field: str) -> str:
-    """The ``FS_*`` variable of a Config field."""
-    return _ENV_NAME.get(field, "FS_" + field.upper())
+    """The ``FS_*`` variable of a Config field ('' for a flag-only setting)."""
+    env = SETTINGS[field].metadata["env"]
+    return "FS_" + field.upper() if env is None else env
 
 
-def _convert(name: str, raw: str) -> Any:
-    f = _FIELDS[name]
-    typ = str(f.type)
+def shown_default(field: str) -> str:
+    """The default of a setting as ``--help`` shows it: ``64 MiB``, ``1.0 s``, ``off``."""
+    f = SETTINGS[field]
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
+    value = f.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if field.endswith("_bytes"):
+        for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value >= size and value % size == 0:
+                return f"{value // size} {unit}"
+        return f"{value} bytes"
+    for suffix, unit in (("_s", "s"), ("_ms", "ms")):
+        if field.endswith(suffix):
+            return f"{value} {unit}"
+    return str(value)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_KIND = {"int": "an integer", "float": "a number", "bool": "one of " + ", ".join(_TRUE + _FALSE)}
+
+
+def _convert(name: str, raw: str, source: str) -> Any:
+    """``raw`` as the type of setting ``name``; ``source`` (a variable or flag) names it in errors."""
+    typ = str(SETTINGS[name].type)
+    text = raw.strip()
+    if not text:
+        if typ.endswith("| None"):
+            return None
+        if typ.startswith("tuple"):
+            return ()
+        raise ConfigError(f"{source} is empty: give a value, or unset it for the default "
+                          f"({shown_default(name)})")
+    base = typ.split(" | ")[0]
+    if base == "bool" and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
     try:
-        if name == "shard_endpoints":
-            return tuple(e.strip() for e in raw.split(",") if e.strip())
-        if typ == "bool":
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("", "0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if typ == "int":
-            return int(raw)
-        if typ.startswith("float"):
-            return float(raw) if raw.strip() else None
-        if typ.startswith("str | None"):
-            return raw or None
-        return raw
+        if base == "int":
+            return int(text)
+        if base == "float" and math.isfinite(number := float(text)):
+            return number
     except ValueError:
-        raise ConfigError(f"{env_name(name)}: cannot use {raw!r}") from None
+        pass
+    if base in _KIND:
+        raise ConfigError(f"{source}: cannot use {raw!r}; expected {_KIND[base]}")
+    if base == "tuple[str, ...]":
+        return tuple(e.strip() for e in text.split(",") if e.strip())
+    return raw
 
 
 def _views_from_file(path: str) -> dict[str, Any]:
@@ -177,28 +252,34 @@ def _check_view(path: str, name: str, spec: Any) -> None:
         raise ConfigError(f"{where}.push_source must be a string")
 
 
-def _field_help() -> dict[str, str]:
-    """Each field's one-line comment in the Config class above, as its flag's help text."""
-    import inspect
-    import re
-
-    found = re.findall(r"^    (\w+): [^=]+= (.+?)  # (.+)$", inspect.getsource(Config), re.M)
-    return {name: f"{comment} (default: {default})" for name, default, comment in found}
+def _flags(name: str) -> list[str]:
+    return ["--" + name.replace("_", "-"), *SETTINGS[name].metadata["flags"]]
 
 
-def build_parser(prog: str = "feature-store") -> argparse.ArgumentParser:
-    """Flags for every setting: ``--http-port 8001`` sets ``http_port``."""
-    parser = argparse.ArgumentParser(prog=prog, description="Every flag can also be set by the FS_ "
-                                     "variable of the same name; a flag wins over the variable.")
-    helps = _field_help()
-    for f in dataclasses.fields(Config):
-        if f.name in ("views", "feature_services"):
+def _help(name: str) -> str:
+    meta, env = SETTINGS[name].metadata, env_name(name)
+    choices = f": {' | '.join(meta['choices'])}" if meta["choices"] else ""
+    text = f"{meta['help']}{choices} (default: {shown_default(name)})"
+    return (f"{env}: {text}" if env else text).replace("%", "%%")
+
+
+def build_parser(prog: str = "feature-store", role: str | None = None) -> argparse.ArgumentParser:
+    """Flags for the settings of ``role`` (every setting when None): ``--http-port 8001``.
+
+    A boolean flag works bare (``--read-only``) or with a value (``--read-only 0``).
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Every flag can also be set by the FS_ variable named in its help; a flag "
+        "wins over the variable. An empty value unsets a setting that can be unset (its "
+        "default says 'unset', or its help 'empty = none') and is an error for any other.")
+    for name, f in SETTINGS.items():
+        if role is not None and role not in f.metadata["roles"]:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, metavar="V", help=helps.get(f.name))
-    parser.add_argument("--index", dest="shard_index", default=None, help="shard index")
-    parser.add_argument("--processes", dest="frontend_processes", default=None)
-    parser.add_argument("--file", dest="ingest_file", default=None, help="JSON lines, '-' = stdin")
+        if str(f.type) == "bool":
+            parser.add_argument(*_flags(name), dest=name, nargs="?", const="1", default=None,
+                                metavar="0|1", help=_help(name))
+        else:
+            parser.add_argument(*_flags(name), dest=name, default=None, metavar="V", help=_help(name))
     return parser
 
 
@@ -211,16 +292,14 @@ def load(
     """Build the configuration: defaults, then ``FS_*`` variables, then flags, then overrides."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for name in _FIELDS:
-        if name in _ENV_SKIP:
-            continue
-        raw = environ.get(env_name(name))
-        if raw is not None:
-            values[name] = _convert(name, raw)
+    for name in SETTINGS:
+        env = env_name(name)
+        if env and env in environ:
+            values[name] = _convert(name, environ[env], env)
     args = (parser or build_parser()).parse_args(list(argv or []))
     for name, raw in vars(args).items():
-        if raw is not None and name in _FIELDS:
-            values[name] = _convert(name, raw)
+        if raw is not None and name in SETTINGS:
+            values[name] = _convert(name, raw, _flags(name)[0])
     values.update(overrides)
     if "ingest_source" not in values:  # a source given alone picks itself
         if values.get("ingest_file"):
@@ -235,46 +314,32 @@ def load(
     return cfg
 
 
-def load_or_exit(argv: Sequence[str] | None, prog: str) -> Config:
-    """:func:`load` for a process's ``main()``: a bad setting prints one line and exits with 2."""
+def load_or_exit(argv: Sequence[str] | None, role: str) -> Config:
+    """:func:`load` for the ``main()`` of ``role``: its own flags; a bad setting prints one line
+    and exits with 2."""
+    parser = build_parser(f"python3 -m {role}", role)
     try:
-        return load(sys.argv[1:] if argv is None else argv)
+        return load(sys.argv[1:] if argv is None else argv, parser=parser)
     except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def _check(cfg: Config) -> None:
-    if cfg.fsync not in ("always", "everysec", "no"):
-        raise ConfigError(f"FS_FSYNC must be always, everysec or no, not {cfg.fsync!r}")
-    if cfg.shards < 1:
-        raise ConfigError("FS_SHARDS must be at least 1")
+    """Refuse a value out of its setting's bounds, naming its variable."""
+    for name, f in SETTINGS.items():
+        value, meta = getattr(cfg, name), f.metadata
+        what = env_name(name) or _flags(name)[-1]
+        if value is None:
+            continue
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{what} must be {' or '.join(meta['choices'])}, not {value!r}")
+        if meta["at_least"] is not None and value < meta["at_least"]:
+            raise ConfigError(f"{what} must be at least {meta['at_least']}, not {value!r}")
+        if meta["above"] is not None and value <= meta["above"]:
+            raise ConfigError(f"{what} must be greater than {meta['above']}, not {value!r}")
     if cfg.shard_endpoints and len(cfg.shard_endpoints) != cfg.shards:
         # endpoints given explicitly decide the shard count
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
-    if not 0 <= cfg.shard_index < cfg.shards:
+    if not cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
-    if cfg.frontend_processes < 1:
-        raise ConfigError("FS_FRONTEND_PROCESSES must be at least 1")
-    if cfg.snapshot_log_bytes < 1:
-        raise ConfigError("FS_SNAPSHOT_LOG_BYTES must be positive")
-    if cfg.snapshot_interval_s <= 0:
-        raise ConfigError("FS_SNAPSHOT_INTERVAL_S must be positive")
-    if cfg.shard_timeout_s <= 0:
-        raise ConfigError("FS_SHARD_TIMEOUT_S must be positive")
-    if cfg.ingest_source not in ("zmq", "kafka", "file"):
-        raise ConfigError(f"FS_INGEST_SOURCE must be zmq, kafka or file, not {cfg.ingest_source!r}")
-    if cfg.ingest_batch_events < 1 or cfg.ingest_max_in_flight < 1:
-        raise ConfigError("FS_INGEST_BATCH_EVENTS and FS_INGEST_MAX_IN_FLIGHT must be at least 1")
-    if cfg.ttl_s is not None and cfg.ttl_s <= 0:
-        raise ConfigError("FS_TTL_S must be a positive number of seconds (unset = no TTL)")
-    if cfg.ttl_grace_s is not None and cfg.ttl_grace_s < 0:
-        raise ConfigError("FS_TTL_GRACE_S must be >= 0")
-    if cfg.render_cache_entities < 0:
-        raise ConfigError("FS_RENDER_CACHE_ENTITIES must be >= 0 (0 = no cache)")
-    if cfg.log_format not in ("text", "json"):
-        raise ConfigError(f"FS_LOG_FORMAT must be text or json, not {cfg.log_format!r}")
-    if cfg.freshness_sample_every < 1:
-        raise ConfigError("FS_FRESHNESS_SAMPLE_EVERY must be at least 1")
-    if cfg.max_batch_entities < 1 or cfg.max_response_bytes < 1:
-        raise ConfigError("FS_MAX_BATCH_ENTITIES and FS_MAX_RESPONSE_BYTES must be positive")

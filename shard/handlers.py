@@ -141,7 +141,7 @@ def handle_write(shard: ShardState, req: dict) -> dict:
         raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
-    written, stale = shard.store.commit(prepared)
+    written, stale = shard.store.install(prepared)
     return P.ok(req["id"], written=written, stale=stale)
 
 

@@ -1,7 +1,7 @@
 """The in-memory store of one shard.
 
 Layout: ``data`` maps an entity id to one msgpack blob holding ``{name: [value, event_us]}``.
-A blob costs a few times less memory than a dict of lists (see ../shared/PERFORMANCE.md), and
+A blob costs a few times less memory than a dict of lists, and
 a read decodes it in microseconds. Only this class knows the layout.
 
 Writes are last-write-wins by event time per (entity, name): an older event is counted as
@@ -280,14 +280,14 @@ class Store:
 
         Raises ValueError or TypeError, with the store unchanged, if an item is not a
         ``(str, str, value, int)`` sequence or a value cannot be stored."""
-        return self.commit(self.prepare(writes))
+        return self.install(self.prepare(writes))
 
     def prepare(self, writes: Iterable[Sequence[Any]]) -> tuple:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
         (last write wins by event time, an equal time goes to the later write), and every entity
-        that changed is encoded once. :meth:`commit` then installs the result, so the journal
+        that changed is encoded once. :meth:`install` then puts the result in place, so the journal
         can log the writes between the two. Raises ValueError or TypeError on a malformed item
         (see :meth:`apply`); nothing is changed then.
         """
@@ -323,7 +323,7 @@ class Store:
         pack = self._pack
         return {eid: pack(f) for eid, f in changed.items()}, written, stale, added
 
-    def commit(self, prepared: tuple) -> tuple[int, int]:
+    def install(self, prepared: tuple) -> tuple[int, int]:
         """Install what :meth:`prepare` worked out; return (written, stale)."""
         blobs, written, stale, added = prepared
         self.data.update(blobs)

@@ -1,6 +1,7 @@
-"""Record framing, recovery and snapshots of shard/persistence.py, without sockets."""
+"""Record framing, recovery, snapshots and the journal of shard/persistence/, without sockets."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -10,8 +11,8 @@ import pytest
 from common import config
 from common import protocol as P
 from shard.handlers import ShardState, dispatch
-from shard.persistence import (HEADER, Journal, LogError, RecoveryError, frame, scan,
-                               write_snapshot)
+from shard.persistence import (HEADER, FileOps, Journal, LogError, RecoveryError, SyncError,
+                               frame, scan, write_snapshot)
 from shard.store import Store
 
 TS = 1_700_000_000_000_000
@@ -110,7 +111,7 @@ def test_writes_and_deletes_survive_a_restart(tmp_path):
     assert write(shard, ("e1", "a", 0, TS - 1))["stale"] == 1
     assert dispatch(shard, P.request(P.DELETE, 2, e="e1", n="b"))["ok"]
     assert dispatch(shard, P.request(P.DELETE, 3, e="nobody", n=None))["code"] == P.NOT_FOUND
-    j.commit()
+    j.sync_pending()
     before = dict(j.store.data)
     again = journal(tmp_path)  # without close(): as after a crash
     assert again.store.data == before and again.store.values == 2
@@ -225,7 +226,7 @@ def test_a_log_that_cannot_be_written_refuses_the_write(tmp_path):
 def test_everysec_syncs_from_tick(tmp_path):
     j = journal(tmp_path, fsync="everysec")
     write(shard_with(j), ("e", "a", 1, TS))
-    j.commit()
+    j.sync_pending()
     assert j.dirty  # commit fsyncs only under always
     j.last_sync -= 2
     j.tick()
@@ -252,6 +253,106 @@ def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
     j.tick()
     wait_sync(j)
     assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))["ok"]
+
+
+class Faults:
+    """The journal's file operations, failing on demand: a write puts half its record on disk
+    and reports a short write, a cut-back or an fsync raises EIO."""
+
+    def __init__(self) -> None:
+        self.half_writes = self.failed_cuts = self.failed_syncs = 0
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.half_writes:
+            self.half_writes -= 1
+            return os.write(fd, data[: len(data) // 2])
+        return os.write(fd, data)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        if self.failed_cuts:
+            self.failed_cuts -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        os.ftruncate(fd, size)
+
+    def fdatasync(self, fd: int) -> None:
+        if self.failed_syncs:
+            self.failed_syncs -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        os.fdatasync(fd)
+
+    def ops(self) -> FileOps:
+        return FileOps(write=self.write, ftruncate=self.ftruncate, fdatasync=self.fdatasync)
+
+
+def sync_now(j: Journal) -> None:
+    """One everysec fsync by the fsync thread, waited for."""
+    j.last_sync -= 2
+    j.tick()
+    wait_sync(j)
+
+
+def acked(shard: ShardState, acks: dict, eid: str, value) -> dict:
+    """Write ``eid.f = value``; remember it in ``acks`` if it was acknowledged."""
+    reply = write(shard, (eid, "f", value, TS))
+    if reply["ok"]:
+        acks[eid] = value
+    return reply
+
+
+def read_back(tmp_path, acks: dict) -> Journal:
+    again = journal(tmp_path)
+    assert {e: again.store.features(e)["f"][0] for e in again.store.data} == acks
+    return again
+
+
+def test_a_failed_cut_back_is_not_cleared_by_a_later_fsync_and_no_acknowledged_write_is_lost(tmp_path):
+    faults = Faults()
+    j = journal(tmp_path, fsync="everysec", snapshot_log_bytes=1 << 30, ops=faults.ops())
+    shard, acks = shard_with(j), {}
+    assert acked(shard, acks, "a", 1)["ok"]
+    faults.half_writes, faults.failed_cuts = 1, 2  # b leaves half a record; two cut-backs fail
+    reply = acked(shard, acks, "b", 2)
+    assert reply["code"] == P.DISK_FULL and "cannot write its log" in reply["reason"]
+    assert j.cut_failed and os.path.getsize(j.log_path) > j.size
+    sync_now(j)  # an fsync succeeds: the log still ends in half a record
+    assert j.sync_failed is None and j.cut_failed
+    reply = acked(shard, acks, "c", 3)  # the cut-back is tried again and fails again
+    assert reply["code"] == P.UNAVAILABLE and "cannot be cut back" in reply["reason"]
+    assert acked(shard, acks, "d", 4)["ok"]  # this time the cut-back works: writes resume
+    assert j.cut_failed is None and os.path.getsize(j.log_path) == j.size
+    faults.half_writes = 1  # another failed write: cut back to the end of d, not into it
+    assert acked(shard, acks, "e", 5)["code"] == P.DISK_FULL
+    assert acked(shard, acks, "f", 6)["ok"]
+    assert os.path.getsize(j.log_path) == j.size and acks == {"a": 1, "d": 4, "f": 6}
+    wait_sync(j)
+    read_back(tmp_path, acks)  # as after a crash
+
+
+def test_a_log_that_cannot_be_cut_back_refuses_writes_and_snapshots_until_restart(tmp_path, caplog):
+    faults = Faults()
+    j = journal(tmp_path, fsync="everysec", snapshot_log_bytes=1, ops=faults.ops())
+    shard, acks = shard_with(j), {}
+    assert acked(shard, acks, "a", 1)["ok"]
+    faults.half_writes, faults.failed_cuts = 1, 10 ** 9  # the cut-back never works again
+    assert acked(shard, acks, "b", 2)["code"] == P.DISK_FULL
+    sync_now(j)
+    assert j.child is None and "cannot start a snapshot" in caplog.text  # no rotation past a torn record
+    for i in range(3):
+        assert acked(shard, acks, f"x{i}", i)["code"] == P.UNAVAILABLE
+    j.close()  # the final snapshot cannot rotate either: the log is kept
+    assert "final snapshot failed" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        read_back(tmp_path, acks)
+    assert "cut off a torn final record" in caplog.text  # half of b, never acknowledged
+
+
+def test_a_failed_fsync_under_always_acknowledges_nothing(tmp_path):
+    faults = Faults()
+    j = journal(tmp_path, fsync="always", ops=faults.ops())
+    write(shard_with(j), ("e", "a", 1, TS))
+    faults.failed_syncs = 1
+    with pytest.raises(SyncError, match="fsync of .*log-00000001.aof failed"):
+        j.sync_pending()
 
 
 # ---- settings
