@@ -130,7 +130,7 @@ class Config:
     config_file: str | None = setting(None, "TOML file with Feast views and feature services", [F, S],
                                       env="FS_CONFIG")
     log_level: str = setting("INFO", "logging level", EVERY, choices=LOG_LEVELS)
-    log_format: str = setting("text", "text, or json: one JSON object per line", EVERY, choices=["text", "json"])
+    log_format: str = setting("text", "log lines as text, or as one JSON object each", EVERY, choices=["text", "json"])
     access_log: bool = setting(False, "log every HTTP request (costs CPU)", [F])
     # --- metrics
     metrics: bool = setting(True, "request, round-trip and freshness histograms (0 = off)", [F, S])
