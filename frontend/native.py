@@ -10,7 +10,7 @@ from common import protocol as P
 from common import timefmt
 from common.events import EventError, check_entity_id, check_entity_ids, check_name, parse_body
 from frontend.base import APIError, BaseHandler, BodyHandler
-from frontend.ingest_stats import IngestStats
+from frontend.ingest_stats import ingest_stats
 from frontend.shard_client import ShardError, ShardUnavailable
 
 
@@ -206,8 +206,6 @@ class ReadyzHandler(BaseHandler):
 class StatsHandler(BaseHandler):
     """``GET /stats``: each shard's counters and the totals (and ingest's, when configured)."""
 
-    ingest: IngestStats | None = None  # one per process, made on first use
-
     async def get(self) -> None:
         replies = await self.ctx.client.call_all(P.stats)
         shards, totals = [], {"entities": 0, "values": 0, "writes": 0, "stale": 0}
@@ -221,9 +219,7 @@ class StatsHandler(BaseHandler):
             for k in totals:
                 totals[k] += stats.get(k, 0)
         body = {"totals": totals, "shards": shards}
-        endpoint = self.ctx.cfg.ingest_stats_endpoint
-        if endpoint:
-            if StatsHandler.ingest is None:
-                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s)
-            body["ingest"] = await StatsHandler.ingest.fetch()
+        ingest = await ingest_stats(self.ctx)
+        if ingest is not None:
+            body["ingest"] = ingest
         self.finish(orjson.dumps(body))

@@ -10,7 +10,7 @@ from common import protocol as P
 from frontend.base import BaseHandler
 from frontend.metrics import buckets
 from frontend.openapi import SPEC
-from frontend.status import ingest_stats
+from frontend.ingest_stats import ingest_stats
 
 SHARD_GAUGES = {"entities": "entities held", "values": "feature values held", "memory_bytes": "resident memory",
                 "log_bytes": "size of the append-only log (0 without FS_DATA_DIR)"}

@@ -16,24 +16,11 @@ from swagger_ui_bundle import swagger_ui_path
 from common import protocol as P
 from frontend import metrics as M
 from frontend.base import BaseHandler
-from frontend.ingest_stats import IngestStats
+from frontend.ingest_stats import ingest_stats
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SWAGGER_DIR = Path(swagger_ui_path)
 SHARD_FIELDS = ("entities", "values", "memory_bytes", "log_bytes", "writes", "stale")
-
-_ingest: dict[str, IngestStats] = {}  # one per endpoint in this process, made on first use
-
-
-async def ingest_stats(ctx) -> dict | None:
-    """Ingest's counters (``{"detail"}`` when it does not answer), None when not configured."""
-    endpoint = ctx.cfg.ingest_stats_endpoint
-    if not endpoint:
-        return None
-    if endpoint not in _ingest:
-        _ingest[endpoint] = IngestStats(endpoint, ctx.cfg.shard_timeout_s)
-    return await _ingest[endpoint].fetch()
-
 
 def shard_rows(replies: dict) -> list[dict]:
     """Each shard's state and sizes from its ``stats`` reply (or the exception in its place)."""
