@@ -30,10 +30,10 @@ class Freshness:
     def due(self) -> bool:
         """True once every ``sample_every`` calls."""
         self._countdown -= 1
-        if self._countdown or not self.sample_every:
+        if self._countdown > 0:
             return False
         self._countdown = self.sample_every
-        return True
+        return self.sample_every > 0
 
     def observe(self, stamped: Iterable[tuple[str, int]], now_us: int) -> None:
         """Count each served ``(name, event_us)``, ``sample_every`` times."""
