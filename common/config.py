@@ -136,7 +136,7 @@ class Config:
     metrics: bool = setting(True, "request, round-trip and freshness histograms (0 = off)", [F, S])
     metrics_dir: str | None = setting(None, "where the front-end processes of a port share their counts", [F],
                                       shown="unset, a fresh one per run")
-    freshness_sample_every: int = setting(10, "a shard counts the ages of the values of one read in this many",
+    freshness_sample_every: int = setting(10, "a shard counts the ages of the values of one entity read in this many",
                                           [S], at_least=1)
 
     def endpoints(self) -> tuple[str, ...]:

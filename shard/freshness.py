@@ -5,8 +5,9 @@ The view is the part of a name before ``:`` (``driver_stats:conv_rate`` -> ``dri
 rest count as ``other``: label values stay bounded whatever names clients write.
 
 Looking at every value of every read would cost the shard more than the metrics' whole budget,
-so one read in ``sample_every`` is looked at, and each of its values counts ``sample_every``
-times: the counts estimate the values served, the shape is that of a uniform sample.
+so one entity read in ``sample_every`` is looked at (across reads, so a batch of 1,000 entities
+decodes 100 of them, not all), and each of its values counts ``sample_every`` times: the counts
+estimate the values served, the shape is that of a uniform sample.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ OTHER, NO_VIEW = "other", "none"
 
 
 class Freshness:
-    """Per-view bucket counts of served values' ages; ``due()`` says whether to look at this read."""
+    """Per-view bucket counts of served values' ages; ``pick()`` says which entities to look at."""
 
     def __init__(self, sample_every: int = 10) -> None:
         self.sample_every = sample_every  # 0: off
@@ -27,13 +28,18 @@ class Freshness:
         self.views: dict[str, list[float]] = {}  # view -> [count per bucket..., +Inf, sum of ages]
         self._view_of: dict[str, list[float]] = {}  # name -> its view's counts, memoised
 
-    def due(self) -> bool:
-        """True once every ``sample_every`` calls."""
-        self._countdown -= 1
-        if self._countdown > 0:
-            return False
-        self._countdown = self.sample_every
-        return self.sample_every > 0
+    def pick(self, eids: list) -> list:
+        """The entities of a read whose values to look at: every ``sample_every``-th entity
+        read, counted across reads (a batch read costs its share, not a decode of every entity)."""
+        first = self._countdown - 1  # the index, in this read, of the next entity due
+        if first >= len(eids):
+            self._countdown -= len(eids)
+            return []
+        every = self.sample_every
+        if not every:
+            return []
+        self._countdown = every - (len(eids) - 1 - first) % every
+        return eids[first::every]
 
     def observe(self, stamped: Iterable[tuple[str, int]], now_us: int) -> None:
         """Count each served ``(name, event_us)``, ``sample_every`` times."""

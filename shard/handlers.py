@@ -44,9 +44,10 @@ class ShardState:
         self.freshness = freshness if freshness is not None else Freshness()
 
     def served(self, eids: list[str], names: list[str] | None, live: bool = True) -> None:
-        """Count the ages of the values a read served, for one read in ``freshness.sample_every``."""
-        if self.freshness.due():
-            self.freshness.observe(self.store.stamps(eids, names, live), self.store.clock())
+        """Count the ages of the values a read served, for one entity in ``freshness.sample_every``."""
+        picked = self.freshness.pick(eids)
+        if picked:
+            self.freshness.observe(self.store.stamps(picked, names, live), self.store.clock())
 
 
 def _memory_bytes() -> int | None:

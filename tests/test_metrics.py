@@ -193,13 +193,14 @@ def test_metrics_off_records_nothing():
     assert m.totals() == {} and [f.samples for f in m.families()] == [[], [], []]
 
 
-def test_freshness_samples_one_read_in_n_and_weighs_it_n():
+def test_freshness_samples_one_entity_in_n_across_reads_and_weighs_it_n():
     f = Freshness(sample_every=4)
-    due = [f.due() for _ in range(12)]
-    assert due == [False, False, False, True] * 3
+    assert [f.pick([i]) for i in range(8)] == [[], [], [], [3], [], [], [], [7]]
+    assert f.pick(list(range(10))) == [3, 7] and f.pick([0, 1]) == [1] and f.pick(list(range(3))) == []
+    assert f.pick([0, 1]) == [0]  # every 4th entity, whatever the batch sizes
+    assert Freshness(sample_every=0).pick(list(range(100))) == []
     f.observe([("v:a", 0), ("v:b", 0), ("w:a", 5_000_000)], now_us=30_000_000)
     snap = f.snapshot()
     bounds = snap["bounds"]
     assert snap["views"]["v"][bounds.index(60.0)] == 8 and snap["views"]["v"][-1] == 240.0
     assert snap["views"]["w"][bounds.index(60.0)] == 4
-    assert not any(Freshness(sample_every=0).due() for _ in range(5))
