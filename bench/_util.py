@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common import protocol as P  # noqa: E402
+from common.link import connect_dealer  # noqa: E402
 from common.partition import Partitioner  # noqa: E402
 from tests.support import Cluster, Proc, base_env, free_port, poll_for, request  # noqa: E402
 
@@ -183,9 +184,7 @@ def load_entities(endpoints: list[str], n_entities: int, n_features: int, batch:
     ctx = zmq.Context.instance()
     socks = []
     for ep in endpoints:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(ep)
+        s = connect_dealer(ctx, ep, immediate=False)
         socks.append(s)
     t0 = time.perf_counter()
     outstanding = 0
@@ -197,7 +196,7 @@ def load_entities(endpoints: list[str], n_entities: int, n_features: int, batch:
                 rows = by_shard.setdefault(part.shard_for(eid), [])
                 rows.extend([eid, f"f{j}", i + j / 100, event_us] for j in range(n_features))
             for shard, rows in by_shard.items():
-                socks[shard].send(P.encode([P.request(P.WRITE, start, w=rows)]))
+                socks[shard].send(P.encode([P.write(rows, start)]))
                 outstanding += 1
         poller = zmq.Poller()
         for s in socks:
@@ -208,7 +207,7 @@ def load_entities(endpoints: list[str], n_entities: int, n_features: int, batch:
                 raise TimeoutError("shards did not acknowledge the load")
             for s in events:
                 for reply in P.decode(s.recv()):
-                    if not reply.get("ok"):
+                    if not reply.get(P.OK):
                         raise RuntimeError(f"load failed: {reply}")
                 outstanding -= 1
     finally:
@@ -221,10 +220,8 @@ def zmq_round_trip(endpoint: str, n: int = 2000) -> float:
     """p50 in milliseconds of a blocking DEALER -> ROUTER ping, one in flight."""
     import zmq
 
-    s = zmq.Context.instance().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(endpoint)
-    frame = P.encode([P.request(P.PING, 1)])
+    s = connect_dealer(zmq.Context.instance(), endpoint, immediate=False)
+    frame = P.encode([P.ping(1)])
     times = []
     try:
         for _ in range(n):

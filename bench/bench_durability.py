@@ -27,6 +27,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import protocol as P  # noqa: E402
+from common.link import connect_dealer  # noqa: E402
 from tests.support import Proc, base_env, free_port, poll_for, zmq_call  # noqa: E402
 
 TS = 1_760_000_000_000_000
@@ -47,7 +48,7 @@ class Shard:
         """Start and wait until it answers a ping; return the seconds it took."""
         t0 = time.perf_counter()
         self.proc = Proc([sys.executable, "-m", "shard", "--index", "0"], self.env, self.log)
-        poll_for(lambda: self.call(P.request(P.PING, 1), 100)["ready"], 300, 0.005, "shard ready")
+        poll_for(lambda: P.is_ok(self.call(P.ping(1), 100)), 300, 0.005, "shard ready")
         return time.perf_counter() - t0
 
     def call(self, req: dict, timeout_ms: int = 60_000) -> dict:
@@ -56,7 +57,7 @@ class Shard:
         return zmq_call(self.endpoint, [req], timeout_ms)[0]
 
     def stats(self) -> dict:
-        return self.call(P.request(P.STATS, 1))
+        return self.call(P.stats(1))
 
     def rss(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as fh:
@@ -85,9 +86,7 @@ def dataset(n_values: int, seed: int = 1):
 def pipeline(endpoint: str, frames, inflight: int) -> float:
     """Send encoded request frames keeping ``inflight`` outstanding; return seconds."""
     ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = connect_dealer(ctx, endpoint, immediate=False)
     it = iter(frames)
     sent = done = 0
     t0 = time.perf_counter()
@@ -98,7 +97,7 @@ def pipeline(endpoint: str, frames, inflight: int) -> float:
             break
     for frame in it:
         reply = P.decode(sock.recv())
-        if not reply[0]["ok"]:
+        if not reply[0][P.OK]:
             raise SystemExit(f"write refused: {reply}")
         done += 1
         sock.send(frame)
@@ -112,7 +111,7 @@ def pipeline(endpoint: str, frames, inflight: int) -> float:
 
 
 def load(shard: Shard, n_values: int) -> float:
-    frames = [P.encode([P.request(P.WRITE, i, w=b)]) for i, b in enumerate(dataset(n_values))]
+    frames = [P.encode([P.write(b, i)]) for i, b in enumerate(dataset(n_values))]
     return pipeline(shard.endpoint, frames, 8)
 
 
@@ -129,7 +128,7 @@ def bench_write(tmp: Path, n_requests: int, rounds: int = 5) -> None:
         for i in range(count):
             w = [[f"user:{(i * per + j) % 50000:08d}", NAMES[j % FEATURES], float(i), TS + i]
                  for j in range(per)]
-            frames.append(P.encode([P.request(P.WRITE, i, w=w)]))
+            frames.append(P.encode([P.write(w, i)]))
         shards = {}
         for mode, fs in modes:  # all started at once, measured in turns: noise hits all alike
             shards[mode] = Shard(tmp, f"write-{mode}", data_dir=tmp / f"w-{mode}-{per}" if fs else None,
@@ -182,12 +181,10 @@ def bench_recovery(tmp: Path, n_values: int) -> None:
 # ---- 3. read pause during a snapshot
 def read_latencies(endpoint: str, until, eids: list) -> list[float]:
     ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    sock = connect_dealer(ctx, endpoint, immediate=False)
     out, i = [], 0
     while not until():
-        frame = P.encode([P.request(P.GET, i, e=eids[i % len(eids)])])
+        frame = P.encode([P.get(eids[i % len(eids)], req_id=i)])
         t0 = time.perf_counter()
         sock.send(frame)
         sock.recv()
@@ -244,7 +241,7 @@ def bench_pause(tmp: Path, n_values: int, runs: int) -> None:
 
 def start_writer(endpoint: str, run: int) -> subprocess.Popen:
     """A process that writes 400 x 50 values (about 400 KB of log) to the shard."""
-    writes = [P.encode([P.request(P.WRITE, i, w=[[f"user:{i:08d}", "feature_0", 1.0, TS * 2 + run]] * 50)])
+    writes = [P.encode([P.write([[f"user:{i:08d}", "feature_0", 1.0, TS * 2 + run]] * 50, i)])
               for i in range(400)]
     code = ("import sys, msgpack; sys.path.insert(0, '.'); from bench.bench_durability import pipeline; "
             "ep, frames = msgpack.unpackb(sys.stdin.buffer.read()); pipeline(ep, frames, 4)")

@@ -60,7 +60,7 @@ def visible(cluster: Cluster, line: bytes) -> bool:
 
 
 def ingest_stats(endpoint: str) -> dict:
-    return zmq_call(endpoint, [P.request(P.STATS, 1)], 2000)[0]
+    return zmq_call(endpoint, [P.stats(1)], 2000)[0]
 
 
 def wait_done(cluster: Cluster, stats_endpoint: str, n: int, last: bytes, timeout: float = 600) -> float:
@@ -90,7 +90,7 @@ def bench_zmq(cluster: Cluster, lines: list[bytes], tmp: Path) -> float:
     endpoint, stats = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     proc = cluster.start_process(["-m", "ingest"], "bench-zmq", ingest_endpoint=endpoint,
                                  ingest_stats_endpoint=stats, dead_letter_path=tmp / "dead-zmq.jsonl")
-    poll_for(lambda: zmq_call(endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15, what="ingest")
+    poll_for(lambda: P.is_ok(zmq_call(endpoint, [P.ping(1)], 200)[0]), 15, what="ingest")
     payloads = [b"\n".join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)]
     t0 = time.perf_counter()
     with Producer(endpoint, window=8, timeout_s=120) as producer:

@@ -6,7 +6,9 @@ Shapes, run in-process (CPU-bound, one core), each on a fresh memory-only shard:
 - ingest: frames of 10 ``write`` requests of 100 events x 5 features (what ``python -m ingest``
   sends), entities repeated every 20,000 events, so half the writes update an existing entity;
 - batch: one ``write`` request of 1000 values a frame, 10 features per entity (bench_durability);
-and the replay (``Journal.recover``) of the log those frames leave with ``FS_FSYNC=no``.
+and the replay (``Journal.recover``) of the log those frames leave with ``FS_FSYNC=no``; and
+``parse events``: ingest's decode stage (``Decoder.add_lines``: JSON lines of 5-feature events,
+1000 a chunk, validated and routed to 4 shards), the same events as the ingest shape.
 
 Reference, measured in the same run: the code of another checkout (``--against``, default
 /work/main), run in a second worker process; the two workers take turns, ``--rounds`` times, and
@@ -27,7 +29,7 @@ from pathlib import Path
 
 HERE = str(Path(__file__).resolve().parent.parent)
 TS = 1_767_225_600_000_000
-TESTS = ("memory ingest", "memory batch", "replay ingest", "replay batch")
+TESTS = ("memory ingest", "memory batch", "replay ingest", "replay batch", "parse events")
 
 
 def ingest_frames(P, n_values: int, entities: int) -> list[bytes]:
@@ -40,7 +42,7 @@ def ingest_frames(P, n_values: int, entities: int) -> list[bytes]:
                 w.extend([f"user:{i % entities}", f"f{j}", i * 10 + j + 0.5, TS + i] for j in range(5))
                 i += 1
             rid += 1
-            reqs.append({"t": P.WRITE, "id": rid, "w": w})
+            reqs.append(P.write(w, rid))
         frames.append(P.encode(reqs))
     return frames
 
@@ -50,11 +52,37 @@ def batch_frames(P, n_values: int) -> list[bytes]:
     for e in range(n_values // 10):
         batch.extend([f"user:{e:08d}", f"feature_{k}", e * 0.001 + k, TS + e] for k in range(10))
         if len(batch) >= 1000:
-            frames.append(P.encode([P.request(P.WRITE, len(frames), w=batch)]))
+            frames.append(P.encode([P.write(batch, len(frames))]))
             batch = []
     if batch:
-        frames.append(P.encode([P.request(P.WRITE, len(frames), w=batch)]))
+        frames.append(P.encode([P.write(batch, len(frames))]))
     return frames
+
+
+def event_chunks(n_values: int, entities: int) -> list[list[bytes]]:
+    import orjson
+    lines = [orjson.dumps({"entity_id": f"user:{i % entities}", "event_timestamp": "2026-01-01T00:00:00Z",
+                           "features": {f"f{j}": i * 10 + j + 0.5 for j in range(5)}})
+             for i in range(n_values // 5)]
+    return [lines[i:i + 1000] for i in range(0, len(lines), 1000)]
+
+
+def parse_events(chunks: list[list[bytes]], n_values: int) -> float:
+    """CPU seconds of ingest's decode stage over ``chunks``, with the code on ``sys.path``."""
+    from common.events import Limits
+    from common.partition import Partitioner
+    from ingest.decode import DeadLetters, Decoder, Unit
+
+    decoder = Decoder(Limits(), Partitioner(4), DeadLetters(os.devnull), 1 << 20)
+    units = []
+    t0 = time.process_time()
+    for chunk in chunks:
+        unit = Unit()
+        decoder.add_lines(unit, chunk, str)
+        units.append(unit)
+    t = time.process_time() - t0
+    assert sum(len(w) for u in units for w in u.by_shard.values()) == n_values
+    return t
 
 
 def worker(root: str, n_values: int) -> None:
@@ -67,6 +95,7 @@ def worker(root: str, n_values: int) -> None:
     from shard.store import Store
 
     shapes = {"ingest": ingest_frames(P, n_values, n_values // 50), "batch": batch_frames(P, n_values)}
+    chunks = event_chunks(n_values, n_values // 50)
     logs = {}
     for shape, frames in shapes.items():  # the log each shape leaves, replayed by "replay <shape>"
         logs[shape] = tempfile.mkdtemp(prefix="bench-write-path-")
@@ -75,7 +104,7 @@ def worker(root: str, n_values: int) -> None:
         journal.recover()
         shard = ShardState(0, store, journal)
         for f in frames:
-            assert all(r["ok"] for r in P.decode(handle_frame(shard, f)))
+            assert all(r[P.OK] for r in P.decode(handle_frame(shard, f)))
         journal._stop_syncer()
         os.close(journal.fd)
     for line in sys.stdin:
@@ -86,6 +115,8 @@ def worker(root: str, n_values: int) -> None:
             for f in shapes[shape]:
                 msgpack.unpackb(f, raw=False)
             t = time.process_time() - t0
+        elif kind == "parse":
+            t = parse_events(chunks, n_values)
         elif kind == "memory":
             shard = ShardState(0, Store(cache_entities=0))
             t0 = time.process_time()
@@ -147,7 +178,7 @@ def main() -> None:
             ref = best[test, "reference"]
             line += (f"   reference {1e6 * ref / n:5.2f} us/value ({n / ref:10,.0f} values/s)"
                      f"   ratio {mine / ref:.2f}")
-        elif not test.startswith("decode"):
+        elif test.split()[0] in ("memory", "replay"):
             line += f"   {mine / best['decode ' + test.split()[1], 'this tree']:.1f}x decode"
         print(line)
 

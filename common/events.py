@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import msgpack
 import orjson
@@ -210,14 +210,6 @@ def parse_body(body: Any, limits: Limits, now_us: int) -> list[Write]:
             out.extend(parse_event(obj, limits, now_us, f"[{i}]."))
         return out
     return parse_event(body, limits, now_us)
-
-
-def group_by_shard(writes: Iterable[Write], shard_for) -> dict[int, list[list]]:
-    """Group write tuples by owning shard, as the lists the WRITE message carries."""
-    out: dict[int, list[list]] = {}
-    for w in writes:
-        out.setdefault(shard_for(w[0]), []).append(list(w))
-    return out
 
 
 def check_entity_ids(eids: list, limits: Limits, field: str = "entity_ids") -> list:

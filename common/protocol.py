@@ -13,7 +13,7 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 
 | type      | request fields                          | ok reply fields                         |
 |-----------|-----------------------------------------|-----------------------------------------|
-| ``ping``  | -                                       | ``shard``                               |
+| ``ping``  | -                                       | ``shard`` (``ready``: transitional)     |
 | ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
@@ -84,6 +84,7 @@ ERRORS = "errors"
 DELETED = "deleted"
 SHARD = "shard"
 SOURCE = "source"
+READY = "ready"  # always True; transitional, until the front end's /readyz reads is_ok() only
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
 
@@ -230,9 +231,24 @@ def rows_reply(req_id: Any, values: list, statuses: list, times: list) -> dict:
     return ok(req_id, **{VALUES: values, STATUSES: statuses, TIMES: times})
 
 
-def write_reply(req_id: Any, written: int, stale: int, **extra: Any) -> dict:
-    """Reply to ``write`` (and, with ``rejected``/``errors`` in ``extra``, to ``events``)."""
-    return ok(req_id, **{WRITTEN: written, STALE: stale}, **extra)
+def write_reply(req_id: Any, written: int, stale: int) -> dict:
+    """Reply to ``write``."""
+    return ok(req_id, **{WRITTEN: written, STALE: stale})
+
+
+def events_reply(req_id: Any, written: int, stale: int, rejected: int, errors: list) -> dict:
+    """The ingest process's reply to ``events``, once the shards acknowledged its writes."""
+    return ok(req_id, **{WRITTEN: written, STALE: stale, REJECTED: rejected, ERRORS: errors})
+
+
+def stats_reply(req_id: Any, counters: dict) -> dict:
+    """Reply to ``stats``: the peer's counters."""
+    return ok(req_id, **counters)
+
+
+def counters_of(reply: dict) -> dict:
+    """The counters of a ``stats`` reply, without the envelope."""
+    return {k: v for k, v in reply.items() if k != ID and k != OK}
 
 
 def delete_reply(req_id: Any, deleted: int) -> dict:
@@ -240,9 +256,12 @@ def delete_reply(req_id: Any, deleted: int) -> dict:
     return ok(req_id, **{DELETED: deleted})
 
 
-def ping_reply(req_id: Any, **who: Any) -> dict:
-    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest)."""
-    return ok(req_id, **who)
+def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None) -> dict:
+    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest's source). A peer
+    that answers is ready (a shard binds its socket only once recovered)."""
+    if source is not None:
+        return ok(req_id, **{SOURCE: source})
+    return ok(req_id, **{SHARD: shard, READY: True})
 
 
 def is_ok(reply: dict) -> bool:
@@ -255,10 +274,3 @@ def code_of(reply: dict) -> Any:
 
 def reason_of(reply: dict) -> Any:
     return reply.get(REASON)
-
-
-def request(kind: str, req_id: int, **fields: Any) -> dict:
-    """A raw request map (transitional: callers move to the builders above)."""
-    fields[TYPE] = kind
-    fields[ID] = req_id
-    return fields

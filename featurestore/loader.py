@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from common import protocol as P
 from featurestore.client import Client
 from featurestore.errors import BadRequest, PayloadTooLarge, ServerError, Unreachable
 
@@ -153,10 +154,10 @@ class IngestSink:
         """Wait for every acknowledgement; add ingest's counts and reasons to ``summary``."""
         with self._errors():
             totals = self.producer.flush()
-        summary.written += totals["written"]
-        summary.stale += totals["stale"]
-        summary.rejected += totals["rejected"]
-        summary.reasons.extend(totals["errors"][:MAX_REASONS - len(summary.reasons)])
+        summary.written += totals[P.WRITTEN]
+        summary.stale += totals[P.STALE]
+        summary.rejected += totals[P.REJECTED]
+        summary.reasons.extend(totals[P.ERRORS][:MAX_REASONS - len(summary.reasons)])
 
     @contextmanager
     def _errors(self):

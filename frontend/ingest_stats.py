@@ -8,6 +8,7 @@ import zmq
 import zmq.asyncio
 
 from common import protocol as P
+from common.link import connect_dealer
 
 CONNECT_WAIT_S = 0.05  # a socket made by this call gets this long to connect before giving up
 
@@ -27,12 +28,10 @@ class IngestStats:
         async with self.lock:
             fresh = self.sock is None
             if fresh:
-                self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-                self.sock.setsockopt(zmq.LINGER, 0)
-                self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no ingest connected: fail at once
-                self.sock.connect(self.endpoint)
+                # immediate: a send fails at once when no ingest process is connected
+                self.sock = connect_dealer(zmq.asyncio.Context.instance(), self.endpoint)
             req_id = next(self.ids)
-            frame = P.encode([P.request(P.STATS, req_id)])
+            frame = P.encode([P.stats(req_id)])
             try:
                 await self.sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
@@ -47,8 +46,8 @@ class IngestStats:
                 async with asyncio.timeout(self.timeout_s):
                     while True:  # skip late answers to earlier calls that timed out
                         reply = P.decode(await self.sock.recv())[0]
-                        if reply.get("id") == req_id:
-                            return {k: v for k, v in reply.items() if k not in ("id", "ok")}
+                        if P.id_of(reply) == req_id:
+                            return P.counters_of(reply)
             except (TimeoutError, P.ProtocolError, IndexError, AttributeError):
                 return {"detail": f"ingest did not answer in {self.timeout_s:g} s"}
 

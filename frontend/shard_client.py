@@ -21,10 +21,12 @@ from typing import Callable
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer, drain
 
 log = logging.getLogger("frontend.shards")
 
 SWEEP_S = 0.05  # how often expired calls are failed
+HWM = 100_000  # messages queued per socket and direction before a send fails
 
 
 class ShardUnavailable(Exception):
@@ -45,13 +47,14 @@ class ShardError(Exception):
         self.reason = P.reason_of(reply)
 
 
-class _Link:
-    """The DEALER socket to one shard and its outbox of requests not sent yet."""
+class ShardOutbox:
+    """The DEALER socket to one shard and the requests queued for it, not sent yet."""
 
-    __slots__ = ("index", "sock", "outbox")
+    __slots__ = ("index", "name", "sock", "outbox")
 
     def __init__(self, index: int, sock: zmq.Socket) -> None:
         self.index = index
+        self.name = f"shard {index}"
         self.sock = sock
         self.outbox: list[dict] = []
 
@@ -67,7 +70,7 @@ def _settle(fut: asyncio.Future, outcome) -> None:
 
 
 class ShardClient:
-    """Calls shards by index: ``reply = await client.submit(shard, kind, **fields)``.
+    """Calls shards by index: ``reply = await client.submit(shard, P.get(eid))``.
 
     Two ways to be told of a reply: a future (:meth:`submit`, :meth:`call_all`), or a callback run
     straight from the socket's reader (:meth:`send`), which saves a loop iteration per request.
@@ -79,7 +82,7 @@ class ShardClient:
     def __init__(self, endpoints, timeout_s: float, ctx: zmq.Context | None = None) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.timeout_s = timeout_s
-        self.links = [_Link(i, self._connect(e)) for i, e in enumerate(endpoints)]
+        self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM)) for i, e in enumerate(endpoints)]
         # request id -> (callback, deadline, shard), oldest first
         self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
         self._ids = itertools.count(1)
@@ -87,17 +90,6 @@ class ShardClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.on_roundtrip: Callable[[int, float], None] | None = None  # (shard, seconds) per reply frame
-
-    def _connect(self, endpoint: str) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a shard that is not connected
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.connect(endpoint)
-        return sock
 
     @property
     def n_shards(self) -> int:
@@ -167,7 +159,7 @@ class ShardClient:
                 batch, link.outbox = link.outbox, []
                 self._send(link, batch)
 
-    def _send(self, link: _Link, batch: list[dict]) -> None:
+    def _send(self, link: ShardOutbox, batch: list[dict]) -> None:
         try:
             link.sock.send(P.encode(batch), zmq.NOBLOCK)
         except zmq.Again:
@@ -180,26 +172,19 @@ class ShardClient:
             if entry is not None:
                 _run(entry[0], ShardUnavailable(shard, why))
 
-    def _drain(self, link: _Link) -> None:
-        sock, pending = link.sock, self.pending
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                replies = P.decode(frame)
-            except P.ProtocolError as exc:
-                log.warning("shard %d sent a malformed frame: %s", link.index, exc)
-                continue
-            timed = self.on_roundtrip is None
-            for reply in replies:
-                entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
-                if entry is not None:
-                    if not timed:  # the first request of the frame: sent at its deadline - timeout
-                        timed = True
-                        self.on_roundtrip(link.index, time.monotonic() - entry[1] + self.timeout_s)
-                    _run(entry[0], reply)
+    def _drain(self, link: ShardOutbox) -> None:
+        drain(link.sock, self._on_replies, link.name, log)
+
+    def _on_replies(self, replies: list) -> None:
+        pending = self.pending
+        timed = self.on_roundtrip is None
+        for reply in replies:
+            entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
+            if entry is not None:
+                if not timed:  # the first request of the frame: sent at its deadline - timeout
+                    timed = True
+                    self.on_roundtrip(entry[2], time.monotonic() - entry[1] + self.timeout_s)
+                _run(entry[0], reply)
 
     def _sweep(self) -> None:
         now = time.monotonic()

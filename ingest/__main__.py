@@ -137,8 +137,8 @@ class Ingest:
                 continue  # not two frames
             try:
                 reqs = P.decode(frame)
-                req_id = reqs[0].get("id") if reqs and type(reqs[0]) is dict else None
-                reply = P.ok(req_id, **self.stats())
+                req_id = P.id_of(reqs[0]) if reqs and type(reqs[0]) is dict else None
+                reply = P.stats_reply(req_id, self.stats())
             except P.ProtocolError as exc:
                 reply = P.error(None, P.MALFORMED, str(exc))
             self.stats_sock.send_multipart([ident, P.encode([reply])])

@@ -8,13 +8,12 @@ from __future__ import annotations
 import base64
 import logging
 from typing import Any, Iterable
-from zlib import crc32
 
 import orjson
 
 from common import timefmt
 from common.events import EventError, Limits, has_long_number, loads_json, parse_event
-from common.partition import SLOTS, Partitioner
+from common.partition import Partitioner
 
 log = logging.getLogger("ingest")
 
@@ -125,7 +124,7 @@ class Decoder:
         except TypeError:  # not a list of bytes: each line is looked at on its own
             pass
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
-        table, by_shard = self.partitioner.table, unit.by_shard
+        route, by_shard = self.partitioner.route, unit.by_shard
         events = 0
         for i, raw in enumerate(lines):
             if len(raw) > limit:
@@ -146,12 +145,7 @@ class Decoder:
             except Exception:
                 self._add_one(unit, obj, where, i, "", raw, now)  # rejects it, with the reason
                 continue
-            shard = table[crc32(writes[0][0].encode("utf-8")) % SLOTS]  # Partitioner.shard_for
-            bucket = by_shard.get(shard)
-            if bucket is None:
-                by_shard[shard] = writes
-            else:
-                bucket.extend(writes)
+            route(by_shard, writes)
             events += 1
         unit.events += events
 
@@ -182,10 +176,5 @@ class Decoder:
         except Exception as exc:  # e.g. a msgpack map with non-string keys: never stop the stream
             self.reject(unit, where(i), f"not a valid event ({exc.__class__.__name__}: {exc})", raw)
             return
-        shard = self.partitioner.shard_for(writes[0][0])
-        bucket = unit.by_shard.get(shard)
-        if bucket is None:
-            unit.by_shard[shard] = writes
-        else:
-            bucket.extend(writes)
+        self.partitioner.route(unit.by_shard, writes)
         unit.events += 1

@@ -4,7 +4,7 @@
     with Producer("tcp://127.0.0.1:5690") as p:
         p.send([{"entity_id": "user:1", "features": {"ctr": 0.5}}])   # msgpack
         p.send(b'{"entity_id": "user:2", "name": "ctr", "value": 1}')   # JSON lines
-        totals = p.flush()   # {"written": 2, "stale": 0, "rejected": 0, "errors": []}
+        totals = p.flush()   # requests, written 2, stale 0, rejected 0, errors []
 
     python -m ingest.producer [--ingest-endpoint E] [--batch 1000] [--msgpack] events.jsonl|-
 
@@ -28,6 +28,7 @@ import zmq
 
 from common import config
 from common import protocol as P
+from common.link import connect_dealer
 
 MAX_ERRORS = 100  # reasons kept in the totals
 
@@ -37,14 +38,12 @@ class Producer:
 
     def __init__(self, endpoint: str, window: int = 8, timeout_s: float = 30.0,
                  ctx: zmq.Context | None = None) -> None:
-        self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        self.sock = connect_dealer(ctx or zmq.Context.instance(), endpoint, immediate=False)
         self.endpoint = endpoint
         self.window = window
         self.timeout_s = timeout_s
         self.pending: dict[int, float] = {}  # request id -> time sent
-        self.totals: dict[str, Any] = {"requests": 0, "written": 0, "stale": 0, "rejected": 0, "errors": []}
+        self.totals: dict[str, Any] = {"requests": 0, P.WRITTEN: 0, P.STALE: 0, P.REJECTED: 0, P.ERRORS: []}
         self._ids = itertools.count(1)
 
     def send(self, events: list | dict | bytes | str) -> int:
@@ -53,9 +52,9 @@ class Producer:
             self._receive(self._wait_s())
         req_id = next(self._ids)
         if isinstance(events, (bytes, str)):
-            req = P.request(P.EVENTS, req_id, json=events if isinstance(events, bytes) else events.encode())
+            req = P.events_json(events if isinstance(events, bytes) else events.encode(), req_id)
         else:
-            req = P.request(P.EVENTS, req_id, ev=events if isinstance(events, list) else [events])
+            req = P.events_maps(events if isinstance(events, list) else [events], req_id)
         self.sock.send(P.encode([req]))
         self.pending[req_id] = time.monotonic()
         return req_id
@@ -68,11 +67,10 @@ class Producer:
 
     def call(self, kind: str) -> dict:
         """One request without events (``stats`` or ``ping``) on a socket of its own."""
-        sock = self.sock.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
+        build = {P.STATS: P.stats, P.PING: P.ping}[kind]
+        sock = connect_dealer(self.sock.context, self.endpoint, immediate=False)
         try:
-            sock.send(P.encode([P.request(kind, 1)]))
+            sock.send(P.encode([build(1)]))
             if not sock.poll(int(self.timeout_s * 1000)):
                 raise TimeoutError(f"no answer to {kind}")
             return P.decode(sock.recv())[0]
@@ -96,17 +94,17 @@ class Producer:
             except zmq.Again:
                 return
             for reply in P.decode(frame):
-                if self.pending.pop(reply.get("id"), None) is None:
+                req_id = P.id_of(reply)
+                if self.pending.pop(req_id, None) is None:
                     continue
-                if not reply.get("ok"):
-                    raise RuntimeError(f"ingest refused request {reply.get('id')}: "
-                                       f"{reply.get('code')}: {reply.get('reason')}")
+                if not P.is_ok(reply):
+                    raise RuntimeError(f"ingest refused request {req_id}: "
+                                       f"{P.code_of(reply)}: {P.reason_of(reply)}")
                 t = self.totals
                 t["requests"] += 1
-                t["written"] += reply["written"]
-                t["stale"] += reply["stale"]
-                t["rejected"] += reply["rejected"]
-                t["errors"].extend(reply["errors"][:MAX_ERRORS - len(t["errors"])])
+                for key in (P.WRITTEN, P.STALE, P.REJECTED):
+                    t[key] += reply[key]
+                t[P.ERRORS].extend(reply[P.ERRORS][:MAX_ERRORS - len(t[P.ERRORS])])
 
     def close(self) -> None:
         self.sock.close()
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 producer.send(b"".join(chunk))
         totals = producer.flush()
     print(orjson.dumps(totals).decode())
-    return 1 if totals["rejected"] else 0
+    return 1 if totals[P.REJECTED] else 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A source is read only while the writer has room (``writer.can_accept()``), and learns through
 :meth:`complete` that a batch was acknowledged by every shard, in order: that is where it
-commits, acknowledges or counts. Each source has the same small surface:
+commits its Kafka offsets, answers its producers or counts. Each source has the same small
+surface:
 
 - ``item``: a socket or file descriptor the main loop polls for readability, or None;
 - ``idle``: True when the last :meth:`pull` found nothing more to read right away;
@@ -155,7 +156,7 @@ class ZmqSource:
         """An over-size message: each request in it is rejected, dead-lettered and answered."""
         reason = f"request is larger than {self.max_request_bytes} bytes (FS_MAX_BODY_BYTES)"
         for req in requests:
-            req_id = req.get("id") if type(req) is dict else None
+            req_id = P.id_of(req) if type(req) is dict else None
             unit = Unit((ident, req_id))
             self.decoder.reject(unit, f"zmq:{req_id}", reason, frame[:1024])
             writer.add(unit)  # answered in order with the others, once released
@@ -164,27 +165,28 @@ class ZmqSource:
         if type(req) is not dict:
             self._reply(ident, P.error(None, P.MALFORMED, "a request must be a map"))
             return
-        kind, req_id = req.get("t"), req.get("id")
+        kind, req_id = P.kind_of(req), P.id_of(req)
         if kind == P.STATS:
-            self._reply(ident, P.ok(req_id, **self.stats()))
+            self._reply(ident, P.stats_reply(req_id, self.stats()))
         elif kind == P.PING:
-            self._reply(ident, P.ok(req_id, source=self.name))
+            self._reply(ident, P.ping_reply(req_id, source=self.name))
         elif kind != P.EVENTS:
             self._reply(ident, P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {kind!r}"))
-        elif isinstance(req.get("json"), (bytes, str)):
+        elif isinstance(req.get(P.JSON_LINES), (bytes, str)):
             unit = Unit((ident, req_id))
-            payload = req["json"]
+            payload = req[P.JSON_LINES]
             lines = (payload.encode("utf-8", "surrogatepass") if type(payload) is str else payload).split(b"\n")
             self.decoder.add_lines(unit, lines, lambda i: f"zmq:{req_id}:{i + 1}")
             writer.add(unit)
-        elif type(req.get("ev")) is list:
+        elif type(req.get(P.EVENT_MAPS)) is list:
             unit = Unit((ident, req_id))
-            for i, obj in enumerate(req["ev"]):
+            for i, obj in enumerate(req[P.EVENT_MAPS]):
                 self.decoder.add_object(unit, obj, lambda i: f"zmq:{req_id}:[{i}]", i)
             writer.add(unit)
         else:
             self._reply(ident, P.error(req_id, P.BAD_REQUEST,
-                                       "an events request needs 'json' (bytes) or 'ev' (an array)"))
+                                       f"an events request needs {P.JSON_LINES!r} (bytes) or "
+                                       f"{P.EVENT_MAPS!r} (an array)"))
 
     def _reply(self, ident: bytes, reply: dict) -> None:
         self.sock.send_multipart([ident, P.encode([reply])])
@@ -192,8 +194,7 @@ class ZmqSource:
     def complete(self, batch: Batch) -> None:
         for unit in batch.units:
             ident, req_id = unit.tag
-            self._reply(ident, P.ok(req_id, written=unit.written, stale=unit.stale,
-                                    rejected=unit.rejected, errors=unit.errors))
+            self._reply(ident, P.events_reply(req_id, unit.written, unit.stale, unit.rejected, unit.errors))
 
     def close(self) -> None:
         self.sock.close()
@@ -269,6 +270,7 @@ class KafkaSource:
         writer.add(unit)
 
     def complete(self, batch: Batch) -> None:
+        """Commit the Kafka offsets past the batch's messages: a restart resumes after them."""
         from confluent_kafka import KafkaException, TopicPartition
 
         offsets: dict[int, int] = {}
@@ -280,7 +282,7 @@ class KafkaSource:
             self.consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1) for p, o in offsets.items()],
                                  asynchronous=False)
         except KafkaException as exc:  # e.g. the partition moved to another member meanwhile
-            log.warning("kafka: commit of %s failed: %s", offsets, exc)
+            log.warning("kafka: offset commit of %s failed: %s", offsets, exc)
 
     def lag(self) -> int | None:
         """Messages between this member's position and the end of its partitions (cached 1 s)."""

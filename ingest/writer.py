@@ -8,7 +8,8 @@ A closed batch becomes one frame per shard that got writes from it: a msgpack ar
 At most ``ingest_max_in_flight`` batches are sent and unacknowledged; the source is not read
 while that many are out, so a slow or dead shard slows the source down and memory stays bounded.
 Batches are released to the source strictly in order, only when every shard that got writes
-from them acknowledged those writes: that is when a source may commit or acknowledge.
+from them acknowledged those writes: that is when a source may commit its Kafka offsets or
+answer its producer.
 
 A shard that does not answer within ``ingest_ack_timeout_s`` (or answers ``unavailable`` /
 ``disk_full``) gets every unacknowledged frame resent, oldest first, after a backoff that doubles
@@ -22,12 +23,14 @@ import itertools
 import logging
 import time
 from collections import deque
+from functools import partial
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from common import protocol as P
 from common.config import Config
+from common.link import connect_dealer, drain
 from ingest.decode import DeadLetters, Unit
 
 log = logging.getLogger("ingest")
@@ -62,13 +65,14 @@ class Frame:
         self.sent = 0.0  # monotonic time of the last send; 0 = not sent
 
 
-class _Link:
+class ShardBacklog:
     """One shard: its DEALER socket, its unacknowledged frames (oldest first) and its backoff."""
 
-    __slots__ = ("index", "sock", "frames", "retry_at", "backoff", "connected")
+    __slots__ = ("index", "name", "sock", "frames", "retry_at", "backoff", "connected")
 
     def __init__(self, index: int, sock: zmq.Socket) -> None:
         self.index = index
+        self.name = f"shard {index}"
         self.sock = sock
         self.frames: deque[Frame] = deque()
         self.retry_at = 0.0  # while in the future, nothing is sent to this shard
@@ -77,16 +81,19 @@ class _Link:
 
 
 class ShardWriter:
-    """Batches units, sends them to the shards, and releases finished batches in order."""
+    """Batches units, sends them to the shards, and releases finished batches in order.
 
-    def __init__(self, cfg: Config, ctx: zmq.Context, dead: DeadLetters) -> None:
+    ``connect(ctx, endpoint)`` makes each shard's DEALER (:func:`common.link.connect_dealer`;
+    the unit tests pass fakes)."""
+
+    def __init__(self, cfg: Config, ctx: zmq.Context, dead: DeadLetters, connect=connect_dealer) -> None:
         self.batch_events = cfg.ingest_batch_events
         self.window_s = cfg.ingest_batch_window_s
         self.max_in_flight = cfg.ingest_max_in_flight
         self.ack_timeout_s = cfg.ingest_ack_timeout_s
         self.retry_max_s = cfg.ingest_retry_max_s
         self.dead = dead
-        self.links = [_Link(i, self._connect(ctx, e)) for i, e in enumerate(cfg.endpoints())]
+        self.links = [ShardBacklog(i, connect(ctx, e)) for i, e in enumerate(cfg.endpoints())]
         self.poller = zmq.Poller()
         self._by_sock = {}
         self._monitors = {}  # monitor socket -> link: a lost connection fails the link at once
@@ -110,16 +117,6 @@ class ShardWriter:
         self.resends = 0  # frames sent again (or late) after a failure
         self.retries = 0  # failures: missed acks, sends to a shard not connected, retryable errors
 
-    @staticmethod
-    def _connect(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # a send to a shard that is not connected fails at once
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        sock.connect(endpoint)
-        return sock
-
     def wait_connected(self, timeout_s: float) -> list[int]:
         """Ping every shard until it answers or ``timeout_s`` passes (a first batch is then not
         delayed by a backoff while the connections come up); return the shards that answered."""
@@ -128,7 +125,7 @@ class ShardWriter:
         while waiting and time.monotonic() < deadline:
             for i in waiting:
                 try:
-                    self.links[i].sock.send(P.encode([P.request(P.PING, 0)]), zmq.NOBLOCK)
+                    self.links[i].sock.send(P.encode([P.ping(0)]), zmq.NOBLOCK)
                 except zmq.Again:
                     pass
             for sock, _ in self.poller.poll(50):
@@ -136,12 +133,7 @@ class ShardWriter:
                     self._monitor(sock)
                     continue
                 link = self._by_sock[sock]
-                while True:
-                    try:
-                        link.sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    waiting.discard(link.index)
+                drain(sock, lambda _replies, i=link.index: waiting.discard(i), link.name, log)
         return [link.index for link in self.links if link.index not in waiting]
 
     def close(self) -> None:
@@ -191,7 +183,7 @@ class ShardWriter:
                 if entry is None:
                     entry = per_shard[shard] = ([], {})
                 req_id = next(self._ids)
-                entry[0].append({"t": P.WRITE, "id": req_id, "w": writes})
+                entry[0].append(P.write(writes, req_id))
                 entry[1][req_id] = unit
         self.in_flight.append(batch)
         now = time.monotonic()
@@ -208,7 +200,7 @@ class ShardWriter:
             unit.by_shard = {}  # the frames hold the encoded writes; free the objects
 
     # ---- the shard side
-    def _send(self, link: _Link, frame: Frame, now: float) -> bool:
+    def _send(self, link: ShardBacklog, frame: Frame, now: float) -> bool:
         try:
             link.sock.send(frame.payload, zmq.NOBLOCK)
         except zmq.Again:
@@ -217,7 +209,7 @@ class ShardWriter:
         frame.sent = now
         return True
 
-    def _fail(self, link: _Link, now: float, why: str) -> None:
+    def _fail(self, link: ShardBacklog, now: float, why: str) -> None:
         """Mark every unacknowledged frame of a shard for resending after a backoff."""
         self.retries += 1
         if link.retry_at <= now:
@@ -250,21 +242,13 @@ class ShardWriter:
         self._chores(time.monotonic())
         return ready
 
-    def _drain(self, link: _Link) -> None:
-        sock = link.sock
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                replies = P.decode(frame)
-            except P.ProtocolError as exc:
-                log.warning("shard %d sent a malformed frame: %s", link.index, exc)
-                continue
-            for reply in replies:
-                if type(reply) is dict:
-                    self._on_reply(link, reply)
+    def _drain(self, link: ShardBacklog) -> None:
+        drain(link.sock, partial(self._on_replies, link), link.name, log)
+
+    def _on_replies(self, link: ShardBacklog, replies: list) -> None:
+        for reply in replies:
+            if type(reply) is dict:
+                self._on_reply(link, reply)
 
     def _monitor(self, mon: zmq.Socket) -> None:
         """Connection events of a shard. When the connection drops, what the shard had not
@@ -284,38 +268,41 @@ class ShardWriter:
         """The shards this process is connected to now."""
         return [link.index for link in self.links if link.connected]
 
-    def _on_reply(self, link: _Link, reply: dict) -> None:
-        frame = self.pending.get(reply.get("id"))
+    def _on_reply(self, link: ShardBacklog, reply: dict) -> None:
+        req_id = P.id_of(reply)
+        frame = self.pending.get(req_id)
         if frame is None:
             return  # the reply to a resent request that was already answered
-        if not reply.get("ok"):
-            code = reply.get("code")
+        if not P.is_ok(reply):
+            code = P.code_of(reply)
             if code in RETRYABLE:
-                self._fail(link, time.monotonic(), f"answered {code}: {reply.get('reason')}")
+                self._fail(link, time.monotonic(), f"answered {code}: {P.reason_of(reply)}")
                 return
             self._refuse(frame, reply)
         else:
-            unit = frame.ids[reply["id"]]
-            unit.written += reply.get("written", 0)
-            unit.stale += reply.get("stale", 0)
-        del self.pending[reply["id"]]
-        del frame.ids[reply["id"]]
+            unit = frame.ids[req_id]
+            unit.written += reply.get(P.WRITTEN, 0)
+            unit.stale += reply.get(P.STALE, 0)
+        del self.pending[req_id]
+        del frame.ids[req_id]
         if not frame.ids:
             self._acked(link, frame)
 
     def _refuse(self, frame: Frame, reply: dict) -> None:
         """A shard refused a write for good (not a fault that a resend cures): dead-letter it."""
-        reason = f"shard {frame.shard} refused the write: {reply.get('code')}: {reply.get('reason')}"
+        req_id = P.id_of(reply)
+        reason = f"shard {frame.shard} refused the write: {P.code_of(reply)}: {P.reason_of(reply)}"
         log.error("%s", reason)
         for req in P.decode(frame.payload):
-            if req["id"] == reply["id"]:
-                for w in req["w"]:
+            if P.id_of(req) == req_id:
+                writes = req[P.WRITES]
+                for w in writes:
                     self.dead.add(f"shard {frame.shard}", reason, {"entity_id": w[0], "name": w[1],
                                                                    "value": w[2], "event_us": w[3]})
-                self.refused += len(req["w"])
-                frame.ids[reply["id"]].errors.append(reason)
+                self.refused += len(writes)
+                frame.ids[req_id].errors.append(reason)
 
-    def _acked(self, link: _Link, frame: Frame) -> None:
+    def _acked(self, link: ShardBacklog, frame: Frame) -> None:
         try:
             link.frames.remove(frame)  # the oldest one but for a late reply to an older send
         except ValueError:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = bind(ctx, endpoint)
     journal = state.journal
     server = Server(state, sock, chores=[store.sweep, journal.tick] if journal else [store.sweep],
-                    commit=journal.sync_pending if journal else None)
+                    make_durable=journal.sync_pending if journal else None)
     server.install_signal_handlers()
     log.info("shard %d of %d listening on %s (%s)", cfg.shard_index, cfg.shards, endpoint,
              f"data in {journal.dir}, fsync {cfg.fsync}" if journal else "memory only")

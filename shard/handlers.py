@@ -72,42 +72,42 @@ def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> A
 
 
 def _names(req: dict) -> list | None:
-    names = _field(req, "f", list, optional=True)
+    names = _field(req, P.NAMES, list, optional=True)
     if names is not None and not all(type(n) is str for n in names):
-        raise BadRequest("field 'f' must be a list of strings")
+        raise BadRequest(f"field {P.NAMES!r} must be a list of strings")
     return names
 
 
 def _eids(req: dict) -> list:
-    eids = _field(req, "es", list)
+    eids = _field(req, P.ENTITIES, list)
     if not all(type(e) is str for e in eids):
-        raise BadRequest("field 'es' must be a list of strings")
+        raise BadRequest(f"field {P.ENTITIES!r} must be a list of strings")
     return eids
 
 
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard, ready}``; always ready: a shard binds its socket only once recovered."""
-    return P.ok(req["id"], shard=shard.index, ready=True)
+    """``{}`` -> ``{shard}``; a shard that answers is ready: it binds its socket once recovered."""
+    return P.ping_reply(P.id_of(req), shard=shard.index)
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    eid, names = _field(req, "e", str), _names(req)
+    eid, names = _field(req, P.ENTITY, str), _names(req)
     body = shard.store.render_entity(eid, names)
     if body is None:
-        return P.error(req["id"], P.NOT_FOUND, NOT_FOUND_DETAIL)
+        return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
     shard.served([eid], names)
-    return P.ok(req["id"], body=body)
+    return P.body_reply(P.id_of(req), body)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    eid, name = _field(req, "e", str), _field(req, "n", str)
+    eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
     body = shard.store.render_feature(eid, name)
     if body is None:
-        return P.error(req["id"], P.NOT_FOUND, "Feature not found")
+        return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
     shard.served([eid], [name])
-    return P.ok(req["id"], body=body)
+    return P.body_reply(P.id_of(req), body)
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
@@ -115,7 +115,7 @@ def handle_mget(shard: ShardState, req: dict) -> dict:
     eids, names = _eids(req), _names(req)
     parts = shard.store.render_many(eids, names)
     shard.served(eids, names)
-    return P.ok(req["id"], parts=parts)
+    return P.parts_reply(P.id_of(req), parts)
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
@@ -123,10 +123,10 @@ def handle_fget(shard: ShardState, req: dict) -> dict:
     eids = _eids(req)
     names = _names(req)
     if not names:
-        raise BadRequest("field 'f' must be a non-empty list of names")
+        raise BadRequest(f"field {P.NAMES!r} must be a non-empty list of names")
     v, s, ts = shard.store.render_rows(eids, names)
     shard.served(eids, names, live=False)  # Feast reads serve expired values too (OUTSIDE_MAX_AGE)
-    return P.ok(req["id"], v=v, s=s, ts=ts)
+    return P.rows_reply(P.id_of(req), v, s, ts)
 
 
 def handle_write(shard: ShardState, req: dict) -> dict:
@@ -135,36 +135,36 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     The items are checked while the store works out the writes (:meth:`Store.prepare`, which
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
     with nothing logged or applied."""
-    writes = _field(req, "w", list)
+    writes = _field(req, P.WRITES, list)
     try:
         prepared = shard.store.prepare(writes)
     except (TypeError, ValueError):
-        raise BadRequest("field 'w' must hold [entity_id, name, value, event_us] items") from None
+        raise BadRequest(f"field {P.WRITES!r} must hold [entity_id, name, value, event_us] items") from None
     if shard.journal is not None:
         shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
     written, stale = shard.store.install(prepared)
-    return P.ok(req["id"], written=written, stale=stale)
+    return P.write_reply(P.id_of(req), written, stale)
 
 
 def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
-    eid = _field(req, "e", str)
-    name = _field(req, "n", str, optional=True)
+    eid = _field(req, P.ENTITY, str)
+    name = _field(req, P.NAME, str, optional=True)
     if shard.journal is not None:
         shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
     if not deleted:
         detail = "Feature not found" if name is not None else NOT_FOUND_DETAIL
-        return P.error(req["id"], P.NOT_FOUND, detail)
-    return P.ok(req["id"], deleted=deleted)
+        return P.error(P.id_of(req), P.NOT_FOUND, detail)
+    return P.delete_reply(P.id_of(req), deleted)
 
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
     """``{}`` -> the shard's counters, resident memory, the journal's figures and the ages of
     the values served (:meth:`Freshness.snapshot`)."""
     extra = shard.journal.stats() if shard.journal is not None else {}
-    return P.ok(req["id"], shard=shard.index, **shard.store.stats(), **extra, memory_bytes=_memory_bytes(),
-                freshness=shard.freshness.snapshot())
+    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra,
+                                        "memory_bytes": _memory_bytes(), "freshness": shard.freshness.snapshot()})
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -183,10 +183,10 @@ def dispatch(shard: ShardState, req: Any) -> dict:
     """Run one request through its handler; every failure becomes an error reply."""
     if type(req) is not dict:
         return P.error(None, P.MALFORMED, "a request must be a map")
-    req_id = req.get("id")
-    handler = HANDLERS.get(req.get("t"))
+    req_id, kind = P.id_of(req), P.kind_of(req)
+    handler = HANDLERS.get(kind)
     if handler is None:
-        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {req.get('t')!r}")
+        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {kind!r}")
     try:
         return handler(shard, req)
     except BadRequest as exc:
@@ -194,7 +194,7 @@ def dispatch(shard: ShardState, req: Any) -> dict:
     except Refused as exc:
         return P.error(req_id, exc.code, exc.reason)
     except Exception:
-        log.exception("shard %d: handler %r failed", shard.index, req.get("t"))
+        log.exception("shard %d: handler %r failed", shard.index, kind)
         return P.error(req_id, P.INTERNAL, "internal error in shard")
 
 
@@ -203,6 +203,6 @@ def handle_frame(shard: ShardState, frame: bytes) -> bytes:
     try:
         requests = P.decode(frame)
     except P.ProtocolError as exc:
-        log.warning("shard %d: dropped a malformed frame: %s", shard.index, exc)
+        log.warning("shard %d: answered %r to a malformed frame: %s", shard.index, P.MALFORMED, exc)
         return P.encode([P.error(None, P.MALFORMED, str(exc))])
     return P.encode([dispatch(shard, req) for req in requests])

@@ -27,15 +27,15 @@ class Server:
     """Owns the ROUTER socket and runs the loop until :meth:`stop`.
 
     :arg chores: callables run once per loop pass (fsync, snapshots, TTL sweeps).
-    :arg commit: called after a pass's messages are handled and before any of their replies is
-        sent (group commit: one fsync for every write of the pass).
+    :arg make_durable: called after a pass's messages are handled and before any of their
+        replies is sent (group commit: one fsync for every write of the pass).
     """
 
-    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), commit=None) -> None:
+    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), make_durable=None) -> None:
         self.shard = shard
         self.sock = sock
         self.chores = list(chores)
-        self.commit = commit or (lambda: None)
+        self.make_durable = make_durable or (lambda: None)
         self.running = True
 
     def stop(self, *_args) -> None:
@@ -54,7 +54,7 @@ class Server:
                     log.exception("shard %d: chore %s failed", self.shard.index, getattr(chore, "__name__", chore))
 
     def serve_queued(self) -> None:
-        """Handle what is queued, commit its writes, then send every reply."""
+        """Handle what is queued, make its writes durable, then send every reply."""
         sock, shard = self.sock, self.shard
         replies = []
         while len(replies) < MAX_PASS and sock.get(zmq.EVENTS) & zmq.POLLIN:
@@ -63,7 +63,7 @@ class Server:
                 log.warning("shard %d: dropped a message of %d frames", shard.index, len(frames))
                 continue
             replies.append([frames[0], handle_frame(shard, frames[1])])
-        self.commit()
+        self.make_durable()
         for reply in replies:
             sock.send_multipart(reply)
 

@@ -16,6 +16,7 @@ import zmq
 
 from common import config
 from common import protocol as P
+from common.link import connect_dealer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,10 +99,8 @@ def base_env(**fs: object) -> dict:
 def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000) -> list[dict]:
     """Send one frame of requests to a shard's ROUTER and return its replies."""
     ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = connect_dealer(ctx, endpoint, immediate=False)
     try:
-        sock.connect(endpoint)
         sock.send(P.encode(requests))
         if not sock.poll(timeout_ms):
             raise TimeoutError(f"no reply from {endpoint}")
@@ -151,8 +150,8 @@ class Cluster:
         def ready():
             if not proc.alive():
                 raise AssertionError(f"shard {index} exited:\n{proc.output()}")
-            reply = zmq_call(self.endpoints[index], [P.request(P.PING, 1)], 200)[0]
-            return reply["ok"] and reply["ready"]
+            reply = zmq_call(self.endpoints[index], [P.ping(1)], 200)[0]
+            return P.is_ok(reply)
 
         poll_for(ready, timeout, what=f"shard {index}")
 

@@ -142,7 +142,7 @@ def test_load_csv_wide_and_long(run, cluster, tmp_path):
 def ingest(cluster, tmp_path_factory):
     proc = cluster.start_process(["-m", "ingest"], "ingest",
                                  dead_letter_path=tmp_path_factory.mktemp("cli-ingest") / "dead.jsonl")
-    poll_for(lambda: zmq_call(cluster.ingest_endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15,
+    poll_for(lambda: zmq_call(cluster.ingest_endpoint, [P.ping(1)], 200)[0][P.OK], 15,
              what="ingest to answer a ping")
     return proc
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from common import protocol as P
+from common.link import connect_dealer
 from tests.ingest_support import INGEST_LIMITS, assert_store_matches, make_stream
 from tests.support import Cluster, Proc, poll_for, quote, request, zmq_call
 
@@ -19,15 +20,15 @@ TS = 1_700_000_000_000_000
 
 
 def stats(c: Cluster, index: int = 0) -> dict:
-    return zmq_call(c.endpoints[index], [P.request(P.STATS, 1)])[0]
+    return zmq_call(c.endpoints[index], [P.stats(1)])[0]
 
 
 def zwrite(c: Cluster, writes: list, index: int = 0) -> dict:
-    return zmq_call(c.endpoints[index], [P.request(P.WRITE, 1, w=writes)], 5000)[0]
+    return zmq_call(c.endpoints[index], [P.write(writes, 1)], 5000)[0]
 
 
 def zget(c: Cluster, eid: str, index: int = 0) -> dict:
-    return zmq_call(c.endpoints[index], [P.request(P.GET, 1, e=eid)])[0]
+    return zmq_call(c.endpoints[index], [P.get(eid, req_id=1)])[0]
 
 
 class Writer:
@@ -114,31 +115,29 @@ def test_pipelined_zmq_writes_acknowledged_before_sigkill_survive(tmp_path):
     try:
         for round_ in range(3):
             c.start_shard(0)
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(c.endpoints[0])
+            sock = connect_dealer(zmq.Context.instance(), c.endpoints[0], immediate=False)
             sent: dict[int, list] = {}
             acked: list = []
             kill_after = random.randint(50, 800)
             for i in range(32):
                 sent[i] = [f"z{round_}-{i % 61}", f"n{i}", i, TS]
-                sock.send(P.encode([P.request(P.WRITE, i, w=[sent[i]])]))
+                sock.send(P.encode([P.write([sent[i]], i)]))
             i = 32
             while sock.poll(1000):
                 reply = P.decode(sock.recv())[0]
-                assert reply["ok"], reply
-                acked.append(sent.pop(reply["id"]))
+                assert reply[P.OK], reply
+                acked.append(sent.pop(reply[P.ID]))
                 if len(acked) == kill_after:
                     c.shards[0].kill()  # with 32 writes in flight
                 sent[i] = [f"z{round_}-{i % 61}", f"n{i}", i, TS]
-                sock.send(P.encode([P.request(P.WRITE, i, w=[sent[i]])]))
+                sock.send(P.encode([P.write([sent[i]], i)]))
                 i += 1
             sock.close()
             assert not c.shards[0].alive() and len(acked) >= kill_after
             c.start_shard(0)
             for eid, name, value, _ in acked:
-                reply = zmq_call(c.endpoints[0], [P.request(P.GET1, 1, e=eid, n=name)])[0]
-                assert reply["ok"], f"acknowledged write {eid}/{name} lost (round {round_})"
+                reply = zmq_call(c.endpoints[0], [P.get1(eid, name, 1)])[0]
+                assert reply[P.OK], f"acknowledged write {eid}/{name} lost (round {round_})"
             c.shards[0].kill()
     finally:
         c.stop()
@@ -169,16 +168,16 @@ def test_sigterm_writes_a_snapshot_and_the_restart_replays_nothing(tmp_path):
     try:
         c.start_shard(0)
         for i in range(20):
-            assert zwrite(c, [[f"e{i}", "a", i, TS], [f"e{i}", "b", str(i), TS]])["ok"]
-        assert zmq_call(c.endpoints[0], [P.request(P.DELETE, 1, e="e3", n=None)])[0]["ok"]
+            assert zwrite(c, [[f"e{i}", "a", i, TS], [f"e{i}", "b", str(i), TS]])[P.OK]
+        assert zmq_call(c.endpoints[0], [P.delete("e3", None, 1)])[0][P.OK]
         assert c.shards[0].stop() == 0
         files = sorted(p.name for p in (tmp_path / "data" / "shard-0").iterdir())
         assert any(f.startswith("snapshot-") for f in files), files
         c.start_shard(0)
         s = stats(c)
         assert s["replayed_records"] == 0 and s["snapshot_entities"] == 19 and s["values"] == 38
-        assert zget(c, "e3")["code"] == P.NOT_FOUND
-        assert zget(c, "e7")["ok"]
+        assert zget(c, "e3")[P.CODE] == P.NOT_FOUND
+        assert zget(c, "e7")[P.OK]
     finally:
         c.stop()
 
@@ -188,7 +187,7 @@ def test_corrupted_log_stops_the_shard_naming_file_and_offset(tmp_path):
     try:
         c.start_shard(0)
         for i in range(3):
-            assert zwrite(c, [["e", f"f{i}", i, TS]])["ok"]
+            assert zwrite(c, [["e", f"f{i}", i, TS]])[P.OK]
         c.shards[0].kill()  # no final snapshot: the records stay in the log
         copy = tmp_path / "copy"
         shutil.copytree(tmp_path / "data", copy)
@@ -245,7 +244,7 @@ def test_a_full_disk_refuses_writes_with_507_and_reads_go_on(tmp_path):
         c.shards[0].stop()
         c.start_shard(0)  # without the limit: everything acknowledged is there
         for eid in written:
-            assert zget(c, eid)["ok"]
+            assert zget(c, eid)[P.OK]
         assert stats(c)["values"] == len(written)
     finally:
         c.stop()
@@ -257,19 +256,19 @@ def test_a_replay_does_not_resurrect_expired_values(tmp_path):
     try:
         c.start_shard(0)
         assert zwrite(c, [["e", "old", 1, now - 3_600_000_000], ["e", "fresh", 2, now],
-                          ["gone", "old", 3, now - 3_600_000_000]])["ok"]
+                          ["gone", "old", 3, now - 3_600_000_000]])[P.OK]
         poll_for(lambda: stats(c)["reclaimed"] == 2, 10, what="the sweep to reclaim both")
         c.shards[0].kill()  # the log still holds the expired writes
         c.start_shard(0)
         assert stats(c)["replayed_values"] == 3
-        body = orjson.loads(zget(c, "e")["body"])
+        body = orjson.loads(zget(c, "e")[P.BODY])
         assert body["features"] == {"fresh": 2}
-        assert zget(c, "gone")["code"] == P.NOT_FOUND
-        reply = zmq_call(c.endpoints[0], [P.request(P.GET1, 1, e="e", n="old")])[0]
-        assert reply["code"] == P.NOT_FOUND
+        assert zget(c, "gone")[P.CODE] == P.NOT_FOUND
+        reply = zmq_call(c.endpoints[0], [P.get1("e", "old", 1)])[0]
+        assert reply[P.CODE] == P.NOT_FOUND
         # not even as Feast's OUTSIDE_MAX_AGE: recovery reclaimed them before serving
         assert stats(c)["reclaimed_on_recovery"] == 2
-        row = zmq_call(c.endpoints[0], [P.request(P.FGET, 1, es=["e", "gone"], f=["old", "fresh"])])[0]
-        assert row["s"] == [P.NOT_FOUND_S + P.PRESENT, P.NOT_FOUND_S * 2]
+        row = zmq_call(c.endpoints[0], [P.fget(["e", "gone"], ["old", "fresh"], 1)])[0]
+        assert row[P.STATUSES] == [P.NOT_FOUND_S + P.PRESENT, P.NOT_FOUND_S * 2]
     finally:
         c.stop()

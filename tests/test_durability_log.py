@@ -33,7 +33,7 @@ def shard_with(j: Journal) -> ShardState:
 
 
 def write(shard: ShardState, *writes) -> dict:
-    return dispatch(shard, P.request(P.WRITE, 1, w=[list(w) for w in writes]))
+    return dispatch(shard, P.write([list(w) for w in writes], 1))
 
 
 def wait_sync(j: Journal) -> None:
@@ -107,10 +107,10 @@ def test_a_damaged_length_is_skipped_by_resynchronising():
 def test_writes_and_deletes_survive_a_restart(tmp_path):
     j = journal(tmp_path, fsync="always")
     shard = shard_with(j)
-    assert write(shard, ("e1", "a", 1, TS), ("e1", "b", "x", TS), ("e2", "a", [1.5], TS))["ok"]
-    assert write(shard, ("e1", "a", 0, TS - 1))["stale"] == 1
-    assert dispatch(shard, P.request(P.DELETE, 2, e="e1", n="b"))["ok"]
-    assert dispatch(shard, P.request(P.DELETE, 3, e="nobody", n=None))["code"] == P.NOT_FOUND
+    assert write(shard, ("e1", "a", 1, TS), ("e1", "b", "x", TS), ("e2", "a", [1.5], TS))[P.OK]
+    assert write(shard, ("e1", "a", 0, TS - 1))[P.STALE] == 1
+    assert dispatch(shard, P.delete("e1", "b", 2))[P.OK]
+    assert dispatch(shard, P.delete("nobody", None, 3))[P.CODE] == P.NOT_FOUND
     j.sync_pending()
     before = dict(j.store.data)
     again = journal(tmp_path)  # without close(): as after a crash
@@ -216,7 +216,7 @@ def test_a_log_that_cannot_be_written_refuses_the_write(tmp_path):
     os.close(j.fd)
     j.fd = os.open(os.devnull, os.O_RDONLY)  # every write fails (EBADF)
     reply = write(shard, ("e", "a", 1, TS))
-    assert reply["code"] == P.UNAVAILABLE and "cannot write its log" in reply["reason"]
+    assert reply[P.CODE] == P.UNAVAILABLE and "cannot write its log" in reply[P.REASON]
     assert j.store.features("e") is None  # refused writes are not applied
     with pytest.raises(LogError) as err:
         j.log_delete("e", None)
@@ -246,13 +246,13 @@ def test_a_failed_everysec_fsync_refuses_writes_until_one_succeeds(tmp_path):
     wait_sync(j)
     assert j.sync_failed and "fsync of" in j.sync_failed
     reply = write(shard, ("e", "b", 2, TS))
-    assert reply["code"] == P.UNAVAILABLE and "refuses writes" in reply["reason"]
+    assert reply[P.CODE] == P.UNAVAILABLE and "refuses writes" in reply[P.REASON]
     os.close(j.fd)
     j.fd = good
     j.last_sync -= 2
     j.tick()
     wait_sync(j)
-    assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))["ok"]
+    assert j.sync_failed is None and write(shard, ("e", "b", 2, TS))[P.OK]
 
 
 class Faults:
@@ -294,7 +294,7 @@ def sync_now(j: Journal) -> None:
 def acked(shard: ShardState, acks: dict, eid: str, value) -> dict:
     """Write ``eid.f = value``; remember it in ``acks`` if it was acknowledged."""
     reply = write(shard, (eid, "f", value, TS))
-    if reply["ok"]:
+    if reply[P.OK]:
         acks[eid] = value
     return reply
 
@@ -309,7 +309,7 @@ def test_a_failed_cut_back_is_not_cleared_by_a_later_fsync_and_no_acknowledged_w
     faults = Faults()
     j = journal(tmp_path, fsync="everysec", snapshot_log_bytes=1 << 30, ops=faults.ops())
     shard, acks = shard_with(j), {}
-    assert acked(shard, acks, "a", 1)["ok"]
+    assert acked(shard, acks, "a", 1)[P.OK]
     faults.half_writes, faults.failed_cuts = 1, 2  # b leaves half a record; two cut-backs fail
     reply = acked(shard, acks, "b", 2)
     assert reply["code"] == P.DISK_FULL and "cannot write its log" in reply["reason"]
@@ -318,11 +318,11 @@ def test_a_failed_cut_back_is_not_cleared_by_a_later_fsync_and_no_acknowledged_w
     assert j.sync_failed is None and j.cut_failed
     reply = acked(shard, acks, "c", 3)  # the cut-back is tried again and fails again
     assert reply["code"] == P.UNAVAILABLE and "cannot be cut back" in reply["reason"]
-    assert acked(shard, acks, "d", 4)["ok"]  # this time the cut-back works: writes resume
+    assert acked(shard, acks, "d", 4)[P.OK]  # this time the cut-back works: writes resume
     assert j.cut_failed is None and os.path.getsize(j.log_path) == j.size
     faults.half_writes = 1  # another failed write: cut back to the end of d, not into it
     assert acked(shard, acks, "e", 5)["code"] == P.DISK_FULL
-    assert acked(shard, acks, "f", 6)["ok"]
+    assert acked(shard, acks, "f", 6)[P.OK]
     assert os.path.getsize(j.log_path) == j.size and acks == {"a": 1, "d": 4, "f": 6}
     wait_sync(j)
     read_back(tmp_path, acks)  # as after a crash
@@ -332,7 +332,7 @@ def test_a_log_that_cannot_be_cut_back_refuses_writes_and_snapshots_until_restar
     faults = Faults()
     j = journal(tmp_path, fsync="everysec", snapshot_log_bytes=1, ops=faults.ops())
     shard, acks = shard_with(j), {}
-    assert acked(shard, acks, "a", 1)["ok"]
+    assert acked(shard, acks, "a", 1)[P.OK]
     faults.half_writes, faults.failed_cuts = 1, 10 ** 9  # the cut-back never works again
     assert acked(shard, acks, "b", 2)["code"] == P.DISK_FULL
     sync_now(j)
@@ -397,7 +397,7 @@ def test_a_failed_fork_keeps_the_shard_serving_and_loses_nothing(tmp_path, monke
     monkeypatch.setattr(os, "fork", no_fork)
     j.tick()  # would start a snapshot: the fork fails
     assert j.child is None and "cannot fork a snapshot child" in caplog.text
-    assert write(shard, ("e", "y", 2, TS))["ok"]
+    assert write(shard, ("e", "y", 2, TS))[P.OK]
     monkeypatch.undo()
     j.close()
     again = journal(tmp_path)

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer
 from common.partition import Partitioner
 from tests.support import ROOT, Cluster, base_env, free_port, poll_for, request, zmq_call
 
@@ -30,18 +31,16 @@ def test_garbage_frames_never_stop_a_shard(tmp_path):
     with Cluster(tmp_path) as c:
         endpoint = c.endpoints[0]
         ctx = zmq.Context.instance()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(endpoint)
+        dealer = connect_dealer(ctx, endpoint, immediate=False)
         garbage = [[b"\xc1\xc1"], [b""], [b"a", b"b", b"c"], [P.encode([1, "x", None])],
-                   [P.encode({"t": "ping"})], [os.urandom(4096)], [P.encode([{"t": "get", "id": 1, "e": 5}])]]
+                   [P.encode(P.ping())], [os.urandom(4096)], [P.encode([P.get(5, req_id=1)])]]
         for frames in garbage:
             dealer.send_multipart(frames)
-        dealer.send(P.encode([P.request(P.PING, 99)]))  # one connection keeps order: answered last
+        dealer.send(P.encode([P.ping(99)]))  # one connection keeps order: answered last
 
         def pong():
             assert dealer.poll(2000), "the shard stopped answering"
-            return any(type(r) is dict and r.get("id") == 99 and r.get("ok") for r in P.decode(dealer.recv()))
+            return any(type(r) is dict and r.get(P.ID) == 99 and r.get(P.OK) for r in P.decode(dealer.recv()))
 
         poll_for(pong, 10, interval=0, what="the ping after the garbage")
         dealer.close()
@@ -49,8 +48,8 @@ def test_garbage_frames_never_stop_a_shard(tmp_path):
         host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=2) as raw:
             raw.sendall(os.urandom(1000))
-        (reply,) = zmq_call(endpoint, [P.request(P.PING, 100)])
-        assert reply["ok"] and reply["id"] == 100
+        (reply,) = zmq_call(endpoint, [P.ping(100)])
+        assert reply[P.OK] and reply[P.ID] == 100
         assert request("POST", c.url + "/features", {"entity_id": "after", "name": "x", "value": 1})[0] == 200
         assert request("GET", c.url + "/readyz")[0] == 200
         assert c.shards[0].alive()

@@ -41,7 +41,7 @@ def start_ingest(cluster: Cluster, broker: Broker, topic: str, group: str, name:
 
 def stats(proc: Proc) -> dict:
     assert proc.alive(), proc.output()
-    return zmq_call(proc.stats_endpoint, [P.request(P.STATS, 1)], 1000)[0]
+    return zmq_call(proc.stats_endpoint, [P.stats(1)], 1000)[0]
 
 
 def test_kill_and_restart_resume_from_committed_offsets(cluster, broker):

@@ -6,6 +6,7 @@ import pytest
 import zmq
 
 from common import protocol as P
+from common.link import connect_dealer
 from ingest.producer import Producer
 from tests.ingest_support import INGEST_LIMITS, assert_store_matches, dead_letters, free_port, make_stream
 from tests.support import Cluster, poll_for, request, zmq_call
@@ -24,7 +25,7 @@ def cluster(tmp_path_factory):
         c.ingest = c.start_process(["-m", "ingest"], "ingest", ingest_endpoint=c.ingest_endpoint,
                                    dead_letter_path=c.dead, ingest_ack_timeout_s=0.5,
                                    ingest_retry_max_s=0.2, max_body_bytes=MAX_REQUEST, **INGEST_LIMITS)
-        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15,
+        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.ping(1)], 200)[0][P.OK], 15,
                  what="ingest to answer a ping")
         yield c
 
@@ -47,8 +48,8 @@ def test_json_and_msgpack_requests_are_applied_and_acknowledged(cluster):
                 producer.send(events)
         totals = producer.flush()
     assert totals["requests"] == 20
-    assert totals["rejected"] == len(stream.bad)
-    assert totals["written"] + totals["stale"] == stream.good_values
+    assert totals[P.REJECTED] == len(stream.bad)
+    assert totals[P.WRITTEN] + totals[P.STALE] == stream.good_values
     assert any("entity_id is required" in e for e in totals["errors"])
     # the ack comes after the shards applied: the store is already right, no waiting
     assert_store_matches(cluster.url, stream.oracle(), stream.entities | {"zmq:big", "zmq:huge"}, timeout=0)
@@ -70,15 +71,13 @@ def test_front_end_stats_include_ingest(cluster):
 
 
 def test_malformed_requests_get_error_replies(cluster):
-    replies = zmq_call(cluster.ingest_endpoint, [{"t": P.EVENTS, "id": 5}, {"t": "nope", "id": 6}])
-    assert [(r["id"], r["code"]) for r in replies] == [(5, P.BAD_REQUEST)]
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    replies = zmq_call(cluster.ingest_endpoint, [{P.TYPE: P.EVENTS, P.ID: 5}, {P.TYPE: "nope", P.ID: 6}])
+    assert [(r[P.ID], r[P.CODE]) for r in replies] == [(5, P.BAD_REQUEST)]
+    sock = connect_dealer(zmq.Context.instance(), cluster.ingest_endpoint, immediate=False)
     try:
-        sock.connect(cluster.ingest_endpoint)
         sock.send(b"\xc1garbage")
         assert sock.poll(2000)
-        assert P.decode(sock.recv())[0]["code"] == P.MALFORMED
+        assert P.decode(sock.recv())[0][P.CODE] == P.MALFORMED
     finally:
         sock.close()
     assert cluster.ingest.alive()
@@ -92,7 +91,7 @@ def test_an_over_size_request_is_refused_and_dead_lettered_and_the_others_go_on(
         producer.send(big)
         producer.send(b'{"entity_id": "after-big", "name": "x", "value": 2}')
         totals = producer.flush()
-    assert (totals["requests"], totals["written"], totals["rejected"]) == (3, 2, 1)
+    assert (totals["requests"], totals[P.WRITTEN], totals[P.REJECTED]) == (3, 2, 1)
     assert any(f"request is larger than {MAX_REQUEST} bytes" in e for e in totals["errors"])
     assert request("GET", cluster.url + "/features/before-big/x")[2]["value"] == 1
     assert request("GET", cluster.url + "/features/after-big/x")[2]["value"] == 2
@@ -119,7 +118,7 @@ def test_acks_wait_for_a_shard_that_is_down(cluster):
         cluster.start_shard(0)  # memory only: it comes back empty
     totals = producer.flush()
     producer.close()
-    assert totals["written"] + totals["stale"] == stream.good_values
+    assert totals[P.WRITTEN] + totals[P.STALE] == stream.good_values
     assert_store_matches(cluster.url, stream.oracle(), stream.entities, timeout=0)
 
 
@@ -146,21 +145,21 @@ def test_a_shard_that_restarts_gets_the_older_batch_first(cluster, tmp_path):
             while fake.poll(0):
                 ident, frame = fake.recv_multipart()
                 reqs = P.decode(frame)
-                if any(r["t"] == P.WRITE for r in reqs):
+                if any(r[P.TYPE] == P.WRITE for r in reqs):
                     return True
-                fake.send_multipart([ident, P.encode([P.ok(r["id"], shard=1, ready=True) for r in reqs])])
+                fake.send_multipart([ident, P.encode([P.ping_reply(P.id_of(r), shard=1) for r in reqs])])
             return False
 
         poll_for(write_arrived, 15, what="the write to reach the shard's endpoint")
         fake.close()  # the shard dies with the batch unanswered
         cluster.start_shard(1)
-        poll_for(lambda: 1 in zmq_call(stats, [P.request(P.STATS, 1)])[0]["shards_connected"], 15,
+        poll_for(lambda: 1 in zmq_call(stats, [P.stats(1)])[0]["shards_connected"], 15,
                  what="ingest to connect to the restarted shard")
         producer.send([{**event, "value": "newer"}])
         totals = producer.flush()
     finally:
         producer.close()
         ingest.stop()
-    assert totals["written"] == 2
+    assert totals[P.WRITTEN] == 2
     status, _, body = request("GET", f"{cluster.url}/features/{eid}/f")
     assert (status, body["value"]) == (200, "newer"), ingest.output()

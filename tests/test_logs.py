@@ -53,7 +53,7 @@ def test_idle_ingest_is_quiet(tmp_path):
     with Cluster(tmp_path, shards=1) as c:
         ingest = c.start_process(["-m", "ingest"], "ingest", ingest_progress_s=0.05,
                                  dead_letter_path=tmp_path / "dead.jsonl")
-        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15,
+        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.ping(1)], 200)[0][P.OK], 15,
                  what="ingest to answer a ping")
 
         def uptime() -> float:

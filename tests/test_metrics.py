@@ -52,7 +52,7 @@ def two(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
     with Cluster(tmp, frontend_processes=2, data_dir=tmp / "data", freshness_sample_every=1) as c:
         c.ingest = c.start_process(["-m", "ingest"], "ingest", dead_letter_path=tmp / "dead.jsonl")
-        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.request(P.PING, 1)], 200)[0]["ok"], 15,
+        poll_for(lambda: zmq_call(c.ingest_endpoint, [P.ping(1)], 200)[0][P.OK], 15,
                  what="ingest to answer a ping")
         yield c
 

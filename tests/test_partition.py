@@ -59,3 +59,15 @@ def test_group_keeps_request_order_per_shard():
 def test_a_bad_table_is_refused():
     with pytest.raises(ValueError):
         Partitioner(2, (0, 1, 2) * (SLOTS // 3) + (0,))
+
+
+def test_route_puts_each_event_where_shard_for_says_in_order():
+    p = Partitioner(3)
+    events = [[(f"user:{i % 7}", "x", i, i)] for i in range(50)] + [[("user:1", "y", 0, 0), ("user:1", "z", 0, 0)]]
+    expected: dict = {}
+    for writes in events:
+        expected.setdefault(p.shard_for(writes[0][0]), []).extend(writes)
+    by_shard: dict = {}
+    for writes in events:  # the event lists become buckets: they are the decoder's own
+        p.route(by_shard, writes)
+    assert by_shard == expected and len(by_shard) > 1

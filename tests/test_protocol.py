@@ -5,8 +5,27 @@ from common import protocol as P
 
 
 def test_requests_round_trip_through_one_frame():
-    reqs = [P.request(P.GET, 1, e="user/1", f=None), P.request(P.WRITE, 2, w=[["a", "x", 1.5, 10]])]
+    reqs = [P.get("user/1", req_id=1), P.write([["a", "x", 1.5, 10]], 2)]
     assert P.decode(P.encode(reqs)) == reqs
+
+
+def test_builders_spell_the_documented_fields():
+    """The wire spelling is pinned here, as the table in protocol.py's docstring gives it."""
+    assert P.get("u", ["a"], 1) == {"t": "get", "id": 1, "e": "u", "f": ["a"]}
+    assert P.fget(["u"], ["a"], 2) == {"t": "fget", "id": 2, "es": ["u"], "f": ["a"]}
+    assert P.delete("u") == {"t": "del", "e": "u", "n": None}
+    req = P.events_json(b"{}\n")
+    assert P.stamp(req, 9) == 9 and req == {"t": "events", "id": 9, "json": b"{}\n"}
+    assert P.events_reply(4, 3, 1, 2, ["x"]) == {"id": 4, "ok": True, "written": 3, "stale": 1,
+                                                 "rejected": 2, "errors": ["x"]}
+    assert P.ping_reply(5, source="zmq") == {"id": 5, "ok": True, "source": "zmq"}
+    assert P.ping_reply(5, shard=0) == {"id": 5, "ok": True, "shard": 0, "ready": True}
+
+
+def test_stats_replies_carry_counters_without_the_envelope():
+    reply = P.decode(P.encode([P.stats_reply(6, {"values": 3, "shard": 1})]))[0]
+    assert P.is_ok(reply) and P.id_of(reply) == 6
+    assert P.counters_of(reply) == {"values": 3, "shard": 1}
 
 
 def test_bytes_and_strings_keep_their_types():

@@ -11,19 +11,20 @@ def shard():
     return ShardState(0)
 
 
-def call(shard, kind, **fields):
-    return dispatch(shard, P.request(kind, 1, **fields))
+def call(shard, req):
+    P.stamp(req, 1)
+    return dispatch(shard, req)
 
 
 def write(shard, *writes):
-    reply = call(shard, P.WRITE, w=[list(w) for w in writes])
-    assert reply["ok"], reply
-    return reply["written"], reply["stale"]
+    reply = call(shard, P.write([list(w) for w in writes]))
+    assert P.is_ok(reply), reply
+    return reply[P.WRITTEN], reply[P.STALE]
 
 
 def entity(shard, eid, names=None):
-    reply = call(shard, P.GET, e=eid, f=names)
-    return orjson.loads(reply["body"]) if reply["ok"] else reply
+    reply = call(shard, P.get(eid, names))
+    return orjson.loads(reply[P.BODY]) if P.is_ok(reply) else reply
 
 
 def test_last_write_wins_by_event_time_not_arrival(shard):
@@ -54,16 +55,16 @@ def test_entity_reply_has_values_of_their_types_and_newest_event_time(shard):
 
 
 def test_missing_entity_and_feature_are_not_found(shard):
-    assert entity(shard, "nobody")["code"] == P.NOT_FOUND
+    assert P.code_of(entity(shard, "nobody")) == P.NOT_FOUND
     write(shard, ("u", "x", 1, 1))
-    reply = call(shard, P.GET1, e="u", n="y")
-    assert (reply["ok"], reply["reason"]) == (False, "Feature not found")
-    assert orjson.loads(call(shard, P.GET1, e="u", n="x")["body"])["value"] == 1
+    reply = call(shard, P.get1("u", "y"))
+    assert (P.is_ok(reply), P.reason_of(reply)) == (False, "Feature not found")
+    assert orjson.loads(call(shard, P.get1("u", "x"))[P.BODY])["value"] == 1
 
 
 def test_mget_answers_in_request_order_with_missing_ones(shard):
     write(shard, ("a", "x", 1, 1), ("b", "x", 2, 1))
-    parts = call(shard, P.MGET, es=["b", "zz", "a", "b"], f=None)["parts"]
+    parts = call(shard, P.mget(["b", "zz", "a", "b"]))[P.PARTS]
     bodies = [orjson.loads(p) for p in parts]
     assert [b["entity_id"] for b in bodies] == ["b", "zz", "a", "b"]
     assert bodies[1] == {"entity_id": "zz", "detail": "No features found for entity"}
@@ -71,11 +72,11 @@ def test_mget_answers_in_request_order_with_missing_ones(shard):
 
 def test_delete_entity_and_feature(shard):
     write(shard, ("u", "x", 1, 1), ("u", "y", 2, 1))
-    assert call(shard, P.DELETE, e="u", n="x")["deleted"] == 1
-    assert call(shard, P.DELETE, e="u", n="x")["code"] == P.NOT_FOUND
-    assert call(shard, P.DELETE, e="u")["deleted"] == 1
-    assert call(shard, P.DELETE, e="u")["code"] == P.NOT_FOUND
-    assert call(shard, P.STATS)["values"] == 0
+    assert call(shard, P.delete("u", "x"))[P.DELETED] == 1
+    assert P.code_of(call(shard, P.delete("u", "x"))) == P.NOT_FOUND
+    assert call(shard, P.delete("u"))[P.DELETED] == 1
+    assert P.code_of(call(shard, P.delete("u"))) == P.NOT_FOUND
+    assert call(shard, P.stats())["values"] == 0
 
 
 def test_ids_that_look_alike_never_collide(shard):
@@ -86,33 +87,33 @@ def test_ids_that_look_alike_never_collide(shard):
 
 def test_stats_count_values(shard):
     write(shard, ("u", "x", 1, 5), ("u", "y", 1, 5), ("v", "x", 1, 5), ("u", "x", 0, 1))
-    stats = call(shard, P.STATS)
+    stats = call(shard, P.stats())
     assert (stats["entities"], stats["values"], stats["writes"], stats["stale"]) == (2, 3, 3, 1)
 
 
 @pytest.mark.parametrize("req, code", [
-    ({"t": "nope", "id": 1}, P.UNKNOWN_TYPE),
-    ({"id": 1}, P.UNKNOWN_TYPE),
-    ({"t": P.GET, "id": 1}, P.BAD_REQUEST),
-    ({"t": P.GET, "id": 1, "e": 5}, P.BAD_REQUEST),
-    ({"t": P.WRITE, "id": 1, "w": [["e", "n", 1]]}, P.BAD_REQUEST),
-    ({"t": P.WRITE, "id": 1, "w": "x"}, P.BAD_REQUEST),
-    ({"t": P.MGET, "id": 1, "es": [1]}, P.BAD_REQUEST),
-    ({"t": P.MGET, "id": 1, "es": ["a"], "f": [3]}, P.BAD_REQUEST),
+    ({P.TYPE: "nope", P.ID: 1}, P.UNKNOWN_TYPE),
+    ({P.ID: 1}, P.UNKNOWN_TYPE),
+    ({P.TYPE: P.GET, P.ID: 1}, P.BAD_REQUEST),
+    (P.get(5, req_id=1), P.BAD_REQUEST),
+    (P.write([["e", "n", 1]], 1), P.BAD_REQUEST),
+    (P.write("x", 1), P.BAD_REQUEST),
+    (P.mget([1], req_id=1), P.BAD_REQUEST),
+    (P.mget(["a"], [3], 1), P.BAD_REQUEST),
     ([1, 2], P.MALFORMED),
 ])
 def test_bad_requests_get_error_replies(shard, req, code):
     reply = dispatch(shard, req)
-    assert reply["ok"] is False and reply["code"] == code
+    assert reply[P.OK] is False and P.code_of(reply) == code
 
 
 def test_a_frame_mixing_good_and_bad_requests_answers_each(shard):
-    frame = P.encode([P.request(P.PING, 1), {"t": "bogus", "id": 2}, P.request(P.STATS, 3)])
+    frame = P.encode([P.ping(1), {P.TYPE: "bogus", P.ID: 2}, P.stats(3)])
     replies = P.decode(handle_frame(shard, frame))
-    assert [(r["id"], r["ok"]) for r in replies] == [(1, True), (2, False), (3, True)]
+    assert [(P.id_of(r), P.is_ok(r)) for r in replies] == [(1, True), (2, False), (3, True)]
 
 
 def test_a_garbage_frame_gets_a_malformed_reply(shard):
     (reply,) = P.decode(handle_frame(shard, b"\xc1garbage"))
-    assert reply["code"] == P.MALFORMED and reply["id"] is None
-    assert call(shard, P.PING)["ok"]
+    assert P.code_of(reply) == P.MALFORMED and P.id_of(reply) is None
+    assert P.is_ok(call(shard, P.ping()))

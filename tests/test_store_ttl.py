@@ -189,12 +189,11 @@ def test_old_writes_are_stored_and_reported_outside_max_age(clock):
 def test_fget_handler_validates_and_answers_rows():
     shard = ShardState(0, Store())
     shard.store.apply([("1", "v:a", 1, T0)])
-    reply = dispatch(shard, P.request(P.FGET, 3, es=["1", "2"], f=["v:a"]))
-    assert reply == {"id": 3, "ok": True, "v": [b"1", b"null"], "s": [b"P", b"N"],
-                     "ts": [b'"2025-11-25T12:05:29Z"', P.EPOCH_TS]}
-    for bad in ({"es": "1", "f": ["v:a"]}, {"es": [1], "f": ["v:a"]}, {"es": ["1"], "f": []}, {"es": ["1"]}):
-        reply = dispatch(shard, P.request(P.FGET, 4, **bad))
-        assert (reply["ok"], reply["code"]) == (False, P.BAD_REQUEST)
+    reply = dispatch(shard, P.fget(["1", "2"], ["v:a"], 3))
+    assert reply == P.rows_reply(3, [b"1", b"null"], [b"P", b"N"], [b'"2025-11-25T12:05:29Z"', P.EPOCH_TS])
+    for bad in (P.fget("1", ["v:a"], 4), P.fget([1], ["v:a"], 4), P.fget(["1"], [], 4), P.fget(["1"], None, 4)):
+        reply = dispatch(shard, bad)
+        assert (P.is_ok(reply), P.code_of(reply)) == (False, P.BAD_REQUEST)
 
 
 _MEASURE_CACHE = """

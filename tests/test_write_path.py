@@ -96,13 +96,13 @@ def test_a_bad_item_among_good_ones_refuses_the_request_and_changes_nothing(tmp_
     good = [["u", "x", 1, 5], ["w", "y", 2, 5], ["u", "z", 3, 5]]
     items = {"first": [bad, *good], "middle": [good[0], bad, *good[1:]], "last": [*good, bad]}[where]
     before = (dict(shard.store.data), shard.store.stats(), shard.journal.size)
-    (alone,) = P.decode(handle_frame(shard, P.encode([P.request(P.WRITE, 3, w=items)])))
-    assert alone == {"id": 3, "ok": False, "code": P.BAD_REQUEST, "reason": REASON}
+    (alone,) = P.decode(handle_frame(shard, P.encode([P.write(items, 3)])))
+    assert alone == P.error(3, P.BAD_REQUEST, REASON)
     assert (shard.store.data, shard.store.stats(), shard.journal.size) == before  # nothing logged
-    frame = P.encode([P.request(P.WRITE, 4, w=items), P.request(P.WRITE, 5, w=good)])
+    frame = P.encode([P.write(items, 4), P.write(good, 5)])
     bad_reply, ok_reply = P.decode(handle_frame(shard, frame))
-    assert bad_reply == {"id": 4, "ok": False, "code": P.BAD_REQUEST, "reason": REASON}
-    assert ok_reply == {"id": 5, "ok": True, "written": 3, "stale": 0}  # the next request is served
+    assert bad_reply == P.error(4, P.BAD_REQUEST, REASON)
+    assert ok_reply == P.write_reply(5, 3, 0)  # the next request is served
     assert shard.store.features("u") == {"x": [1, 5], "z": [3, 5]}
     # only the good requests reached the log: a replay gives the same state
     os.close(shard.journal.fd)
@@ -124,8 +124,8 @@ def test_a_value_that_cannot_be_stored_raises_before_anything_changes():
 def test_replay_of_tuples_gives_the_blobs_of_live_writes(tmp_path):
     shard = journaled(tmp_path)
     writes = [["u", "x", [1, [2, {"k": [3]}]], 5], ["u", "y", {"a": [1.5, None]}, 6], ["v", "x", "s", 1]]
-    frame = P.encode([P.request(P.WRITE, 1, w=writes)])
-    assert P.decode(handle_frame(shard, frame))[0]["ok"]
+    frame = P.encode([P.write(writes, 1)])
+    assert P.decode(handle_frame(shard, frame))[0][P.OK]
     os.close(shard.journal.fd)
     replayed = Store()
     Journal(str(tmp_path), replayed, 0, fsync="no").recover()

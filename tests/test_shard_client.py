@@ -1,0 +1,136 @@
+"""ShardClient without sockets: batching, the timeout sweep and the reply drain, on fake DEALERs."""
+import asyncio
+import logging
+import os
+
+import pytest
+import zmq
+
+from common import protocol as P
+from frontend.shard_client import ShardClient, ShardUnavailable
+from tests.fake_zmq import FakeContext
+
+
+def run(test, timeout_s=1.0, n_shards=2):
+    """Run ``await test(client, sockets)`` on a fresh loop with a started client."""
+    async def main():
+        ctx = FakeContext()
+        client = ShardClient([f"tcp://shard{i}" for i in range(n_shards)], timeout_s, ctx=ctx)
+        client.start()
+        try:
+            return await test(client, ctx.sockets)
+        finally:
+            client.close()
+    return asyncio.run(main())
+
+
+def answer(sock, frame):
+    """Queue the ok replies to one sent frame, echoing each request's entity."""
+    sock.queue(*(P.body_reply(P.id_of(req), req[P.ENTITY].encode()) for req in frame))
+
+
+async def wake(sock):
+    """Make the socket's fd readable, as ZeroMQ does when frames arrive, and let the loop run."""
+    os.write(sock.wake_fd, b"x")
+    for _ in range(100):  # the reader runs within an iteration or two; never a wall-clock wait
+        await asyncio.sleep(0)
+        if not sock.inbox:
+            return
+
+
+def test_connects_one_dealer_per_shard_that_fails_fast_when_not_connected():
+    async def test(client, socks):
+        assert [s.endpoint for s in socks] == ["tcp://shard0", "tcp://shard1"]
+        assert all(s.options[zmq.IMMEDIATE] == 1 and s.options[zmq.LINGER] == 0 for s in socks)
+        socks[1].connected = False
+        with pytest.raises(ShardUnavailable, match="shard 1 is not connected"):
+            await client.submit(1, P.get("a"))
+        assert not client.pending
+    run(test)
+
+
+def test_requests_of_one_loop_iteration_travel_in_one_frame_per_shard():
+    async def test(client, socks):
+        first = client.submit(0, P.get("a"))  # nothing in flight: sent at once, alone
+        assert [[P.kind_of(r) for r in f] for f in socks[0].sent] == [[P.GET]]
+        more = [client.submit(0, P.get("b")), client.submit(1, P.get("c")), client.submit(0, P.get("d"))]
+        assert len(socks[0].sent) == 1 and not socks[1].sent  # queued until the iteration ends
+        await asyncio.sleep(0)
+        assert [[r[P.ENTITY] for r in f] for f in socks[0].sent] == [["a"], ["b", "d"]]
+        assert [[r[P.ENTITY] for r in f] for f in socks[1].sent] == [["c"]]
+        ids = [P.id_of(r) for f in socks[0].sent + socks[1].sent for r in f]
+        assert len(set(ids)) == 4  # every request got its own id
+        for sock in socks:
+            for frame in sock.sent:
+                answer(sock, frame)
+            await wake(sock)
+        bodies = [(await f)[P.BODY] for f in [first, *more]]
+        assert bodies == [b"a", b"b", b"c", b"d"]
+    run(test)
+
+
+def test_the_drain_reads_every_queued_frame_and_skips_a_malformed_one(caplog):
+    async def test(client, socks):
+        sock = socks[0]
+        futs = [client.submit(0, P.get("a"))]
+        futs += [client.submit(0, P.get(e)) for e in "bcd"]
+        await asyncio.sleep(0)
+        (a,), (b, c, d) = sock.sent
+        sock.queue(P.body_reply(P.id_of(c), b"c"))  # replies may come in any order, split up
+        sock.inbox.append(b"\xc1 not msgpack")
+        sock.queue(P.error(P.id_of(a), P.NOT_FOUND, "No features found for entity"), "not a map",
+                   P.body_reply(P.id_of(d), b"d"))
+        sock.queue(P.body_reply(12345, b"late"), P.body_reply(P.id_of(b), b"b"))  # 12345: unknown id
+        with caplog.at_level(logging.WARNING):
+            await wake(sock)  # one wake-up: the fd is edge-triggered, so everything is read now
+            assert not sock.inbox
+        assert "shard 0 sent a malformed frame" in caplog.text
+        replies = [await f for f in futs]
+        assert P.code_of(replies[0]) == P.NOT_FOUND
+        assert [r[P.BODY] for r in replies[1:]] == [b"b", b"c", b"d"]
+        assert not client.pending
+    run(test)
+
+
+def test_the_sweep_fails_expired_calls_with_shard_unavailable():
+    async def test(client, socks):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        silent = client.submit(1, P.get("never answered"))
+        with pytest.raises(ShardUnavailable, match="shard 1 did not answer in 0.1 s"):
+            await asyncio.wait_for(silent, 2.0)
+        assert 0.1 <= loop.time() - started < 1.0
+        assert not client.pending
+        # a reply arriving after the sweep is dropped; the next call is served
+        (frame,) = socks[1].sent
+        answer(socks[1], frame)
+        later = client.submit(1, P.get("x"))
+        answer(socks[1], socks[1].sent[-1])
+        await wake(socks[1])
+        assert (await asyncio.wait_for(later, 2.0))[P.BODY] == b"x"
+    run(test, timeout_s=0.1)
+
+
+def test_close_fails_what_is_pending():
+    async def test(client, socks):
+        fut = client.submit(0, P.ping())
+        client.close()
+        with pytest.raises(ShardUnavailable, match="client closed"):
+            await fut
+    run(test)
+
+
+def test_each_reply_frame_reports_one_round_trip_for_its_shard():
+    async def test(client, socks):
+        seen = []
+        client.on_roundtrip = lambda shard, seconds: seen.append((shard, seconds))
+        first = client.submit(1, P.get("a"))
+        more = [client.submit(1, P.get("b")), client.submit(1, P.get("c"))]
+        await asyncio.sleep(0)
+        for frame in socks[1].sent:
+            answer(socks[1], frame)
+        await wake(socks[1])
+        await asyncio.gather(first, *more)
+        assert [shard for shard, _ in seen] == [1, 1]  # two frames sent, two answered: one each
+        assert all(0 <= seconds < 1.0 for _, seconds in seen)
+    run(test)
