@@ -13,7 +13,7 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 
 | type      | request fields                          | ok reply fields                         |
 |-----------|-----------------------------------------|-----------------------------------------|
-| ``ping``  | -                                       | ``shard`` (``ready``: transitional)     |
+| ``ping``  | -                                       | ``shard``                               |
 | ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
@@ -84,7 +84,6 @@ ERRORS = "errors"
 DELETED = "deleted"
 SHARD = "shard"
 SOURCE = "source"
-READY = "ready"  # always True; transitional, until the front end's /readyz reads is_ok() only
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
 
@@ -261,7 +260,7 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None)
     that answers is ready (a shard binds its socket only once recovered)."""
     if source is not None:
         return ok(req_id, **{SOURCE: source})
-    return ok(req_id, **{SHARD: shard, READY: True})
+    return ok(req_id, **{SHARD: shard})
 
 
 def is_ok(reply: dict) -> bool:

@@ -57,10 +57,11 @@ def _request_logger(ctx: Context, templates: dict):
     record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
-        method = handler.request.method
-        record(route, method if method in METHODS else "other", handler.get_status(),
-               handler.request.request_time())
+        if not getattr(handler, "counted", False):  # a read of frontend/reads.py counted itself
+            route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
+            method = handler.request.method
+            record(route, method if method in METHODS else "other", handler.get_status(),
+                   handler.request.request_time())
         if ctx.cfg.access_log or handler.get_status() >= 500:
             _log_request(handler)
 

@@ -1,36 +1,34 @@
 """The hot path: ``GET /features/{entity_id}`` and ``GET /features/{entity_id}/{name}``.
 
 A Tornado ``RequestHandler`` costs about as much CPU per request as everything else in a
-single-entity read put together (its construction, ``prepare``, the handler's task, ETag,
-headers, ``flush``). These two reads are the store's most frequent requests, so :class:`Router`
-serves them with a small ``HTTPMessageDelegate`` on Tornado's own HTTP/1.1 connection: it sends
-the shard request when the request has arrived and writes the response straight from the shard
-client's reply callback. ``bench/bench_http.py`` measures the difference.
+single-entity read put together (its construction, ``prepare``, the handler's task, headers,
+``flush``). These two reads are the store's most frequent requests, so :class:`Router` serves
+them with a small ``HTTPMessageDelegate`` on Tornado's own HTTP/1.1 connection: once the request
+has arrived it runs the read of ``frontend/reads.py`` (the same one the Tornado handlers run:
+admission, checks, shard request, rendering) and writes the :class:`~frontend.errors.Reply` it
+renders straight from the shard client's reply callback. ``bench/bench_http.py`` measures it.
 
-The responses are byte-for-byte those of ``native.EntityHandler`` and ``native.FeatureHandler``
-(status, JSON body, ``Server``/``Date``/``Content-Type``/``Content-Length``/``Etag`` headers,
-``Retry-After`` on a 503, the request counters of ``/metrics``, the access log). Every request
-these delegates do not handle exactly that way goes to the Tornado application instead: other
-methods and paths, a query string, ``If-None-Match``, a configured read token, a path segment
-that is not UTF-8, and ``/features/batch``.
+What this module adds is only the connection layer Tornado would have added: the ``Server``,
+``Date`` and ``Content-Length`` headers, the request counters of ``/metrics`` and the access log,
+so responses are byte-for-byte those of the handlers (tests/test_http_fastpath.py compares them).
+Requests served another way go to the application: other methods and paths, a query string,
+``If-None-Match`` (Tornado answers 304), a path segment that is not UTF-8, ``/features/batch``.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 from urllib.parse import unquote_to_bytes
 
-import orjson
 import tornado
 import tornado.routing
 import tornado.web
 from tornado import httputil
 
-from common import protocol as P
-from frontend.base import Context, shard_failure
-from frontend.shard_client import ShardError, ShardUnavailable
+from frontend import reads
+from frontend.base import Context
+from frontend.errors import Reply
 
 log = logging.getLogger("frontend")
 
@@ -55,8 +53,7 @@ class Router(tornado.routing.Router):
         self.ctx = ctx
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs):
-        if (request.method == "GET" and not request.query and self.ctx.cfg.read_token is None
-                and "If-None-Match" not in request.headers):
+        if request.method == "GET" and not request.query and "If-None-Match" not in request.headers:
             read = self._read(request)
             if read is not None:
                 return read
@@ -64,59 +61,48 @@ class Router(tornado.routing.Router):
 
     def _read(self, request: httputil.HTTPServerRequest) -> "_Read | None":
         path = request.path
-        m = _FEATURE.match(path)
         try:
+            m = _FEATURE.match(path)
             if m is not None:
-                eid, name = (unquote_to_bytes(g).decode("utf-8") for g in m.groups())
-                return _Read(self.ctx, request, "/features/{entity_id}/{name}", eid, P.get1(eid, name))
+                eid, name = m.groups()
+                return _Read(self.ctx, request, reads.FEATURE, (_text(eid), _text(name)))
             m = _ENTITY.match(path)
             if m is not None and m.group(1) != "batch":
-                eid = unquote_to_bytes(m.group(1)).decode("utf-8")
-                return _Read(self.ctx, request, "/features/{entity_id}", eid, P.get(eid))
+                return _Read(self.ctx, request, reads.ENTITY, (_text(m.group(1)),))
         except UnicodeDecodeError:
             pass  # the application answers 400 in its own words
         return None
 
 
-class _Read(httputil.HTTPMessageDelegate):
-    """One read: send the shard request once the request is in, answer from the reply."""
+def _text(segment: str) -> str:
+    """A percent-decoded path segment, as Tornado decodes its route arguments."""
+    return unquote_to_bytes(segment).decode("utf-8") if "%" in segment else segment
 
-    def __init__(self, ctx: Context, request, route: str, eid: str, message: dict) -> None:
+
+class _Read(httputil.HTTPMessageDelegate):
+    """One read on its connection: run it once the request is in, write what it renders."""
+
+    def __init__(self, ctx: Context, request, read: reads.Read, args: tuple) -> None:
         self.ctx = ctx
         self.request = request
-        self.route = route  # the route template of the handler this stands for, for the metrics
-        self.eid = eid
-        self.message = message
+        self.read = read
+        self.args = args
+        self.started = time.perf_counter()  # the headers are in: the request has arrived
 
     def finish(self) -> None:
-        shard = self.ctx.partitioner.shard_for(self.eid)
-        self.ctx.client.send(shard, self.message, lambda reply: self._answer(shard, reply))
+        self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
 
-    def _answer(self, shard: int, reply) -> None:
-        try:
-            if type(reply) is dict and P.is_ok(reply):
-                body = reply[P.BODY]
-                self._respond(200, body, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()})
-                return
-            exc = reply if isinstance(reply, ShardUnavailable) else ShardError(shard, reply)
-            err = shard_failure(exc, self.ctx.cfg)
-            self._respond(err.status_code, orjson.dumps({"detail": err.detail}), err.headers)
-        except Exception:
-            log.exception("%s %s failed", self.request.method, self.request.uri)
-            self._respond(500, b'{"detail":"Internal server error"}', None)
-
-    def _respond(self, status: int, body: bytes, extra: dict | None) -> None:
+    def _respond(self, reply: Reply) -> None:
+        status, extra, body = reply
         headers = httputil.HTTPHeaders({"Server": _SERVER, "Content-Type": "application/json",
                                         "Date": _http_date()})
         if extra:
             headers.update(extra)
         headers["Content-Length"] = str(len(body))
-        seconds = self.request.request_time()
-        self.ctx.metrics.request(self.route, "GET", status, seconds)  # counted before the client sees it
         conn = self.request.connection
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
         if status >= 500 or self.ctx.cfg.access_log:
             log.info("%d GET %s (%s) %.2fms", status, self.request.uri, self.request.remote_ip,
-                     1000 * seconds)
+                     1000 * self.request.request_time())

@@ -9,23 +9,17 @@ import orjson
 from common import protocol as P
 from common import timefmt
 from common.events import EventError, check_entity_id, check_entity_ids, check_name, parse_body
+from frontend import fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.ingest_stats import ingest_stats
-from frontend.shard_client import ShardError, ShardUnavailable
 
 
 class EntityReads(BaseHandler):
     """GET and DELETE of a whole entity or one feature, shared by the path and query forms."""
 
-    def get_entity(self, eid: str) -> asyncio.Future:
-        return self.reply_with_body(eid, P.get(eid))
-
-    def get_feature(self, eid: str, name: str) -> asyncio.Future:
-        return self.reply_with_body(eid, P.get1(eid, name))
-
     async def delete_values(self, eid: str, name: str | None = None) -> None:
         self._check(eid, name)
-        reply = await self.call(self.ctx.partitioner.shard_for(eid), P.delete(eid, name))
+        reply = await fanout.call(self.ctx, self.ctx.partitioner.shard_for(eid), P.delete(eid, name))
         body = {"message": "feature deleted" if name else "entity deleted", "entity_id": eid,
                 "deleted": reply[P.DELETED]}
         if name is not None:
@@ -44,14 +38,12 @@ class EntityReads(BaseHandler):
 class EntityHandler(EntityReads):
     """``GET|DELETE /features/{entity_id}``.
 
-    Most GETs never reach this class: ``frontend/fast.py`` answers them identically with less
-    CPU (tests/test_http_fastpath.py compares the two). Change both together.
+    Most GETs never reach this class: ``frontend/fast.py`` serves them with the same
+    :data:`frontend.reads.ENTITY` and less CPU (tests/test_http_fastpath.py compares the two).
     """
 
     def get(self, eid: str) -> asyncio.Future:
-        if not eid:
-            raise APIError(400, "entity_id must not be empty")
-        return self.get_entity(eid)
+        return self.answer(reads.ENTITY, eid)
 
     async def delete(self, eid: str) -> None:
         await self.delete_values(eid)
@@ -61,9 +53,7 @@ class FeatureHandler(EntityReads):
     """``GET|DELETE /features/{entity_id}/{name}`` (GETs: see :class:`EntityHandler`)."""
 
     def get(self, eid: str, name: str) -> asyncio.Future:
-        if not eid or not name:
-            raise APIError(400, "entity_id and name must not be empty")
-        return self.get_feature(eid, name)
+        return self.answer(reads.FEATURE, eid, name)
 
     async def delete(self, eid: str, name: str) -> None:
         await self.delete_values(eid, name)
@@ -79,42 +69,15 @@ class FeaturesHandler(BodyHandler, EntityReads):
             raise APIError(400, "query parameter entity_id is required")
         if not name:
             raise APIError(400, "query parameter name is required")
-        return self.get_feature(eid, name)
+        return self.answer(reads.FEATURE, eid, name)
 
     async def post(self) -> None:
         try:
             writes = parse_body(self.json_body(), self.ctx.limits, timefmt.now_us())
         except EventError as exc:
             raise APIError(400, exc.detail) from None
-        written, stale = await write_all(self, writes)
+        written, stale = await fanout.write_all(self.ctx, writes)
         self.finish(orjson.dumps({"message": "feature saved", "written": written, "stale": stale}))
-
-
-async def write_all(handler: BaseHandler, writes: list) -> tuple[int, int]:
-    """Send write tuples to their shards concurrently; return (written, stale)."""
-    client, shard_for = handler.ctx.client, handler.ctx.partitioner.shard_for
-    by_shard: dict[int, list] = {}
-    for w in writes:
-        by_shard.setdefault(shard_for(w[0]), []).append(w)
-    futs = [client.submit(s, P.write(ws)) for s, ws in by_shard.items()]
-    written = stale = 0
-    failure = None
-    for shard, fut in zip(by_shard, futs):
-        try:
-            reply = await fut
-        except ShardUnavailable as exc:
-            failure = failure or handler.failure(exc)
-            continue
-        if not P.is_ok(reply):
-            failure = failure or handler.failure(ShardError(shard, reply))
-            continue
-        written += reply[P.WRITTEN]
-        stale += reply[P.STALE]
-    if failure is not None:
-        if len(by_shard) > 1:
-            failure.detail += " (writes to the other shards were applied; retrying is safe)"
-        raise failure
-    return written, stale
 
 
 class BatchHandler(BodyHandler, EntityReads):
@@ -126,7 +89,7 @@ class BatchHandler(BodyHandler, EntityReads):
     read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
 
     def get(self) -> asyncio.Future:
-        return self.get_entity("batch")
+        return self.answer(reads.ENTITY, "batch")
 
     async def delete(self) -> None:
         await self.delete_values("batch")
@@ -155,25 +118,12 @@ class BatchHandler(BodyHandler, EntityReads):
                     check_name(name, limits, f"features[{i}]")
         except EventError as exc:
             raise APIError(400, exc.detail) from None
-        parts = await read_many(self, eids, names)
+        parts = await fanout.read_parts(self.ctx, eids, names)
         size = sum(map(len, parts)) + len(parts) + 16
         if size > cfg.max_response_bytes:
             raise APIError(413, f"the response would be {size} bytes; the limit is "
                                 f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
         self.finish(b'{"results":[' + b",".join(parts) + b"]}")
-
-
-async def read_many(handler: BaseHandler, eids: list, names: list | None) -> list[bytes]:
-    """The JSON object of each entity, in request order; one message per shard, all at once."""
-    groups = handler.ctx.partitioner.group(eids)
-    client = handler.ctx.client
-    futs = {s: client.submit(s, P.mget([eids[p] for p in pos], names)) for s, pos in groups.items()}
-    parts: list = [None] * len(eids)
-    for shard, fut in futs.items():
-        reply = await handler.ok_reply(shard, fut)
-        for pos, part in zip(groups[shard], reply[P.PARTS]):
-            parts[pos] = part
-    return parts
 
 
 class HealthzHandler(BaseHandler):
@@ -191,8 +141,7 @@ class ReadyzHandler(BaseHandler):
     open_access = True
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.ping)
-        down = [s for s, r in replies.items() if isinstance(r, Exception) or not r.get("ready")]
+        replies, down = await fanout.replies_of_all(self.ctx, P.ping)
         shards = [{"shard": s, "ready": s not in down} for s in sorted(replies)]
         if down:
             self.set_status(503)
@@ -207,14 +156,14 @@ class StatsHandler(BaseHandler):
     """``GET /stats``: each shard's counters and the totals (and ingest's, when configured)."""
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.stats)
+        replies, _ = await fanout.replies_of_all(self.ctx, P.stats)
         shards, totals = [], {"entities": 0, "values": 0, "writes": 0, "stale": 0}
         for s in sorted(replies):
             r = replies[s]
             if isinstance(r, Exception):
                 shards.append({"shard": s, "detail": str(r)})
                 continue
-            stats = {k: v for k, v in r.items() if k not in ("id", "ok")}
+            stats = {k: v for k, v in r.items() if k not in (P.ID, P.OK)}
             shards.append(stats)
             for k in totals:
                 totals[k] += stats.get(k, 0)

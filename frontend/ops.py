@@ -7,6 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from common import protocol as P
+from frontend import fanout
 from frontend.base import BaseHandler
 from frontend.metrics import buckets
 from frontend.openapi import SPEC
@@ -82,7 +83,7 @@ class MetricsHandler(BaseHandler):
     """``GET /metrics``: every front-end process's request histograms, every shard's figures, ingest's."""
 
     async def get(self) -> None:
-        shards = await self.ctx.client.call_all(P.stats)
+        shards, _ = await fanout.replies_of_all(self.ctx, P.stats)
         families = self.ctx.metrics.families() + shard_families(shards) + ingest_families(await ingest_stats(self.ctx))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(families))

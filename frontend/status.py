@@ -15,6 +15,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from common import protocol as P
 from frontend import metrics as M
+from frontend import fanout
 from frontend.base import BaseHandler
 from frontend.ingest_stats import ingest_stats
 
@@ -52,7 +53,7 @@ class StatusHandler(BaseHandler):
     """``GET /status``: ``{time, shards, routes, bounds, ingest}``, what the status page shows."""
 
     async def get(self) -> None:
-        replies = await self.ctx.client.call_all(P.stats)
+        replies, _ = await fanout.replies_of_all(self.ctx, P.stats)
         body = {"time": time.time(), "shards": shard_rows(replies), "routes": route_rows(self.ctx.metrics),
                 "bounds": list(M.REQUEST_BUCKETS_S), "ingest": await ingest_stats(self.ctx)}
         self.finish(orjson.dumps(body))

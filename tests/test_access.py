@@ -2,6 +2,7 @@
 import pytest
 
 from tests.support import Cluster, request
+from tests.test_http_fastpath import both_ways
 
 W = {"entity_id": "t", "name": "x", "value": 1}
 
@@ -36,6 +37,14 @@ def test_reads_take_either_token(secured):
     for token in ("reader", "writer"):
         assert request("GET", secured.url + "/features/t", headers=auth(token))[2]["features"] == {"x": 1}
         assert request("POST", secured.url + "/features/batch", {"entity_ids": ["t"]}, auth(token))[0] == 200
+
+
+def test_the_fast_path_checks_tokens_as_the_handlers_do(secured):
+    request("POST", secured.url + "/features", W, auth("writer"))
+    for path in ("/features/t", "/features/t/x"):
+        for headers, status in ((None, 401), (auth("nope"), 403), (auth("reader"), 200), (auth("writer"), 200)):
+            fast, slow = both_ways(secured, path, headers)
+            assert fast == slow and fast[0] == status, (path, headers)
 
 
 def test_feast_reads_take_the_read_token_and_feast_writes_the_write_token(secured):

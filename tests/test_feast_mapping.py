@@ -8,8 +8,10 @@ import pytest
 from common import protocol as P
 from common.config import Config, FeatureView
 from common.events import Limits
-from frontend.feast import (Catalog, FeastFailure, ShapeError, df_writes, entity_ids, key_column, plan_read,
-                            view_columns)
+from frontend.feast.catalog import Catalog, entity_ids
+from frontend.feast.errors import FeastFailure, ShapeError
+from frontend.feast.plan import df_writes, plan_read
+from frontend.feast.render import key_column, view_columns
 
 RECORDED = Path(__file__).parent / "data" / "feast"  # traffic of Feast 0.67's own server and SDK
 LIMITS = Limits()

@@ -1,4 +1,5 @@
-"""The single-entity GET fast path (frontend/fast.py) answers exactly as the Tornado handlers do.
+"""The single-entity GET fast path (frontend/fast.py) answers exactly as the Tornado handlers do
+(both run frontend/reads.py; tests/test_frontend_app.py checks the same without processes).
 
 A query string sends a GET through the application's handlers instead (they ignore it), so each
 path is fetched both ways and the status, reason, headers (but ``Date``) and body compared.
@@ -23,9 +24,9 @@ def fetch(cluster, path, headers=None):
         conn.close()
 
 
-def both_ways(cluster, path):
-    fast = fetch(cluster, path)
-    slow = fetch(cluster, path + "?via=app")
+def both_ways(cluster, path, headers=None):
+    fast = fetch(cluster, path, headers)
+    slow = fetch(cluster, path + "?via=app", headers)
     return fast, slow
 
 

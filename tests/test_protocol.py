@@ -19,7 +19,7 @@ def test_builders_spell_the_documented_fields():
     assert P.events_reply(4, 3, 1, 2, ["x"]) == {"id": 4, "ok": True, "written": 3, "stale": 1,
                                                  "rejected": 2, "errors": ["x"]}
     assert P.ping_reply(5, source="zmq") == {"id": 5, "ok": True, "source": "zmq"}
-    assert P.ping_reply(5, shard=0) == {"id": 5, "ok": True, "shard": 0, "ready": True}
+    assert P.ping_reply(5, shard=0) == {"id": 5, "ok": True, "shard": 0}
 
 
 def test_stats_replies_carry_counters_without_the_envelope():

@@ -1,0 +1,139 @@
+"""The Feast endpoints' handlers and routes."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import tornado.web
+
+from common import protocol as P
+from common import timefmt
+from frontend import fanout
+from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.feast.catalog import Catalog
+from frontend.feast.errors import FeastFailure, ShapeError
+from frontend.feast.plan import body_field, columns, df_writes, flag, plan_read
+from frontend.feast.render import empty_column, key_column, view_columns
+
+
+def check_body(handler: BodyHandler) -> dict:
+    try:
+        body = handler.json_body()
+    except APIError as exc:
+        raise ShapeError((), "json_invalid", exc.detail) from None
+    if type(body) is not dict:
+        raise ShapeError((), "model_attributes_type",
+                         "Input should be a valid dictionary or object to extract fields from", body)
+    return body
+
+
+class FeastHandler(BodyHandler):
+    """Renders :class:`FeastFailure` and :class:`ShapeError` in Feast's forms."""
+
+    def initialize(self, ctx, catalog: Catalog) -> None:
+        super().initialize(ctx)
+        self.catalog = catalog
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, (FeastFailure, ShapeError)):
+            self.set_header("Content-Type", "application/json")
+            self.finish(exc.body)
+        else:
+            super().write_error(status_code, **kwargs)
+
+
+class GetOnlineFeaturesHandler(FeastHandler):
+    """``POST /get-online-features``: ``{entities, features | feature_service, full_feature_names?,
+    include_feature_view_version_metadata?}`` -> ``{results: [{values, statuses, event_timestamps}],
+    metadata: {feature_names}}``, join keys first, then the features in reference order."""
+
+    read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
+
+    async def post(self) -> None:
+        body = check_body(self)
+        cfg = self.ctx.cfg
+        plan = plan_read(body, self.catalog, cfg, self.ctx.limits)
+        ctx = self.ctx
+        pending = [fanout.submit_rows(ctx, eids, stored) for _, eids, stored in plan.views] if plan.n else []
+        per_view = []
+        for (_, eids, stored), calls in zip(plan.views, pending):
+            per_view.append(view_columns(await fanout.gather_rows(ctx, len(eids), calls), len(stored)))
+        if not plan.n:
+            per_view = [[empty_column()] * len(stored) for _, _, stored in plan.views]
+        cols = [key_column(col) for col in plan.entity_columns.values()]
+        cols += [per_view[v][j] for v, j in plan.refs]
+        meta = {"feature_names": [*plan.entity_columns, *plan.names]}
+        if flag(body, "include_feature_view_version_metadata"):
+            meta["feature_view_metadata"] = [{"name": name, "version": 0} for name, _, _ in plan.views]
+        size = sum(map(len, cols)) + len(cols) + 64
+        if size > cfg.max_response_bytes:
+            raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
+                                                  f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
+        self.finish(b'{"results":[' + b",".join(cols) + b'],"metadata":' + orjson.dumps(meta) + b"}")
+
+
+class WriteToOnlineStoreHandler(FeastHandler):
+    """``POST /write-to-online-store``: ``{feature_view_name, df: {column: [values]},
+    allow_registry_cache?, transform_on_write?}`` -> ``null``. Naive timestamps are UTC."""
+
+    async def post(self) -> None:
+        body = check_body(self)
+        name = body_field(body, "feature_view_name", str, "string_type", "string")
+        df, n = columns(body, "df")
+        flag(body, "allow_registry_cache")
+        flag(body, "transform_on_write")
+        view = self.catalog.view(name)
+        writes = df_writes(view, df, n, self.ctx.limits, timefmt.now_us())
+        if writes:
+            await fanout.write_all(self.ctx, writes)
+        self.finish(b"null")
+
+
+class PushHandler(FeastHandler):
+    """``POST /push``: ``{push_source_name, df, to?: "online"}`` -> 200, empty body. The views
+    written are those declaring ``push_source``, else the view named like the source."""
+
+    async def post(self) -> None:
+        body = check_body(self)
+        source = body_field(body, "push_source_name", str, "string_type", "string")
+        df, n = columns(body, "df")
+        to = body_field(body, "to", str, "string_type", "string", "online")
+        flag(body, "allow_registry_cache")
+        flag(body, "transform_on_write")
+        if to != "online":
+            raise FeastFailure(400, "FeastError", f"to={to!r}: this store serves the online store only; "
+                                                  "push with to='online'")
+        now = timefmt.now_us()
+        writes = []
+        for view in self.catalog.push_views(source):
+            writes += df_writes(view, df, n, self.ctx.limits, now)
+        if writes:
+            await fanout.write_all(self.ctx, writes)
+        self.clear_header("Content-Type")
+        self.finish()
+
+
+class HealthHandler(BaseHandler):
+    """``GET /health``: Feast's probe; 200 with an empty body when every shard answers, else 503."""
+
+    open_access = True  # a probe carries no token
+
+    async def get(self) -> None:
+        _, down = await fanout.replies_of_all(self.ctx, P.ping)
+        if down:
+            raise APIError(503, "shards not ready: " + ", ".join(map(str, down)),
+                           {"Retry-After": str(self.ctx.cfg.retry_after_s)})
+        self.clear_header("Content-Type")
+        self.finish()
+
+
+def routes(ctx) -> list[tuple[str, type[tornado.web.RequestHandler], dict]]:
+    """The Feast routes with their handler arguments."""
+    catalog = Catalog.from_config(ctx.cfg)
+    return [
+        (r"/get-online-features", GetOnlineFeaturesHandler, {"ctx": ctx, "catalog": catalog}),
+        (r"/write-to-online-store", WriteToOnlineStoreHandler, {"ctx": ctx, "catalog": catalog}),
+        (r"/push", PushHandler, {"ctx": ctx, "catalog": catalog}),
+        (r"/health", HealthHandler, {"ctx": ctx}),
+    ]

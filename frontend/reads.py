@@ -1,0 +1,86 @@
+"""The single-entity reads, ``GET /features/{entity_id}[/{name}]``, implemented once.
+
+A :class:`Read` takes the parsed request (path arguments and headers), admits it (the same
+checks as every other request, :func:`frontend.access.admit`), checks its input, sends the shard
+request and renders the reply as a :class:`~frontend.errors.Reply` (status, headers, body). It
+needs no ``RequestHandler``: the Tornado handlers (``native.EntityHandler``, ...) and the fast
+path (``frontend/fast.py``) both call it and only write what it renders.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from functools import partial
+from typing import Callable
+
+from common import protocol as P
+from frontend.access import admit
+from frontend.errors import INTERNAL, APIError, Reply, error_reply, reply_failure
+
+log = logging.getLogger("frontend")
+
+
+class Read:
+    """One kind of read; ``route`` (its route template) labels its requests in ``/metrics``."""
+
+    __slots__ = ("route", "parse")
+
+    def __init__(self, route: str, parse: Callable[[tuple], tuple[str, dict]]) -> None:
+        self.route = route
+        self.parse = parse  # path arguments -> (entity id, shard request), or an APIError
+
+    def start(self, ctx, args: tuple, headers, done: Callable[[Reply], None], started: float | None = None) -> None:
+        """Serve a GET with path ``args``; ``done(reply)`` is called once, possibly before this
+        returns. The request is counted in ``ctx.metrics``, from ``started`` (the
+        ``time.perf_counter()`` of its arrival; now when not given), before ``done`` writes it:
+        whatever serves the connection, a client that saw the response finds it counted."""
+        done = partial(_counted, ctx.metrics, self.route, started or time.perf_counter(), done)
+        try:
+            admit(ctx.cfg, False, headers)
+            eid, request = self.parse(args)
+        except APIError as exc:
+            done(error_reply(exc))
+            return
+        shard = ctx.partitioner.shard_for(eid)
+        ctx.client.send(shard, request, partial(_answer, ctx.cfg, shard, done))
+
+
+def _counted(metrics, route: str, started: float, done: Callable[[Reply], None], reply: Reply) -> None:
+    metrics.request(route, "GET", reply[0], time.perf_counter() - started)
+    done(reply)
+
+
+def _answer(cfg, shard: int, done: Callable[[Reply], None], reply) -> None:
+    try:
+        rendered = render(cfg, shard, reply)
+    except Exception:
+        log.exception("rendering a read of shard %d failed", shard)
+        rendered = INTERNAL
+    done(rendered)
+
+
+def render(cfg, shard: int, reply) -> Reply:
+    """The response to a shard's reply (or exception): its ``body`` with an ETag, or the error."""
+    if type(reply) is not dict or not P.is_ok(reply):
+        return error_reply(reply_failure(shard, reply, cfg))
+    body = reply[P.BODY]
+    return 200, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()}, body
+
+
+def _entity(args: tuple) -> tuple[str, dict]:
+    eid = args[0]
+    if not eid:
+        raise APIError(400, "entity_id must not be empty")
+    return eid, P.get(eid)
+
+
+def _feature(args: tuple) -> tuple[str, dict]:
+    eid, name = args
+    if not eid or not name:
+        raise APIError(400, "entity_id and name must not be empty")
+    return eid, P.get1(eid, name)
+
+
+ENTITY = Read("/features/{entity_id}", _entity)  # args: (entity_id,)
+FEATURE = Read("/features/{entity_id}/{name}", _feature)  # args: (entity_id, name)
