@@ -67,7 +67,7 @@ class SlotFile:
 
 
 class Histogram:
-    """One histogram metric: ``observe(labels, seconds)`` with ``labels`` a tuple of strings."""
+    """One histogram metric: ``observe(labels, seconds)``, ``labels`` a tuple of label values."""
 
     def __init__(self, slots: SlotFile, name: str, bounds: tuple[float, ...]) -> None:
         self.slots, self.name, self.bounds = slots, name, bounds
@@ -137,10 +137,16 @@ class Metrics:
             return
         for keys_path in sorted(Path(self.directory).glob("*.keys")):
             try:
-                keys = [json.loads(line) for line in keys_path.read_text().splitlines() if line]
+                lines = keys_path.read_text().splitlines()
                 raw = keys_path.with_suffix(".slots").read_bytes()
-            except (OSError, ValueError):
-                continue  # a process starting this very moment: its key line is not complete yet
+            except OSError:
+                continue  # a process starting this very moment
+            keys = []
+            for line in lines:
+                try:
+                    keys.append(json.loads(line))
+                except ValueError:
+                    pass  # the line of a label set being added right now: nothing counted in it yet
             values = array("d")
             values.frombytes(raw[: len(raw) // 8 * 8])
             yield keys, values
