@@ -1,10 +1,13 @@
-"""Shared helpers for the benchmarks: a cluster of real processes, wrk, a bare Tornado reference.
+"""Shared helpers for the benchmarks: a cluster of real processes, wrk, the reference servers.
 
 Import from a benchmark (``from bench._util import ...``) with the repository root on
-``sys.path`` (``python3 -m bench.bench_http`` does that). Run as a script, this module is the
-reference server itself::
+``sys.path`` (``python3 -m bench.bench_http`` does that). Run as a script, this module is a
+reference server itself: ``bare`` is a bare Tornado handler, ``canned`` the ceiling of any
+Python front end, a plain ``asyncio.Protocol`` with the ``httptools`` parser answering every
+request with the same 60-byte JSON body::
 
     python3 -m bench._util bare --port 8100 --processes 2
+    python3 -m bench._util canned --port 8101
 
 ``wrk`` comes from Debian's packages: ``apt-get install -y wrk``.
 """
@@ -116,14 +119,15 @@ def cpu_count() -> int:
 
 # ---------------------------------------------------------------- the bare Tornado reference
 class BareServer:
-    """A bare Tornado handler returning a small JSON dict, as real processes on a free port."""
+    """A reference server (``mode``: ``bare`` Tornado or ``canned`` httptools) as real
+    processes on a free port."""
 
-    def __init__(self, tmp: Path, processes: int = 1) -> None:
+    def __init__(self, tmp: Path, processes: int = 1, mode: str = "bare") -> None:
         self.port = free_port()
-        self.proc = Proc([sys.executable, "-m", "bench._util", "bare", "--port", str(self.port),
-                          "--processes", str(processes)], base_env(), tmp / f"bare{processes}.log")
+        self.proc = Proc([sys.executable, "-m", "bench._util", mode, "--port", str(self.port),
+                          "--processes", str(processes)], base_env(), tmp / f"{mode}{processes}.log")
         poll_for(lambda: self.proc.alive() and request("GET", self.url)[0] == 200, 15,
-                 what="bare Tornado server")
+                 what=f"{mode} reference server")
 
     @property
     def url(self) -> str:
@@ -171,6 +175,42 @@ def _serve_bare(port: int, processes: int) -> None:
 
         sockets = None
         supervise(processes, child)
+
+
+def _serve_canned(port: int) -> None:
+    """Answer every request on ``port`` with one canned JSON body: asyncio + httptools, no more."""
+    import asyncio
+    import signal
+
+    import httptools
+
+    body = b'{"entity_id":"e1","name":"f1","value":0.01,"event_timestamp":1}'
+    response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body))
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_message_complete(self) -> None:
+            self.transport.write(response)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Canned, "127.0.0.1", port)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(main())
 
 
 # ---------------------------------------------------------------- loading data and ZeroMQ
@@ -235,9 +275,12 @@ def zmq_round_trip(endpoint: str, n: int = 2000) -> float:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="the bare Tornado reference server")
-    ap.add_argument("mode", choices=["bare"])
+    ap = argparse.ArgumentParser(description="a reference server: bare Tornado, or canned httptools")
+    ap.add_argument("mode", choices=["bare", "canned"])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--processes", type=int, default=1)
     args = ap.parse_args()
-    _serve_bare(args.port, args.processes)
+    if args.mode == "canned":
+        _serve_canned(args.port)
+    else:
+        _serve_bare(args.port, args.processes)

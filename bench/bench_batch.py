@@ -2,13 +2,19 @@
 
 Loads 100,000 entities x 10 features into a real cluster (2 shards), then drives each endpoint
 with wrk (a Lua script cycling through pre-built bodies of 100 random existing entities x 10
-features) at several connection counts, and a bare Tornado handler (reads the same POST body,
-answers a small JSON) with the same number of processes in the same run, as the reference.
+features) at several connection counts. On the same shards, in the same run, each row runs in
+turn (``--reps`` turns; medians of the figures and of the ratios within a turn):
 
-    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5] [--shards 2]
+- ``fast``: this tree's front end on the httptools engine (``FS_HTTP_ENGINE=fast``);
+- ``tornado``: this tree's front end on Tornado's HTTPServer;
+- ``before``: the front end of another commit (``--against``, default ``main``: the parent of
+  this work), extracted with ``git archive``; skipped with ``--against ''``;
+- ``bare``: a bare Tornado handler that reads the same POST body and answers a small JSON;
+- ``canned``: a plain asyncio + httptools protocol answering a canned body (the ceiling).
 
-Prints requests/s, p50/p99 latency, feature values served per second, and the ratio of
-requests/s to the bare handler's.
+    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5] [--against main]
+
+Prints requests/s, p50/p99 latency, feature values served per second, and the ratios.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.support import Cluster, Proc, base_env, free_port, poll_for, request  # noqa: E402
+
+SERVERS = ("bare", "canned", "before", "tornado", "fast")
 
 ENTITIES = 100_000
 FEATURES = [f"f{i}" for i in range(10)]
@@ -127,43 +136,82 @@ def wrk(url: str, path: str, body_file: str, connections: int, seconds: float, s
     return result
 
 
+def extract(ref: str, into: Path) -> str:
+    """The tree of commit ``ref`` written to ``into``; its full hash."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return commit
+
+
+def start_frontend(cluster: Cluster, name: str, processes: int, tree: Path | None = None, **fs) -> Proc:
+    """A front end on the cluster's shards (of another ``tree`` when given: ``python -P`` keeps
+    this checkout off its path); wait until it is ready."""
+    port = free_port()
+    env = cluster.env(http_port=port, frontend_processes=processes, **fs)
+    args = [sys.executable, "-m", "frontend"]
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+        args.insert(1, "-P")
+    proc = Proc(args, env, cluster.tmp / f"frontend-{name}{processes}.log")
+    cluster.others.append(proc)
+    proc.url = f"http://127.0.0.1:{port}"
+    poll_for(lambda: proc.alive() and request("GET", proc.url + "/readyz")[0] == 200, 15, what=f"front end {name}")
+    return proc
+
+
 def run(processes: int, connections: list[int], seconds: float, tmp: Path, script: str,
-        shards: int = 2) -> list[dict]:
+        shards: int = 2, before: Path | None = None, reps: int = 1) -> list[dict]:
     config = tmp / "store.toml"
     config.write_text(f'[views.{VIEW}]\njoin_keys = ["driver_id"]\n')
     rows = []
     (tmp / f"p{processes}").mkdir()
     with Cluster(tmp / f"p{processes}", shards=shards, frontend_processes=processes, config_file=config,
-                 shard_timeout_s=10) as cluster:
+                 shard_timeout_s=10, http_engine="fast") as cluster:
         rate = load(cluster.url)
         print(f"loaded {ENTITIES} entities x {len(FEATURES)} features at {rate:,.0f} values/s "
               f"({processes} front-end process(es), {shards} shard(s))", flush=True)
-        bare_port = free_port()
-        bare = Proc([sys.executable, __file__, "--bare", str(bare_port), str(processes)], base_env(),
-                    tmp / f"bare{processes}.log")
-        try:
-            poll_for(lambda: request("POST", f"http://127.0.0.1:{bare_port}/", "{}")[0] == 200, 10, what="bare")
-            for path in ("/features/batch", "/get-online-features"):
-                body_file = tmp / f"bodies{path.replace('/', '_')}.txt"
-                lines = bodies(path)
-                body_file.write_text("\n".join(lines) + "\n")
-                check(cluster.url, path, lines[0])
-                wrk(cluster.url, path, str(body_file), 4, 2, script)  # warm the render caches
-                for c in connections:
-                    ref = wrk(f"http://127.0.0.1:{bare_port}", path, str(body_file), c, seconds, script)
-                    got = wrk(cluster.url, path, str(body_file), c, seconds, script)
-                    assert got["errors"] == 0 and got["non2xx"] == 0, got
-                    row = {"processes": processes, "path": path, "connections": c, "rps": got["rps"],
-                           "p50_ms": got["p50_us"] / 1000, "p99_ms": got["p99_us"] / 1000,
-                           "values_per_s": got["rps"] * BATCH * len(FEATURES), "bare_rps": ref["rps"],
-                           "ratio": got["rps"] / ref["rps"]}
+        urls = {"fast": cluster.url, "tornado": start_frontend(cluster, "tornado", processes, http_engine="tornado").url}
+        if before is not None:
+            urls["before"] = start_frontend(cluster, "before", processes, before).url
+        refs = {"bare": [__file__, "--bare"], "canned": ["-m", "bench._util", "canned", "--port"]}
+        if processes > 1:
+            del refs["canned"]  # one process only: it is the ceiling of one process
+        for name, args in refs.items():
+            port = free_port()
+            extra = [str(port), str(processes)] if name == "bare" else [str(port)]
+            cluster.others.append(Proc([sys.executable, *args, *extra], base_env(), tmp / f"{name}{processes}.log"))
+            urls[name] = f"http://127.0.0.1:{port}"
+            poll_for(lambda: request("POST", urls[name] + "/", "{}")[0] == 200, 10, what=name)
+        servers = [s for s in SERVERS if s in urls]
+        for path in ("/features/batch", "/get-online-features"):
+            body_file = tmp / f"bodies{path.replace('/', '_')}{processes}.txt"
+            lines = bodies(path)
+            body_file.write_text("\n".join(lines) + "\n")
+            for name in servers:
+                if name not in refs:
+                    check(urls[name], path, lines[0])
+                wrk(urls[name], path, str(body_file), 4, 2, script)  # warm-up (and the render caches)
+            for c in connections:
+                turns = [{name: wrk(urls[name], path, str(body_file), c, seconds, script) for name in servers}
+                         for _ in range(reps)]
+                for name in servers:
+                    got = [t[name] for t in turns]
+                    assert all(g["errors"] == 0 and g["non2xx"] == 0 for g in got), got
+                    rps = statistics.median(g["rps"] for g in got)
+                    row = {"processes": processes, "path": path, "connections": c, "server": name, "rps": rps,
+                           "p50_ms": statistics.median(g["p50_us"] for g in got) / 1000,
+                           "p99_ms": statistics.median(g["p99_us"] for g in got) / 1000,
+                           "values_per_s": rps * BATCH * len(FEATURES)}
+                    for ref in servers:
+                        row[f"x_{ref}"] = statistics.median(t[name]["rps"] / t[ref]["rps"] for t in turns)
                     rows.append(row)
-                    print(f"{processes} proc  {path:22s} c={c:<3d} {row['rps']:8,.0f} req/s  "
+                    ratios = "  ".join(f"{row[f'x_{r}']:.2f}x {r}" for r in servers if r != name)
+                    print(f"{processes} proc  {path:22s} c={c:<3d} {name:<8} {rps:8,.0f} req/s  "
                           f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
-                          f"{row['values_per_s']:12,.0f} values/s  bare {row['bare_rps']:8,.0f} req/s  "
-                          f"ratio {row['ratio']:.2f}", flush=True)
-        finally:
-            bare.stop()
+                          f"{row['values_per_s'] if name not in refs else 0:12,.0f} values/s  {ratios}", flush=True)
     return rows
 
 
@@ -175,17 +223,35 @@ def main() -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--reps", type=int, default=1, help="turns per row, each running every server once")
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--against", default="main", help="the commit whose front end is 'before' ('' = none)")
     args = parser.parse_args()
+    print(f"bench_batch: load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(LUA)
+        before = None
+        if args.against:
+            before = Path(tmp) / "before"
+            print(f"before: {args.against} = {extract(args.against, before)}", flush=True)
         rows = []
         for p in args.processes:
-            rows += run(p, args.connections, args.seconds, Path(tmp), str(script), args.shards)
-    best = max(rows, key=lambda r: r["values_per_s"])
-    print(f"best: {best['values_per_s']:,.0f} values/s ({best['path']}, {best['processes']} proc, "
-          f"c={best['connections']})")
+            rows += run(p, args.connections, args.seconds, Path(tmp), str(script), args.shards, before, args.reps)
+    print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
+    fast = [r for r in rows if r["server"] == "fast"]
+    for path in ("/features/batch", "/get-online-features"):
+        mine = [r for r in fast if r["path"] == path]
+        best = max(mine, key=lambda r: r["values_per_s"])
+        line = (f"{path}: best {best['values_per_s']:,.0f} values/s ({best['processes']} proc, "
+                f"c={best['connections']}), {best['x_bare']:.2f}x bare")
+        if before is not None:
+            before_best = max((r for r in rows if r["server"] == "before" and r["path"] == path),
+                              key=lambda r: r["values_per_s"])
+            ratio = best["values_per_s"] / before_best["values_per_s"]
+            line += (f"; before's best {before_best['values_per_s']:,.0f} values/s: {ratio:.2f}x "
+                     f"[{'met' if ratio >= 2 else 'MISSED'}: target >= 2x]")
+        print(line)
     return 0
 
 

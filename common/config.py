@@ -68,6 +68,11 @@ class Config:
     http_port: int = setting(8000, "the front end's HTTP port", [F], at_least=0)
     frontend_processes: int = setting(1, "HTTP processes sharing the port", [F], flags=["--processes"],
                                       at_least=1)
+    http_engine: str = setting("fast", "the HTTP/1.1 connection layer (fast: httptools; tornado: "
+                               "Tornado's HTTPServer)", [F], choices=["fast", "tornado"])
+    http_idle_timeout_s: float = setting(75.0, "close a connection idle this long", [F], above=0)
+    http_header_timeout_s: float = setting(10.0, "a request's line and headers must arrive within this "
+                                           "(fast engine)", [F], above=0)
     # --- shards
     shards: int = setting(2, "number of shards (every process must agree)", EVERY, at_least=1)
     shard_base_port: int = setting(5700, "shard i listens on base + i", EVERY, at_least=1)

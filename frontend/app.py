@@ -6,13 +6,15 @@ import gc
 import logging
 import signal
 
+import orjson
 import tornado.httpserver
 import tornado.web
 
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
-from frontend import fast, feast, native, ops, status
+from frontend import engine, fast, feast, hot, native, ops, status
+from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.metrics import Metrics
 from frontend.shard_client import ShardClient
@@ -79,6 +81,22 @@ def make_context(cfg: Config, client: ShardClient) -> Context:
                    metrics=Metrics(cfg.metrics_dir, cfg.metrics))
 
 
+async def start_server(cfg: Config, ctx: Context, sockets):
+    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names."""
+    delegate = fast.Router(make_app(ctx), ctx)
+    if cfg.http_engine == "tornado":
+        server = tornado.httpserver.HTTPServer(delegate, max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
+                                               idle_connection_timeout=cfg.http_idle_timeout_s)
+        server.add_sockets(sockets)
+        return server
+    server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
+                               too_large=orjson.dumps({"detail": too_large(cfg).detail}),
+                               idle_timeout_s=cfg.http_idle_timeout_s,
+                               header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
+    await server.add_sockets(sockets)
+    return server
+
+
 async def serve(cfg: Config, sockets) -> None:
     """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
 
@@ -88,9 +106,7 @@ async def serve(cfg: Config, sockets) -> None:
     ctx = make_context(cfg, client)
     client.on_roundtrip = ctx.metrics.shard_roundtrip
     client.start()
-    server = tornado.httpserver.HTTPServer(fast.Router(make_app(ctx), ctx),
-                                           max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes)
-    server.add_sockets(sockets)
+    server = await start_server(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

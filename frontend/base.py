@@ -10,9 +10,10 @@ from typing import Any
 import tornado.web
 
 from common.config import Config
-from common.events import Limits, loads_json
+from common.events import Limits
 from common.partition import Partitioner
-from frontend.access import admit, too_large
+from frontend.access import admit
+from frontend.endpoints import Endpoint, parse_json
 from frontend.errors import INTERNAL, APIError, Reply, error_reply
 from frontend.reads import Read
 from frontend.shard_client import ShardClient
@@ -78,16 +79,8 @@ class BaseHandler(tornado.web.RequestHandler):
         def write(reply: Reply) -> None:
             if done.done():  # Tornado stopped waiting: the handler's task was cancelled
                 return
-            status, headers, body = reply
             try:
-                self.set_status(status)
-                for name, value in headers.items():
-                    self.set_header(name, value)
-                if status == 200 and self.check_etag_header():
-                    self.set_status(304)  # If-None-Match: as Tornado answers its own ETags
-                    self.finish()
-                else:
-                    self.finish(body)
+                self.write_reply(reply)
                 done.set_result(None)
             except Exception as exc:  # becomes a 500 through Tornado's one error path
                 done.set_exception(exc)
@@ -95,6 +88,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.counted = True  # by the read (a 304 counts as the 200 it renders); not again on finish
         read.start(self.ctx, args, self.request.headers, write, time.perf_counter())
         return done
+
+    def write_reply(self, reply: Reply) -> None:
+        """Finish with what an endpoint rendered (a 304 for a GET whose ETag matches)."""
+        status, headers, body = reply
+        self.set_status(status)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        if status == 200 and self.check_etag_header():
+            self.set_status(304)  # If-None-Match: as Tornado answers its own ETags
+            self.finish()
+        else:
+            self.finish(body)
 
 
 class NotFoundHandler(BaseHandler):
@@ -121,14 +126,14 @@ class BodyHandler(BaseHandler):
         if self._size <= self.ctx.cfg.max_body_bytes:
             self._chunks.append(chunk)  # past the limit (a chunked body) the rest is only counted
 
+    def body(self) -> bytes:
+        """The request body as received (up to the limit)."""
+        return self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+
     def json_body(self) -> Any:
         """The request body parsed as JSON, or a 400 (413) that says why not."""
-        if self._size > self.ctx.cfg.max_body_bytes:
-            raise too_large(self.ctx.cfg)
-        body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        if not body.strip():
-            raise APIError(400, "body is empty: send a JSON document")
-        try:
-            return loads_json(body)
-        except ValueError as exc:
-            raise APIError(400, f"body is not valid JSON: {exc}") from None
+        return parse_json(self.body(), self.ctx.cfg, self._size)
+
+    async def serve(self, endpoint: Endpoint) -> None:
+        """Serve ``endpoint`` (``frontend/endpoints.py``) with this request's body."""
+        self.write_reply(await endpoint.run(self.ctx, self.body(), self._size))

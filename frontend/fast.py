@@ -16,7 +16,6 @@ Requests served another way go to the application: other methods and paths, a qu
 """
 from __future__ import annotations
 
-import logging
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -29,8 +28,7 @@ from tornado import httputil
 from frontend import reads
 from frontend.base import Context
 from frontend.errors import Reply
-
-log = logging.getLogger("frontend")
+from frontend.ops import log_request
 
 _ENTITY = re.compile(r"/features/([^/]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(r"/features/([^/]+)/([^/]+)\Z")
@@ -103,6 +101,4 @@ class _Read(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        if status >= 500 or self.ctx.cfg.access_log:
-            log.info("%d GET %s (%s) %.2fms", status, self.request.uri, self.request.remote_ip,
-                     1000 * self.request.request_time())
+        log_request(self.ctx, "GET", self.request.uri, self.request.remote_ip, status, self.request.request_time())

@@ -18,6 +18,7 @@ import json
 import logging
 import mmap
 import os
+import time
 from array import array
 from bisect import bisect_left
 from itertools import accumulate
@@ -162,6 +163,13 @@ class Metrics:
             if name == REQUESTS:
                 counts.add_metric(labels, sum(acc[:-1]))
         return [counts, *hists.values()]
+
+
+def counted(metrics: "Metrics", route: str, method: str, started: float, done, reply) -> None:
+    """Count a request served without a handler (``reply`` = (status, headers, body)), then pass
+    the reply on to ``done``, which writes it: the count is in before the client can see it."""
+    metrics.request(route, method, reply[0], time.perf_counter() - started)
+    done(reply)
 
 
 def buckets(bounds, counts) -> list[tuple[str, float]]:

@@ -7,9 +7,8 @@ import os
 import orjson
 
 from common import protocol as P
-from common import timefmt
-from common.events import EventError, check_entity_id, check_entity_ids, check_name, parse_body
-from frontend import fanout, reads
+from common.events import EventError, check_entity_id, check_name
+from frontend import endpoints, fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
 from frontend.ingest_stats import ingest_stats
 
@@ -72,12 +71,7 @@ class FeaturesHandler(BodyHandler, EntityReads):
         return self.answer(reads.FEATURE, eid, name)
 
     async def post(self) -> None:
-        try:
-            writes = parse_body(self.json_body(), self.ctx.limits, timefmt.now_us())
-        except EventError as exc:
-            raise APIError(400, exc.detail) from None
-        written, stale = await fanout.write_all(self.ctx, writes)
-        self.finish(orjson.dumps({"message": "feature saved", "written": written, "stale": stale}))
+        await self.serve(endpoints.WRITE)
 
 
 class BatchHandler(BodyHandler, EntityReads):
@@ -95,35 +89,7 @@ class BatchHandler(BodyHandler, EntityReads):
         await self.delete_values("batch")
 
     async def post(self) -> None:
-        body = self.json_body()
-        cfg, limits = self.ctx.cfg, self.ctx.limits
-        if type(body) is not dict:
-            raise APIError(400, "body must be a JSON object with entity_ids")
-        eids = body.get("entity_ids")
-        if type(eids) is not list or not eids:
-            raise APIError(400, "entity_ids must be a non-empty array of strings")
-        if len(eids) > cfg.max_batch_entities:
-            raise APIError(413, f"entity_ids has {len(eids)} items; the limit is "
-                                f"{cfg.max_batch_entities} (FS_MAX_BATCH_ENTITIES)")
-        names = body.get("features")
-        extra = body.keys() - {"entity_ids", "features"}
-        try:
-            if extra:
-                raise EventError(f"{sorted(extra)[0]} is not a field of a batch read")
-            check_entity_ids(eids, limits)
-            if names is not None:
-                if type(names) is not list or not names:
-                    raise EventError("features must be a non-empty array of names")
-                for i, name in enumerate(names):
-                    check_name(name, limits, f"features[{i}]")
-        except EventError as exc:
-            raise APIError(400, exc.detail) from None
-        parts = await fanout.read_parts(self.ctx, eids, names)
-        size = sum(map(len, parts)) + len(parts) + 16
-        if size > cfg.max_response_bytes:
-            raise APIError(413, f"the response would be {size} bytes; the limit is "
-                                f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-        self.finish(b'{"results":[' + b",".join(parts) + b"]}")
+        await self.serve(endpoints.BATCH)
 
 
 class HealthzHandler(BaseHandler):

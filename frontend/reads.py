@@ -17,6 +17,7 @@ from typing import Callable
 from common import protocol as P
 from frontend.access import admit
 from frontend.errors import INTERNAL, APIError, Reply, error_reply, reply_failure
+from frontend.metrics import counted
 
 log = logging.getLogger("frontend")
 
@@ -35,7 +36,7 @@ class Read:
         returns. The request is counted in ``ctx.metrics``, from ``started`` (the
         ``time.perf_counter()`` of its arrival; now when not given), before ``done`` writes it:
         whatever serves the connection, a client that saw the response finds it counted."""
-        done = partial(_counted, ctx.metrics, self.route, started or time.perf_counter(), done)
+        done = partial(counted, ctx.metrics, self.route, "GET", started or time.perf_counter(), done)
         try:
             admit(ctx.cfg, False, headers)
             eid, request = self.parse(args)
@@ -44,11 +45,6 @@ class Read:
             return
         shard = ctx.partitioner.shard_for(eid)
         ctx.client.send(shard, request, partial(_answer, ctx.cfg, shard, done))
-
-
-def _counted(metrics, route: str, started: float, done: Callable[[Reply], None], reply: Reply) -> None:
-    metrics.request(route, "GET", reply[0], time.perf_counter() - started)
-    done(reply)
 
 
 def _answer(cfg, shard: int, done: Callable[[Reply], None], reply) -> None:

@@ -19,6 +19,8 @@ from common import protocol as P
 from common.link import connect_dealer
 
 ROOT = Path(__file__).resolve().parent.parent
+# The whole suite runs on either HTTP engine: FS_HTTP_ENGINE=tornado python3 -m pytest
+HTTP_ENGINE = os.environ.get("FS_HTTP_ENGINE")
 
 
 def free_port() -> int:
@@ -90,6 +92,8 @@ def base_env(**fs: object) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FS_")}
     env["PYTHONPATH"] = str(ROOT)
     env["PYTHONUNBUFFERED"] = "1"
+    if HTTP_ENGINE:
+        env["FS_HTTP_ENGINE"] = HTTP_ENGINE
     for key, value in fs.items():
         if value is not None:
             env[config.env_name(key)] = str(value)

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from frontend.errors import APIError
+from frontend.errors import APIError, Reply, error_reply
 
 
 class FeastFailure(APIError):
@@ -29,3 +29,10 @@ class ShapeError(APIError):
             self.body = orjson.dumps({"detail": [item]}, default=str)
         except TypeError:  # the input echoed back holds an integer orjson cannot write
             self.body = json.dumps({"detail": [item]}, default=str).encode()
+
+
+def failure_reply(exc: APIError) -> Reply:
+    """The response of a refusal: Feast's own body for its errors, else ``{"detail"}``."""
+    if isinstance(exc, (FeastFailure, ShapeError)):
+        return exc.status_code, {}, exc.body
+    return error_reply(exc)

@@ -1,6 +1,7 @@
 """The Feast endpoints' handlers and routes."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -10,15 +11,22 @@ from common import protocol as P
 from common import timefmt
 from frontend import fanout
 from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.endpoints import Endpoint, parse_json
+from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
-from frontend.feast.errors import FeastFailure, ShapeError
+from frontend.feast.errors import FeastFailure, ShapeError, failure_reply
 from frontend.feast.plan import body_field, columns, df_writes, flag, plan_read
 from frontend.feast.render import empty_column, key_column, view_columns
 
 
 def check_body(handler: BodyHandler) -> dict:
+    return parse_body(handler.body(), handler.ctx.cfg, handler._size)
+
+
+def parse_body(raw: bytes, cfg, size: int | None = None) -> dict:
+    """The body as a JSON object, or a 422 in FastAPI's form."""
     try:
-        body = handler.json_body()
+        body = parse_json(raw, cfg, size)
     except APIError as exc:
         raise ShapeError((), "json_invalid", exc.detail) from None
     if type(body) is not dict:
@@ -38,7 +46,7 @@ class FeastHandler(BodyHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, (FeastFailure, ShapeError)):
             self.set_header("Content-Type", "application/json")
-            self.finish(exc.body)
+            self.finish(failure_reply(exc)[2])
         else:
             super().write_error(status_code, **kwargs)
 
@@ -51,26 +59,36 @@ class GetOnlineFeaturesHandler(FeastHandler):
     read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
 
     async def post(self) -> None:
-        body = check_body(self)
-        cfg = self.ctx.cfg
-        plan = plan_read(body, self.catalog, cfg, self.ctx.limits)
-        ctx = self.ctx
-        pending = [fanout.submit_rows(ctx, eids, stored) for _, eids, stored in plan.views] if plan.n else []
-        per_view = []
-        for (_, eids, stored), calls in zip(plan.views, pending):
-            per_view.append(view_columns(await fanout.gather_rows(ctx, len(eids), calls), len(stored)))
-        if not plan.n:
-            per_view = [[empty_column()] * len(stored) for _, _, stored in plan.views]
-        cols = [key_column(col) for col in plan.entity_columns.values()]
-        cols += [per_view[v][j] for v, j in plan.refs]
-        meta = {"feature_names": [*plan.entity_columns, *plan.names]}
-        if flag(body, "include_feature_view_version_metadata"):
-            meta["feature_view_metadata"] = [{"name": name, "version": 0} for name, _, _ in plan.views]
-        size = sum(map(len, cols)) + len(cols) + 64
-        if size > cfg.max_response_bytes:
-            raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
-                                                  f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-        self.finish(b'{"results":[' + b",".join(cols) + b'],"metadata":' + orjson.dumps(meta) + b"}")
+        self.write_reply(await get_online_features(self.catalog, self.ctx, self.body(), self._size))
+
+
+async def get_online_features(catalog: Catalog, ctx, raw: bytes, size: int | None = None) -> Reply:
+    """The logic of ``POST /get-online-features`` (its handler's docstring has the shapes)."""
+    body = parse_body(raw, ctx.cfg, size)
+    cfg = ctx.cfg
+    plan = plan_read(body, catalog, cfg, ctx.limits)
+    pending = [fanout.submit_rows(ctx, eids, stored) for _, eids, stored in plan.views] if plan.n else []
+    per_view = []
+    for (_, eids, stored), calls in zip(plan.views, pending):
+        per_view.append(view_columns(await fanout.gather_rows(ctx, len(eids), calls), len(stored)))
+    if not plan.n:
+        per_view = [[empty_column()] * len(stored) for _, _, stored in plan.views]
+    cols = [key_column(col) for col in plan.entity_columns.values()]
+    cols += [per_view[v][j] for v, j in plan.refs]
+    meta = {"feature_names": [*plan.entity_columns, *plan.names]}
+    if flag(body, "include_feature_view_version_metadata"):
+        meta["feature_view_metadata"] = [{"name": name, "version": 0} for name, _, _ in plan.views]
+    size = sum(map(len, cols)) + len(cols) + 64
+    if size > cfg.max_response_bytes:
+        raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
+                                              f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
+    return 200, {}, b'{"results":[' + b",".join(cols) + b'],"metadata":' + orjson.dumps(meta) + b"}"
+
+
+def online_features_endpoint(catalog: Catalog) -> Endpoint:
+    """``POST /get-online-features`` for the fast engine's hot path, with ``catalog``."""
+    return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False, partial(get_online_features, catalog),
+                    failure_reply)
 
 
 class WriteToOnlineStoreHandler(FeastHandler):

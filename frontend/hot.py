@@ -1,0 +1,107 @@
+"""The fast engine's hot paths: the store's most frequent requests served without a RequestHandler.
+
+:class:`Hot` is the ``hot`` router of :class:`frontend.engine.HTTPServer`: when a request's
+headers are in, it claims ``GET /features/{entity_id}``, ``GET /features/{entity_id}/{name}``,
+``POST /features``, ``POST /features/batch`` and ``POST /get-online-features``. Each runs the
+same single implementation of its endpoint that the Tornado handler runs (``frontend/reads.py``
+for the single-entity reads, an :class:`frontend.endpoints.Endpoint` for the POSTs: admission,
+checks, shard requests, rendering) and writes the :class:`~frontend.errors.Reply` it renders with
+:meth:`Exchange.respond`, adding what Tornado would have added (``Server``, ``Date``,
+``Content-Type``, ``Content-Length``) and the access log; the endpoint implementation counts the
+request for ``/metrics``.
+tests/test_http_engine.py sends the same requests to both engines and compares the responses.
+
+Everything else goes to the Tornado application: other methods and paths, a query string,
+``If-None-Match`` (Tornado answers 304), ``Expect: 100-continue``, a chunked body (the handler
+reads up to 4x the limit before its 413, as with Tornado's engine), a path segment that is not
+UTF-8 and an HTTP/1.1 request without ``Host`` (the application answers 400 in its own words),
+``GET /features/batch``.
+"""
+from __future__ import annotations
+
+import re
+import time
+from functools import partial
+from urllib.parse import unquote_to_bytes
+
+from frontend import endpoints, reads
+from frontend.errors import Reply
+from frontend.feast.catalog import Catalog
+from frontend.feast.handlers import online_features_endpoint
+from frontend.ops import log_request
+
+_ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
+_FEATURE = re.compile(rb"/features/([^/?]+)/([^/?]+)\Z")
+
+
+class Headers:
+    """The request headers of an exchange as the endpoint logic reads them (``in``, ``[]``,
+    ``get``), looked up in the raw list: no ``HTTPHeaders`` is built for a hot request."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange) -> None:
+        self.exchange = exchange
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self.exchange.header(name.lower().encode("latin1"))
+        return default if value is None else value.decode("latin1")
+
+    def __contains__(self, name: str) -> bool:
+        return self.exchange.header(name.lower().encode("latin1")) is not None
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+
+class Hot:
+    """Claim the hot requests of the fast engine (see the module docstring)."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.posts = {b"/features": endpoints.WRITE, b"/features/batch": endpoints.BATCH,
+                      b"/get-online-features": online_features_endpoint(Catalog.from_config(ctx.cfg))}
+
+    def __call__(self, ex):
+        if ex.version == "HTTP/1.1" and ex.header(b"host") is None:
+            return None  # Tornado's 400
+        if ex.method == "GET":
+            if ex.header(b"if-none-match") is not None:
+                return None
+            url = ex.url
+            try:
+                m = _FEATURE.match(url)
+                if m is not None:
+                    return partial(self._read, reads.FEATURE, _segments(m))
+                m = _ENTITY.match(url)
+                if m is not None and m.group(1) != b"batch":
+                    return partial(self._read, reads.ENTITY, _segments(m))
+            except UnicodeDecodeError:
+                pass
+            return None
+        if ex.method == "POST" and ex.content_length is not None and not ex.expect_continue:
+            endpoint = self.posts.get(ex.url)
+            if endpoint is not None:
+                return partial(self._post, endpoint)
+        return None
+
+    def _read(self, read: reads.Read, args: tuple, ex) -> None:
+        started = time.perf_counter()
+        read.start(self.ctx, args, Headers(ex), partial(self._answer, ex, started), started)
+
+    def _post(self, endpoint: endpoints.Endpoint, ex) -> None:
+        started = time.perf_counter()
+        endpoint.start(self.ctx, Headers(ex), ex.body(), partial(self._answer, ex, started), started)
+
+    def _answer(self, ex, started: float, reply: Reply) -> None:
+        status, headers, body = reply
+        ex.respond(status, headers, body)
+        log_request(self.ctx, ex.method, ex.url.decode("latin1"), ex.context.remote_ip, status,
+                    time.perf_counter() - started)
+
+
+def _segments(m: re.Match) -> tuple:
+    return tuple(unquote_to_bytes(g).decode("utf-8") for g in m.groups())
