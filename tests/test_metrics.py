@@ -64,6 +64,8 @@ def test_requests_over_two_processes_are_counted_in_every_scrape(two):
     for _ in range(n):  # a connection each: the kernel spreads them over both processes
         status, _, body = request("GET", two.url + "/features/m:one")
         assert status == 200
+    for _ in range(10):  # a hot POST of the fast engine
+        assert request("POST", two.url + "/features/batch", {"entity_ids": ["m:one"]})[0] == 200
     for _ in range(40):
         pids.add(request("GET", two.url + "/healthz")[2]["pid"])
     assert len(pids) == 2, "the requests did not reach both processes"
@@ -74,6 +76,8 @@ def test_requests_over_two_processes_are_counted_in_every_scrape(two):
         assert value(text, "featurestore_http_requests_total", route=ENTITY_ROUTE, method="GET", status="200") == n
         assert value(text, REQUESTS + "_count", route=ENTITY_ROUTE, method="GET", status="200") == n
         assert value(text, REQUESTS + "_bucket", route=ENTITY_ROUTE, method="GET", status="200", le="+Inf") == n
+        assert value(text, "featurestore_http_requests_total", route="/features/batch", method="POST",
+                     status="200") == 10
         if len(scraped_by) == 2 and _ >= 10:
             break
     assert scraped_by == pids  # both processes answered scrapes, each one counting all n
