@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench._util import Cluster, cpu_count, load_entities, wrk
-from bench.bench_http import scripts, start_second_frontend, summarise
+from bench.bench_http import scripts, start_frontend, summarise
 
 CONNECTIONS = 64
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -58,10 +58,10 @@ def start(tmp: Path, metrics: int, entities: int, features: int) -> tuple[Cluste
     for i in range(2):
         cluster.start_shard(i)
     load_entities(cluster.endpoints, entities, features)
-    cluster.start_frontend()
-    url2, proc2 = start_second_frontend(cluster, 2)
+    cluster.start_frontend()  # the default engine (FS_HTTP_ENGINE)
+    url2 = start_frontend(cluster, "fast", 2)
     shards = [p.pid for p in cluster.shards]
-    return cluster, {1: (cluster.url + "/", [cluster.frontend.pid, *shards]), 2: (url2 + "/", [proc2.pid, *shards])}
+    return cluster, {1: (cluster.url + "/", [cluster.frontend.pid, *shards]), 2: (url2, [cluster.others[-1].pid, *shards])}
 
 
 _MICRO = r"""
