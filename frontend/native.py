@@ -129,7 +129,7 @@ class StatsHandler(BaseHandler):
             if isinstance(r, Exception):
                 shards.append({"shard": s, "detail": str(r)})
                 continue
-            stats = {k: v for k, v in r.items() if k not in (P.ID, P.OK)}
+            stats = P.counters_of(r)
             shards.append(stats)
             for k in totals:
                 totals[k] += stats.get(k, 0)

@@ -3,7 +3,7 @@
 One DEALER per shard, read from the asyncio loop (``add_reader`` on the socket's edge-triggered
 file descriptor). Requests made in the same loop iteration to the same shard travel in one
 message, and every wake-up drains all queued replies: per-request overhead on the front end is
-what limits reads (../shared/PERFORMANCE.md). Replies are matched to requests by id. Every call
+what limits reads (docs/BENCHMARKS.md). Replies are matched to requests by id. Every call
 is bounded by ``timeout_s``; a shard that is down fails fast because the sockets set
 ``ZMQ_IMMEDIATE`` (nothing is queued for a peer that is not connected) and its calls raise
 :class:`ShardUnavailable`. When the shard comes back, ZeroMQ reconnects by itself.
