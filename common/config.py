@@ -151,7 +151,14 @@ class Config:
     config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",
                                       [F, S, I], env="FS_CONFIG")
     log_level: str = setting("INFO", "logging level", EVERY, choices=LOG_LEVELS)
+    log_format: str = setting("text", "log lines as text, or as one JSON object each", EVERY, choices=["text", "json"])
     access_log: bool = setting(False, "log every HTTP request (costs CPU)", [F])
+    # --- metrics
+    metrics: bool = setting(True, "request, round-trip and freshness histograms (0 = off)", [F, S])
+    metrics_dir: str | None = setting(None, "where the front-end processes of a port share their counts", [F],
+                                      shown="unset, a fresh one per run")
+    freshness_sample_every: int = setting(10, "a shard counts the ages of the values of one entity read in this many",
+                                          [S], at_least=1)
 
     def endpoints(self) -> tuple[str, ...]:
         """The ZeroMQ endpoint of each shard, in shard order."""

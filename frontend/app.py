@@ -14,44 +14,57 @@ from common.config import Config
 from common.events import Limits
 from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
-from frontend import engine, fast, feast, hot, native, ops
+from frontend import engine, fast, feast, hot, native, ops, status
 from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
+from frontend.metrics import Metrics
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
 
 ENTITY = r"([^/]+)"  # one percent-decoded path segment: '/' inside an id arrives as %2F
+UNMATCHED = "unmatched"  # the route label of a path no route serves: never the path itself
+METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))  # other methods: "other"
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
     """All routes, each handler getting ``ctx`` through ``initialize``."""
-    routes = [
-        (r"/features", native.FeaturesHandler),
-        (r"/features/batch", native.BatchHandler),
-        (rf"/features/{ENTITY}", native.EntityHandler),
-        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler),
-        (r"/healthz", native.HealthzHandler),
-        (r"/readyz", native.ReadyzHandler),
-        (r"/stats", native.StatsHandler),
-        (r"/metrics", ops.MetricsHandler),
-        (r"/openapi.json", ops.OpenAPIHandler),
+    native_routes = [
+        (r"/features", native.FeaturesHandler, "/features"),
+        (r"/features/batch", native.BatchHandler, "/features/batch"),
+        (rf"/features/{ENTITY}", native.EntityHandler, "/features/{entity_id}"),
+        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler, "/features/{entity_id}/{name}"),
+        (r"/healthz", native.HealthzHandler, "/healthz"),
+        (r"/readyz", native.ReadyzHandler, "/readyz"),
+        (r"/stats", native.StatsHandler, "/stats"),
+        (r"/metrics", ops.MetricsHandler, "/metrics"),
+        (r"/openapi.json", ops.OpenAPIHandler, "/openapi.json"),
     ]
-    return tornado.web.Application(
-        [(path, handler, {"ctx": ctx}) for path, handler in routes] + feast.routes(ctx),
+    routes = [(path, handler, {"ctx": ctx}, template) for path, handler, template in native_routes]
+    routes += [(path, handler, args, path) for path, handler, args in feast.routes(ctx)]
+    routes += status.routes(ctx)
+    app = tornado.web.Application(
+        [(path, handler, args) for path, handler, args, _ in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
-        log_function=_access_logger(ctx),
+        log_function=_request_logger(ctx, {handler: template for _, handler, _, template in routes}),
     )
+    app.route_templates = [template for *_, template in routes]  # for tests/test_docs.py
+    return app
 
 
-def _access_logger(ctx: Context):
-    """Count every request; log each one only with FS_ACCESS_LOG (logging costs CPU per request)."""
-    record = ctx.stats.record
+def _request_logger(ctx: Context, templates: dict):
+    """Count every request by route template; log each one only with FS_ACCESS_LOG (logging costs
+    CPU per request)."""
+    record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        record(handler)
+        if not getattr(handler, "counted", False):  # a read of frontend/reads.py counted itself
+            route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
+            method = handler.request.method
+            record(route, method if method in METHODS else "other", handler.get_status(),
+                   handler.request.request_time())
         if ctx.cfg.access_log or handler.get_status() >= 500:
             _log_request(handler)
 
@@ -67,7 +80,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def make_context(cfg: Config, client) -> Context:
     partitioner = KafkaPartitioner(client.n_shards) if cfg.cluster_kafka else Partitioner(cfg.shards)
     return Context(cfg=cfg, client=client, partitioner=partitioner, limits=Limits.from_config(cfg),
-                   stats=ops.RequestStats())
+                   metrics=Metrics(cfg.metrics_dir, cfg.metrics))
 
 
 def make_client(cfg: Config):
@@ -108,8 +121,9 @@ async def serve(cfg: Config, sockets) -> None:
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
     client = make_client(cfg)
-    client.start()
     ctx = make_context(cfg, client)
+    client.on_roundtrip = ctx.metrics.shard_roundtrip
+    client.start()
     server = await start_server(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ from tornado import httputil
 from frontend import reads
 from frontend.base import Context
 from frontend.errors import Reply
-from frontend.ops import record_request
+from frontend.ops import log_request
 
 _ENTITY = re.compile(r"/features/([^/]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(r"/features/([^/]+)/([^/]+)\Z")
@@ -85,9 +85,10 @@ class _Read(httputil.HTTPMessageDelegate):
         self.request = request
         self.read = read
         self.args = args
+        self.started = time.perf_counter()  # the headers are in: the request has arrived
 
     def finish(self) -> None:
-        self.read.start(self.ctx, self.args, self.request.headers, self._respond)
+        self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
 
     def _respond(self, reply: Reply) -> None:
         status, extra, body = reply
@@ -100,5 +101,4 @@ class _Read(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        record_request(self.ctx, self.read.handler_name, "GET", self.request.uri, self.request.remote_ip,
-                       status, self.request.request_time())
+        log_request(self.ctx, "GET", self.request.uri, self.request.remote_ip, status, self.request.request_time())

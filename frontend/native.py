@@ -11,7 +11,7 @@ from common.events import EventError, check_entity_id, check_name
 from common.partition import mismatch
 from frontend import endpoints, fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
-from frontend.ingest_stats import IngestStats
+from frontend.ingest_stats import ingest_stats
 
 
 class EntityReads(BaseHandler):
@@ -135,8 +135,6 @@ class ReadyzHandler(BaseHandler):
 class StatsHandler(BaseHandler):
     """``GET /stats``: each shard's counters and the totals (and ingest's, when configured)."""
 
-    ingest: IngestStats | None = None  # one per process, made on first use
-
     async def get(self) -> None:
         replies, _ = await fanout.replies_of_all(self.ctx, P.stats)
         shards, totals = [], {"entities": 0, "values": 0, "writes": 0, "stale": 0}
@@ -150,9 +148,7 @@ class StatsHandler(BaseHandler):
             for k in totals:
                 totals[k] += stats.get(k, 0)
         body = {"totals": totals, "shards": shards}
-        endpoint = self.ctx.cfg.ingest_stats_endpoint
-        if endpoint:
-            if StatsHandler.ingest is None:
-                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s)
-            body["ingest"] = await StatsHandler.ingest.fetch()
+        ingest = await ingest_stats(self.ctx)
+        if ingest is not None:
+            body["ingest"] = ingest
         self.finish(orjson.dumps(body))

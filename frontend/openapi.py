@@ -8,6 +8,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _html(description: str) -> dict:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _errors(*codes: int) -> dict:
     words = {400: "bad input, the detail names the field", 401: "a bearer token is required",
              403: "the token may not do this, or the store is read-only", 404: "not found",
@@ -30,6 +34,7 @@ _ENTITY = {"name": "entity_id", "in": "path", "required": True, "schema": {"type
            "description": "percent-encoded: user%2F1 is the entity user/1"}
 _NAME = {"name": "name", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+$"}}
+_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
 _ANY = {"description": "any JSON value: null, boolean, 64-bit integer, finite number, string, array, object"}
 _TS = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
        "description": "RFC 3339 with a zone, or seconds since the epoch; absent = time received"}
@@ -113,6 +118,23 @@ SPEC = {
         "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
             "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "")}}},
+        "/status": {"get": {"summary": "What the status page shows: shards, requests per route, ingest", "responses": {
+            "200": _json({"type": "object", "properties": {
+                "time": {"type": "number", "description": "seconds since the epoch"},
+                "shards": {"type": "array", "items": {"type": "object"}},
+                "routes": {"type": "array", "items": {"type": "object", "properties": {
+                    "route": {"type": "string"}, "count": {"type": "number"},
+                    "buckets": {"type": "array", "items": {"type": "number"},
+                                "description": "cumulative counts at each of bounds, then +Inf"}}}},
+                "bounds": {"type": "array", "items": {"type": "number"}},
+                "ingest": {"type": "object", "nullable": True}}}, "counts since the processes started"),
+            **_errors(401, 403)}}},
+        "/": {"get": {"summary": "The status page (HTML)", "responses": {"200": _html("the page")}}},
+        "/docs": {"get": {"summary": "These docs in Swagger UI (HTML)", "responses": {"200": _html("the page")}}},
+        "/static/{path}": {"get": {"summary": "The status page's CSS and JavaScript", "parameters": [_PATH],
+                                   "responses": {"200": {"description": "the file"}, **_errors(404)}}},
+        "/docs/assets/{path}": {"get": {"summary": "Swagger UI's files", "parameters": [_PATH],
+                                        "responses": {"200": {"description": "the file"}, **_errors(404)}}},
     },
     "components": {"schemas": {
         "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},

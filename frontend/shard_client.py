@@ -90,6 +90,7 @@ class ShardClient:
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.on_roundtrip: Callable[[int, float], None] | None = None  # (shard, seconds) per reply frame
 
     @property
     def n_shards(self) -> int:
@@ -189,9 +190,13 @@ class ShardClient:
 
     def _on_replies(self, replies: list) -> None:
         pending = self.pending
+        timed = self.on_roundtrip is None
         for reply in replies:
             entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
             if entry is not None:
+                if not timed:  # the first request of the frame: sent at its deadline - timeout
+                    timed = True
+                    self.on_roundtrip(entry[2], time.monotonic() - entry[1] + self.timeout_s)
                 _run(entry[0], reply)
 
     def _sweep(self) -> None:

@@ -13,7 +13,7 @@ import time
 import orjson
 import zmq
 
-from common import config
+from common import config, logs
 from common import protocol as P
 from common.config import Config
 from common.events import Limits
@@ -43,6 +43,7 @@ class Ingest:
         self.running = True
         self.started = time.monotonic()
         self._rate, self._last = 0.0, (self.started, 0)
+        self._logged: tuple = (0, 0, 0, None)  # what the last progress line showed
         if cfg.ingest_source == "file":
             self.source = FileSource(cfg.ingest_file or "-", self.decoder, cfg.ingest_batch_events)
         elif cfg.ingest_source == "kafka":
@@ -144,12 +145,17 @@ class Ingest:
                 reply = P.error(None, P.MALFORMED, str(exc))
             self.stats_sock.send_multipart([ident, P.encode([reply])])
 
-    def log_progress(self) -> None:
+    def log_progress(self, final: bool = False) -> None:
+        """One progress line, when something happened since the last one (idle is quiet)."""
+        self.dead.flush()
         s = self.stats()
+        moved = (s["events"], s["retries"], s["in_flight"], s["lag"])
+        if moved == self._logged and not final:
+            return
+        self._logged = moved
         log.info("progress: %.0f events/s, events=%d applied=%d stale=%d rejected=%d lag=%s "
                  "in_flight=%d retries=%d", s["events_per_s"], s["events"], s["applied"], s["stale"],
                  s["rejected"], s["lag"], s["in_flight"], s["retries"])
-        self.dead.flush()
 
     def summary(self) -> dict:
         w = self.writer
@@ -180,8 +186,7 @@ def _bind_stats(ctx: zmq.Context, endpoint: str | None) -> zmq.Socket | None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "ingest")
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(cfg, "ingest")
     ctx = zmq.Context()
     try:
         ingest = Ingest(cfg, ctx)
@@ -201,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ingest.run()
     finally:
-        ingest.log_progress()
+        ingest.log_progress(final=True)
         ingest.close()
         ctx.term()
     if cfg.ingest_source == "file":

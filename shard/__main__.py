@@ -8,7 +8,8 @@ import sys
 
 import zmq
 
-from common import config
+from common import config, logs
+from shard.freshness import Freshness
 from shard.handlers import ShardState
 from shard.persistence import Journal, RecoveryError, SyncError
 from shard.server import POLL_MS, Server, bind
@@ -57,8 +58,9 @@ def cluster(cfg, state: ShardState, ctx, endpoint):
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "shard")
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    state = ShardState(cfg.shard_index, Store.from_config(cfg))
+    logs.setup(cfg, "shard", cfg.shard_index)
+    state = ShardState(cfg.shard_index, Store.from_config(cfg),
+                       freshness=Freshness(cfg.freshness_sample_every if cfg.metrics else 0))
     endpoint = cfg.shard_endpoint()
     ctx = zmq.Context()
     try:

@@ -6,11 +6,13 @@ them without sockets. Each docstring gives the request and reply fields.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 from common import protocol as P
 from shard.aggregate import AggregateRefused
 from shard.cluster import answer_pdump
+from shard.freshness import Freshness
 from shard.store import NOT_FOUND_DETAIL, Store
 
 log = logging.getLogger("shard")
@@ -40,12 +42,32 @@ class ShardState:
     ``cluster`` is the ``shard.cluster_run.ClusterShard`` of a cluster-mode shard.
     """
 
-    def __init__(self, index: int, store: Store | None = None, journal=None, owner=None) -> None:
+    def __init__(self, index: int, store: Store | None = None, journal=None, owner=None,
+                 freshness: Freshness | None = None) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
         self.owner = owner
         self.cluster = None
+        self.freshness = freshness if freshness is not None else Freshness()
+
+    def served(self, eids: list[str], names: list[str] | None, live: bool = True) -> None:
+        """Count the ages of the values a read served, for one entity in ``freshness.sample_every``."""
+        picked = self.freshness.pick(eids)
+        if picked:
+            self.freshness.observe(self.store.stamps(picked, names, live), self.store.clock())
+
+
+def _memory_bytes() -> int | None:
+    """This process's resident memory (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
@@ -91,35 +113,39 @@ def handle_ping(shard: ShardState, req: dict) -> dict:
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    eid = _field(req, P.ENTITY, str)
+    eid, names = _field(req, P.ENTITY, str), _names(req)
     refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
-    body = shard.store.render_entity(eid, _names(req))
+    body = shard.store.render_entity(eid, names)
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
+    shard.served([eid], names)
     return P.body_reply(P.id_of(req), body)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    eid = _field(req, P.ENTITY, str)
+    eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
     refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
-    body = shard.store.render_feature(eid, _field(req, P.NAME, str))
+    body = shard.store.render_feature(eid, name)
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
+    shard.served([eid], [name])
     return P.body_reply(P.id_of(req), body)
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
-    eids = _eids(req)
+    eids, names = _eids(req), _names(req)
     refused = _foreign(shard, req, eids)
     if refused is not None:
         return refused
-    return P.parts_reply(P.id_of(req), shard.store.render_many(eids, _names(req)))
+    parts = shard.store.render_many(eids, names)
+    shard.served(eids, names)
+    return P.parts_reply(P.id_of(req), parts)
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
@@ -132,6 +158,7 @@ def handle_fget(shard: ShardState, req: dict) -> dict:
     if not names:
         raise BadRequest(f"field {P.NAMES!r} must be a non-empty list of names")
     v, s, ts = shard.store.render_rows(eids, names)
+    shard.served(eids, names, live=False)  # Feast reads serve expired values too (OUTSIDE_MAX_AGE)
     return P.rows_reply(P.id_of(req), v, s, ts)
 
 
@@ -194,11 +221,13 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> the shard's counters."""
+    """``{}`` -> the shard's counters, resident memory, the journal's figures and the ages of
+    the values served (:meth:`Freshness.snapshot`)."""
     extra = shard.journal.stats() if shard.journal is not None else {}
     if shard.cluster is not None:
         extra = shard.cluster.stats()
-    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra})
+    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra,
+                                        "memory_bytes": _memory_bytes(), "freshness": shard.freshness.snapshot()})
 
 
 def handle_pdump(shard: ShardState, req: dict) -> dict:

@@ -158,6 +158,22 @@ class Store:
         blob = self.data.get(eid)
         return None if blob is None else _decode(blob)
 
+    def stamps(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple[str, int]]:
+        """``(name, event_us)`` of the values of ``eids`` (those ``names`` only, when given);
+        ``live``: not the expired ones."""
+        out, now = [], self.clock()
+        for eid in eids:
+            blob = self.data.get(eid)
+            if blob is None:
+                continue
+            feats = _decode(blob)
+            if names is not None:
+                feats = {n: feats[n] for n in names if n in feats}
+            if live:
+                feats, _ = self._live(feats, now)
+            out.extend((n, vt[1]) for n, vt in feats.items())
+        return out
+
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
         """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
         now = self.clock()
