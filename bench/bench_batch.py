@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_http import cpu_s  # noqa: E402
 from tests.support import Cluster, Proc, base_env, free_port, poll_for, request  # noqa: E402
 
 SERVERS = ("bare", "canned", "before", "tornado", "fast")
@@ -136,6 +137,14 @@ def wrk(url: str, path: str, body_file: str, connections: int, seconds: float, s
     return result
 
 
+def timed(pid: int, *args) -> dict:
+    """:func:`wrk`, plus ``cpu_us``: the CPU time the server ``pid`` used per request."""
+    before = cpu_s(pid)
+    result = wrk(*args)
+    result["cpu_us"] = (cpu_s(pid) - before) / max(result["requests"], 1) * 1e6
+    return result
+
+
 def extract(ref: str, into: Path) -> str:
     """The tree of commit ``ref`` written to ``into``; its full hash."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True,
@@ -173,16 +182,21 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
         rate = load(cluster.url)
         print(f"loaded {ENTITIES} entities x {len(FEATURES)} features at {rate:,.0f} values/s "
               f"({processes} front-end process(es), {shards} shard(s))", flush=True)
-        urls = {"fast": cluster.url, "tornado": start_frontend(cluster, "tornado", processes, http_engine="tornado").url}
+        tornado = start_frontend(cluster, "tornado", processes, http_engine="tornado")
+        urls = {"fast": cluster.url, "tornado": tornado.url}
+        pids = {"fast": cluster.frontend.pid, "tornado": tornado.pid}
         if before is not None:
-            urls["before"] = start_frontend(cluster, "before", processes, before).url
+            proc = start_frontend(cluster, "before", processes, before)
+            urls["before"], pids["before"] = proc.url, proc.pid
         refs = {"bare": [__file__, "--bare"], "canned": ["-m", "bench._util", "canned", "--port"]}
         if processes > 1:
             del refs["canned"]  # one process only: it is the ceiling of one process
         for name, args in refs.items():
             port = free_port()
             extra = [str(port), str(processes)] if name == "bare" else [str(port)]
-            cluster.others.append(Proc([sys.executable, *args, *extra], base_env(), tmp / f"{name}{processes}.log"))
+            proc = Proc([sys.executable, *args, *extra], base_env(), tmp / f"{name}{processes}.log")
+            cluster.others.append(proc)
+            pids[name] = proc.pid
             urls[name] = f"http://127.0.0.1:{port}"
             poll_for(lambda: request("POST", urls[name] + "/", "{}")[0] == 200, 10, what=name)
         servers = [s for s in SERVERS if s in urls]
@@ -195,8 +209,8 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
                     check(urls[name], path, lines[0])
                 wrk(urls[name], path, str(body_file), 4, 2, script)  # warm-up (and the render caches)
             for c in connections:
-                turns = [{name: wrk(urls[name], path, str(body_file), c, seconds, script) for name in servers}
-                         for _ in range(reps)]
+                turns = [{name: timed(pids[name], urls[name], path, str(body_file), c, seconds, script)
+                          for name in servers} for _ in range(reps)]
                 for name in servers:
                     got = [t[name] for t in turns]
                     assert all(g["errors"] == 0 and g["non2xx"] == 0 for g in got), got
@@ -204,13 +218,14 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
                     row = {"processes": processes, "path": path, "connections": c, "server": name, "rps": rps,
                            "p50_ms": statistics.median(g["p50_us"] for g in got) / 1000,
                            "p99_ms": statistics.median(g["p99_us"] for g in got) / 1000,
-                           "values_per_s": rps * BATCH * len(FEATURES)}
+                           "values_per_s": rps * BATCH * len(FEATURES),
+                           "cpu_us": statistics.median(g["cpu_us"] for g in got)}
                     for ref in servers:
                         row[f"x_{ref}"] = statistics.median(t[name]["rps"] / t[ref]["rps"] for t in turns)
                     rows.append(row)
                     ratios = "  ".join(f"{row[f'x_{r}']:.2f}x {r}" for r in servers if r != name)
                     print(f"{processes} proc  {path:22s} c={c:<3d} {name:<8} {rps:8,.0f} req/s  "
-                          f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  "
+                          f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  {row['cpu_us']:5.0f} us CPU  "
                           f"{row['values_per_s'] if name not in refs else 0:12,.0f} values/s  {ratios}", flush=True)
     return rows
 
@@ -251,6 +266,11 @@ def main() -> int:
             ratio = best["values_per_s"] / before_best["values_per_s"]
             line += (f"; before's best {before_best['values_per_s']:,.0f} values/s: {ratio:.2f}x "
                      f"[{'met' if ratio >= 2 else 'MISSED'}: target >= 2x]")
+            same = [r for r in rows if r["path"] == path and r["processes"] == best["processes"]
+                    and r["connections"] == best["connections"]]
+            cpu = {r["server"]: r["cpu_us"] for r in same}
+            line += (f"; CPU per request there: fast {cpu['fast']:.0f} us, before {cpu['before']:.0f} us "
+                     f"({cpu['before'] / cpu['fast']:.2f}x values per CPU second)")
         print(line)
     return 0
 

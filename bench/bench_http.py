@@ -14,8 +14,10 @@ random entity (and feature) per request from a Lua script:
 
 at 64 connections and at 1 connection. The machine is shared and noisy, so each row runs every
 server in turn (bare, canned, tornado, fast; fast x2 for the GETs at 64), ``--reps`` times, and
-shows the medians: of the figures, and of the ratios within each turn. It also prints the p50 of
-a blocking ZeroMQ ping to a shard.
+shows the medians: of the figures, and of the ratios within each turn. Beside requests/s it
+reports each server's CPU time per request (its process and workers, from /proc): requests per
+CPU second is the figure a busy machine distorts least. It also prints the p50 of a blocking
+ZeroMQ ping to a shard.
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Run from the repository root::
 
@@ -46,7 +48,7 @@ from bench._util import (BareServer, Cluster, cpu_count, free_port, load_entitie
 
 KINDS = ("feature", "entity", "post")
 CONNECTIONS = (64, 1)
-FIGURES = ("rps", "p50_ms", "p90_ms", "p99_ms")
+FIGURES = ("rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us")
 
 
 def scripts(n_entities: int, n_features: int) -> dict[str, str]:
@@ -63,15 +65,43 @@ def scripts(n_entities: int, n_features: int) -> dict[str, str]:
     }
 
 
-def start_frontend(cluster: Cluster, engine: str, processes: int) -> str:
-    """Another front end on the cluster's shards, on its own port; its URL."""
+def start_frontend(cluster: Cluster, engine: str, processes: int) -> tuple[str, int]:
+    """Another front end on the cluster's shards, on its own port; its URL and pid."""
     port = free_port()
     proc = cluster.start_process(["-m", "frontend"], f"frontend-{engine}{processes}", http_port=port,
                                  frontend_processes=processes, http_engine=engine)
     url = f"http://127.0.0.1:{port}"
     poll_for(lambda: proc.alive() and request("GET", url + "/readyz")[0] == 200, 15,
              what=f"{engine} front end with {processes} processes")
-    return url + "/"
+    return url + "/", proc.pid
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and its children (the front end's workers)."""
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed_wrk(target: tuple[str, int], *args):
+    """wrk against ``target`` (url, pid); the result also has ``cpu_us``: the server's CPU per request."""
+    url, pid = target
+    before = cpu_s(pid)
+    result = wrk(url, *args)
+    result.cpu_us = (cpu_s(pid) - before) / max(result.requests, 1) * 1e6
+    return result
 
 
 def summarise(runs: list) -> dict:
@@ -95,18 +125,22 @@ def measure(urls: dict, lua: dict, duration: int, reps: int) -> dict:
             servers = [s for s in SERVERS if s != "fast x2" or (conns > 1 and kind != "post")]
             turns = []
             for _ in range(reps):
-                turns.append({s: wrk(urls[s], conns, duration, lua["bare" if s in REFERENCES else kind])
+                turns.append({s: timed_wrk(urls[s], conns, duration, lua["bare" if s in REFERENCES else kind])
                               for s in servers})
             row = {s: summarise([t[s] for t in turns]) for s in servers}
             for s in servers:
                 for ref in ("bare", "canned", "tornado", "fast"):
                     row[s][f"x_{ref}"] = statistics.median(t[s].rps / t[ref].rps for t in turns)
                 row[s]["p50_x_bare"] = statistics.median(t[s].p50_ms / t["bare"].p50_ms for t in turns)
+                # requests per CPU second, as a ratio to bare Tornado's (robust to a busy machine)
+                row[s]["per_cpu_x_bare"] = statistics.median(t["bare"].cpu_us / max(t[s].cpu_us, 1e-9)
+                                                             for t in turns)
             rows[(kind, conns)] = row
             fast = row["fast"]
             print(f"  {kind:<8}{conns:>3} conns: fast {fast['rps']:>8,.0f} req/s ({fast['x_bare']:.2f}x bare "
                   f"{row['bare']['rps']:,.0f}, {fast['x_canned']:.2f}x canned {row['canned']['rps']:,.0f}, "
-                  f"{fast['x_tornado']:.2f}x tornado {row['tornado']['rps']:,.0f}), p50 {fast['p50_ms']:.3f} ms",
+                  f"{fast['x_tornado']:.2f}x tornado {row['tornado']['rps']:,.0f}), p50 {fast['p50_ms']:.3f} ms, "
+                  f"{fast['cpu_us']:.0f} us CPU/request ({fast['per_cpu_x_bare']:.2f}x bare's requests per CPU s)",
                   flush=True)
     return rows
 
@@ -114,12 +148,12 @@ def measure(urls: dict, lua: dict, duration: int, reps: int) -> dict:
 def print_table(rows: dict) -> None:
     print("\nmedians; 'x bare' etc. = median of the ratios within each turn")
     print(f"  {'request':<9}{'conns':>6} {'server':<9}{'req/s':>10}{'x bare':>8}{'x canned':>9}"
-          f"{'x tornado':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}")
+          f"{'x tornado':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'CPU us':>8}{'/CPU x bare':>12}{'errors':>8}")
     for (kind, conns), row in rows.items():
         for server, got in row.items():
             print(f"  {kind:<9}{conns:>6} {server:<9}{got['rps']:>10,.0f}{got['x_bare']:>8.2f}"
                   f"{got['x_canned']:>9.2f}{got['x_tornado']:>10.2f}{got['p50_ms']:>9.3f}{got['p90_ms']:>9.3f}"
-                  f"{got['p99_ms']:>9.3f}{got['errors']:>8}")
+                  f"{got['p99_ms']:>9.3f}{got['cpu_us']:>8.0f}{got['per_cpu_x_bare']:>12.2f}{got['errors']:>8}")
     sys.stdout.flush()
 
 
@@ -162,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             urls = {"fast": start_frontend(cluster, "fast", 1), "fast x2": start_frontend(cluster, "fast", 2),
                     "tornado": start_frontend(cluster, "tornado", 1)}
             bares = [BareServer(tmp, 1), BareServer(tmp, 1, "canned")]
-            urls["bare"], urls["canned"] = bares[0].url, bares[1].url
-            for server, url in urls.items():  # warm-up
+            urls["bare"], urls["canned"] = (bares[0].url, bares[0].proc.pid), (bares[1].url, bares[1].proc.pid)
+            for server, (url, _) in urls.items():  # warm-up
                 wrk(url, 16, 1, lua["bare" if server in REFERENCES else "entity"])
             rows = measure(urls, lua, args.duration, args.reps)
         finally:
@@ -185,12 +219,17 @@ def main(argv: list[str] | None = None) -> int:
                        f"(target >= 5)", row["fast"]["x_bare"] >= 5))
         checks.append((f"{name} GET, 64 conns: {row['fast']['x_canned']:.2f}x canned (target >= 0.3)",
                        row["fast"]["x_canned"] >= 0.3))
+        checks.append((f"{name} GET, 64 conns, requests per CPU second: {row['fast']['per_cpu_x_bare']:.2f}x bare "
+                       f"({row['fast']['cpu_us']:.0f} vs {row['bare']['cpu_us']:.0f} us; target >= 5)",
+                       row["fast"]["per_cpu_x_bare"] >= 5))
     checks += [
         (f"whole-entity GET p50 at 1 conn: {latency:.3f} ms (target <= 0.15 ms; bare "
          f"{rows[('entity', 1)]['bare']['p50_ms']:.3f} ms, canned {rows[('entity', 1)]['canned']['p50_ms']:.3f} ms, "
          f"ZeroMQ ping {zping:.3f} ms)", latency <= 0.15),
         (f"POST /features, 64 conns: {post['fast']['rps']:,.0f} req/s = {post['fast']['x_bare']:.2f}x bare "
          f"(target >= 4)", post["fast"]["x_bare"] >= 4),
+        (f"POST /features, 64 conns, requests per CPU second: {post['fast']['per_cpu_x_bare']:.2f}x bare "
+         f"(target >= 4)", post["fast"]["per_cpu_x_bare"] >= 4),
         (f"two fast front-end processes vs one, whole-entity GET at 64 conns: {entity['fast x2']['rps']:,.0f} vs "
          f"{entity['fast']['rps']:,.0f} req/s ({entity['fast x2']['x_fast']:.2f}x)", entity["fast x2"]["x_fast"] > 1),
         (f"errors and non-2xx responses: {errors}", errors == 0),

@@ -20,6 +20,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from common.aggregations import Aggregation, AggregationError, parse_aggregations
+
 FRONTEND, SHARD, INGEST = "frontend", "shard", "ingest"
 ROLES = (FRONTEND, SHARD, INGEST)
 EVERY = ROLES
@@ -114,6 +116,7 @@ class Config:
                                   above=0)
     views: tuple[FeatureView, ...] = ()  # from the configuration file
     feature_services: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> references
+    aggregations: tuple[Aggregation, ...] = ()  # [[aggregations]] of the configuration file
     ttl_grace_s: float | None = setting(None, "an expired value is kept this long (Feast: OUTSIDE_MAX_AGE)",
                                         [S], shown="unset, one TTL", at_least=0)
     render_cache_entities: int = setting(100_000, "entities kept rendered, per shard; 0 = off", [S],
@@ -137,9 +140,9 @@ class Config:
     kafka_bootstrap: str | None = setting(None, "Kafka bootstrap servers", [I])
     kafka_topic: str | None = setting(None, "Kafka topic", [I])
     kafka_group: str | None = setting(None, "Kafka consumer group", [I])
-    kafka_session_timeout_ms: int = setting(10000, "consumer-group session (a join takes ~half)", [I],
+    kafka_session_timeout_ms: int = setting(10000, "consumer-group session (a join takes ~half)", [S, I],
                                             at_least=1)
-    kafka_fetch_wait_ms: int = setting(50, "the broker's longest wait for data", [I], at_least=0)
+    kafka_fetch_wait_ms: int = setting(50, "the broker's longest wait for data", [S, I], at_least=0)
     ingest_batch_events: int = setting(2000, "events per batch (all shards)", [I], at_least=1)
     ingest_batch_window_s: float = setting(0.005, "longest a batch waits to fill", [I], at_least=0)
     ingest_max_in_flight: int = setting(4, "batches sent and not yet acknowledged", [I], at_least=1)
@@ -149,12 +152,32 @@ class Config:
     ingest_progress_s: float = setting(10.0, "seconds between progress log lines", [I], above=0)
     ingest_stats_endpoint: str | None = setting("tcp://127.0.0.1:5691", "where ingest answers stats; empty = none",
                                                 [F, I])
+    # --- cluster mode (docs/CLUSTER.md); off unless cluster_kafka is set
+    cluster_kafka: str | None = setting(None, "Kafka bootstrap servers: cluster mode (docs/CLUSTER.md)", EVERY,
+                                        shown="unset, embedded mode")
+    cluster_topic: str = setting("features", "the topic every write goes to", EVERY)
+    cluster_partitions: int = setting(16, "partitions of the topic when it is created", EVERY, at_least=1)
+    replica: str = setting("a", "this shard's replica set (one consumer group each)", [S])
+    cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
+                                            shown="where it binds")
+    cluster_heartbeat_s: float = setting(1.0, "between a shard's membership records", [S], above=0)
+    cluster_apply_timeout_s: float = setting(2.0, "a write not applied by an owner in this long: 202", [F],
+                                             above=0)
+    cluster_tail_records: int = setting(100_000, "own snapshot this close to a peer's copy: no transfer", [S],
+                                        at_least=0)
     # --- this process
     shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
-    config_file: str | None = setting(None, "TOML file with Feast views and feature services", [F, S],
-                                      env="FS_CONFIG")
+    config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",
+                                      [F, S, I], env="FS_CONFIG")
     log_level: str = setting("INFO", "logging level", EVERY, choices=LOG_LEVELS)
+    log_format: str = setting("text", "log lines as text, or as one JSON object each", EVERY, choices=["text", "json"])
     access_log: bool = setting(False, "log every HTTP request (costs CPU)", [F])
+    # --- metrics
+    metrics: bool = setting(True, "request, round-trip and freshness histograms (0 = off)", [F, S])
+    metrics_dir: str | None = setting(None, "where the front-end processes of a port share their counts", [F],
+                                      shown="unset, a fresh one per run")
+    freshness_sample_every: int = setting(10, "a shard counts the ages of the values of one entity read in this many",
+                                          [S], at_least=1)
 
     def endpoints(self) -> tuple[str, ...]:
         """The ZeroMQ endpoint of each shard, in shard order."""
@@ -163,6 +186,12 @@ class Config:
         return tuple(
             f"tcp://{self.shard_bind_host}:{self.shard_base_port + i}" for i in range(self.shards)
         )
+
+    def shard_endpoint(self) -> str:
+        """Where shard ``shard_index`` binds; in cluster mode any index only picks the port."""
+        if self.cluster_kafka and self.shard_index >= len(self.shard_endpoints):
+            return f"tcp://{self.shard_bind_host}:{self.shard_base_port + self.shard_index}"
+        return self.endpoints()[self.shard_index]
 
     def view_ttls(self) -> dict[str, float]:
         """Per-view TTLs, keyed by the name prefix ``view:``."""
@@ -251,7 +280,11 @@ def _views_from_file(path: str) -> dict[str, Any]:
         for name, spec in doc.get("views", {}).items()
     )
     services = tuple((name, tuple(refs)) for name, refs in doc.get("feature_services", {}).items())
-    return {"views": views, "feature_services": services}
+    try:
+        aggregations = parse_aggregations(doc.get("aggregations", []))
+    except AggregationError as exc:
+        raise ConfigError(f"configuration file {path}: {exc}") from None
+    return {"views": views, "feature_services": services, "aggregations": aggregations}
 
 
 def _check_view(path: str, name: str, spec: Any) -> None:
@@ -378,5 +411,8 @@ def _check(cfg: Config) -> None:
     if cfg.shard_endpoints and len(cfg.shard_endpoints) != cfg.shards:
         # endpoints given explicitly decide the shard count
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
-    if not cfg.shard_index < cfg.shards:
+    if cfg.cluster_kafka:  # any index only picks the port
+        if not cfg.replica or not cfg.replica.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"FS_REPLICA must be letters, digits, '-' or '_', not {cfg.replica!r}")
+    elif not cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")

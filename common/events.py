@@ -3,6 +3,10 @@
 Both the front end and the ingest process turn the same JSON objects into write tuples
 ``(entity_id, name, value, event_time_us)`` here, so both reject the same things with the same
 words. Every error names the field, as a client would write it (``[2].features.ctr``).
+
+An event may carry an ``event_id`` (a string or an integer): the shard counts a repeated id
+once in its aggregations. A write of an aggregated feature with a numeric function must be a
+number, and an aggregate's own name cannot be written (common/aggregations.py).
 """
 from __future__ import annotations
 
@@ -10,17 +14,20 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import msgpack
 import orjson
 
 from common import timefmt
+from common.aggregations import computed_refusal, refusal
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
-_SEED_FIELDS = frozenset(("entity_id", "name", "value", "event_timestamp"))
-_GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp"))
+_SEED_FIELDS = frozenset(("entity_id", "name", "value", "event_timestamp", "event_id"))
+_GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp", "event_id"))
+MAX_EVENT_ID_CHARS = 256
 
 Write = tuple[str, str, Any, int]
 _LONG_NUMBER = re.compile(rb"\d{19}")
@@ -86,10 +93,38 @@ class Limits:
     max_entity_id_bytes: int = 512
     max_name_bytes: int = 256
     max_value_bytes: int = 65536
+    aggregations: tuple = ()  # Config.aggregations: what their features' writes must be
 
     @classmethod
     def from_config(cls, cfg) -> "Limits":
-        return cls(cfg.max_entity_id_bytes, cfg.max_name_bytes, cfg.max_value_bytes)
+        return cls(cfg.max_entity_id_bytes, cfg.max_name_bytes, cfg.max_value_bytes, cfg.aggregations)
+
+    @cached_property
+    def checked_names(self) -> dict:
+        """Names whose writes are checked further: an aggregated feature with a numeric
+        function -> its Aggregation; an aggregate's own name -> its feature's name."""
+        out: dict = {a.feature: a for a in self.aggregations if a.needs_number}
+        out.update((o.name, a.feature) for a in self.aggregations for o in a.outputs)
+        return out
+
+
+def _check_aggregated(name: str, value: Any, checked: dict, field: str) -> None:
+    """Refuse a write the aggregations cannot take (``checked``: :attr:`Limits.checked_names`)."""
+    spec = checked[name]
+    if type(spec) is str:
+        raise EventError(f"{field}: {computed_refusal(name, spec)}")
+    if type(value) is not int and type(value) is not float:
+        raise EventError(f"{field}: {refusal(spec, value)}")
+
+
+def check_event_id(event_id: Any, field: str = "event_id") -> Any:
+    """Return ``event_id`` if it can identify an event (a string or a 64-bit integer)."""
+    t = type(event_id)
+    if t is str and 0 < len(event_id) <= MAX_EVENT_ID_CHARS:
+        return event_id
+    if t is int and INT64_MIN <= event_id <= INT64_MAX:
+        return event_id
+    raise EventError(f"{field} must be a string of 1 to {MAX_EVENT_ID_CHARS} characters or an integer")
 
 
 def check_entity_id(eid: Any, limits: Limits, field: str = "entity_id") -> str:
@@ -171,8 +206,9 @@ def event_time(obj: dict, field: str, now_us: int, naive_is_utc: bool = False) -
         raise EventError(f"{field}event_timestamp {exc}") from None
 
 
-def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list[Write]:
-    """Turn one write object (seed form or grouped form) into write tuples."""
+def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "", ids: list | None = None) -> list[Write]:
+    """Turn one write object (seed form or grouped form) into write tuples; with ``ids``, the
+    event's ``event_id`` (or None) is appended to it once per write."""
     if type(obj) is not dict:
         if prefix:
             raise EventError(f"{prefix.rstrip('.')} must be a JSON object")
@@ -190,7 +226,9 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
         if not feats:
             raise EventError(f"{prefix}features must not be empty")
         ts = event_time(obj, prefix, now_us)
+        event_id = None if "event_id" not in obj else check_event_id(obj["event_id"], prefix + "event_id")
         max_name, max_str = limits.max_name_bytes, limits.max_value_bytes // 4
+        checked = limits.checked_names if limits.aggregations else None
         good = _GOOD_NAMES.setdefault(max_name, set())
         out = []
         for name, value in feats.items():
@@ -204,7 +242,11 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
             if not ((t is float and value - value == 0.0) or (t is int and INT64_MIN <= value <= INT64_MAX)
                     or (t is str and len(value) <= max_str) or t is bool or value is None):
                 value = check_value(value, limits, f"{prefix}features.{name}")
+            if checked and name in checked:
+                _check_aggregated(name, value, checked, f"{prefix}features.{name}")
             out.append((eid, name, value, ts))
+        if ids is not None:
+            ids.extend([event_id] * len(out))
         return out
     if not obj.keys() <= _SEED_FIELDS:
         extra = obj.keys() - _SEED_FIELDS
@@ -215,19 +257,26 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "") -> list
         raise EventError(f"{prefix}value is required")
     name = check_name(obj["name"], limits, prefix + "name")
     value = check_value(obj["value"], limits, prefix + "value")
-    return [(eid, name, value, event_time(obj, prefix, now_us))]
+    if limits.aggregations and name in limits.checked_names:
+        _check_aggregated(name, value, limits.checked_names, prefix + "value")
+    event_id = None if "event_id" not in obj else check_event_id(obj["event_id"], prefix + "event_id")
+    ts = event_time(obj, prefix, now_us)
+    if ids is not None:
+        ids.append(event_id)
+    return [(eid, name, value, ts)]
 
 
-def parse_body(body: Any, limits: Limits, now_us: int) -> list[Write]:
-    """Turn a ``POST /features`` body (an object or an array of objects) into write tuples."""
+def parse_body(body: Any, limits: Limits, now_us: int, ids: list | None = None) -> list[Write]:
+    """Turn a ``POST /features`` body (an object or an array of objects) into write tuples
+    (``ids``: see :func:`parse_event`)."""
     if type(body) is list:
         if not body:
             raise EventError("body must not be an empty array")
         out: list[Write] = []
         for i, obj in enumerate(body):
-            out.extend(parse_event(obj, limits, now_us, f"[{i}]."))
+            out.extend(parse_event(obj, limits, now_us, f"[{i}].", ids))
         return out
-    return parse_event(body, limits, now_us)
+    return parse_event(body, limits, now_us, "", ids)
 
 
 def check_writes(writes: list, limits: Limits, field: str = "w") -> None:

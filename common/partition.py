@@ -6,6 +6,7 @@ shards. Adding a shard later means moving some slots to it, not rehashing every 
 """
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from zlib import crc32
 
@@ -59,3 +60,18 @@ class Partitioner:
         for pos, eid in enumerate(entity_ids):
             out.setdefault(table[crc32(eid.encode("utf-8")) % SLOTS], []).append(pos)
         return out
+
+
+def table_digest(table: tuple[int, ...]) -> int:
+    """A CRC-32 of a slot table, to compare tables between processes."""
+    return crc32(bytes(table) if max(table) < 256 else json.dumps(table).encode())
+
+
+def mismatch(described, index: int, n_shards: int) -> str | None:
+    """Compare a shard's ``describe()`` with what the caller expects of shard ``index``: None
+    when they agree, or the shard does not say (it still refuses what is not its own)."""
+    want = [n_shards, index, table_digest(default_table(n_shards))]
+    if not described or list(described) == want:
+        return None
+    return (f"shard {index} serves the slot table of {described[0]} shards as shard {described[1]}; "
+            f"this process expects {n_shards} shards")

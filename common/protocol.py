@@ -18,7 +18,9 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
 | ``fget``  | ``es`` entity ids, ``f`` names          | ``v``, ``s``, ``ts``: one row per id    |
-| ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``  | ``written``, ``stale``                  |
+| ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``; | ``written``, ``stale``                  |
+|           | optional, parallel to ``w``: ``ids``    |                                         |
+|           | event ids, ``at`` positions in ``src``  |                                         |
 | ``del``   | ``e``, ``n`` name or nil                | ``deleted``                             |
 | ``stats`` | -                                       | counters of the shard                   |
 
@@ -60,6 +62,8 @@ WRITE = "write"
 DELETE = "del"
 STATS = "stats"
 EVENTS = "events"  # producer -> ingest process only
+PDUMP = "pdump"  # cluster mode: a peer's frozen copy of one partition, in chunks
+OFFSETS = "offsets"  # cluster mode: the next offset of every partition a shard holds
 
 # field names: spelled here and nowhere else
 TYPE = "t"
@@ -72,6 +76,9 @@ ENTITIES = "es"  # entity ids, in order
 NAME = "n"  # one feature name, or nil for the whole entity
 NAMES = "f"  # feature names, or nil for every feature
 WRITES = "w"  # [[entity_id, name, value, event_us], ...]
+EVENT_IDS = "ids"  # write: the event id of each write, or nil (a repeated id counts once)
+ORIGIN = "src"  # write: the source the writes were read from ("kafka:topic/3", "file:/path")
+POSITIONS = "at"  # write: the position in the source of each write (offset, line number)
 BODY = "body"  # JSON bytes of an entity or a feature
 PARTS = "parts"  # JSON bytes per entity id, in request order
 VALUES = "v"  # fget rows: value fragments
@@ -86,6 +93,14 @@ SHARD = "shard"
 SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
+PARTITION = "p"  # cluster mode: a partition of the cluster topic
+DUMP = "dump"  # pdump: the token of a frozen partition copy
+AT = "at"  # pdump: the position of the first entity wanted
+OFFSET = "o"  # pdump: the partition's next offset when it was frozen
+BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es``
+NEXT = "next"  # pdump: the position to ask for next, or nil at the end
+PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
+SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
 # error codes, listed once
 NOT_FOUND = "not_found"  # no such entity or feature
@@ -96,7 +111,10 @@ UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
 TOO_LARGE = "too_large"  # a value, an entity or a message over its limit (HTTP 413)
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, TOO_LARGE)
+NOT_OWNER = "not_owner"  # the entity is not this shard's (another slot table, or a partition not held)
+NOT_APPLIED = "not_applied"  # cluster mode: the write is in Kafka, but no owner applied it in time
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, TOO_LARGE, NOT_OWNER,
+         NOT_APPLIED)
 
 
 # fget rows
@@ -167,9 +185,24 @@ def fget(eids: list, names: list, req_id: Any = None) -> dict:
     return _request(FGET, req_id, {ENTITIES: eids, NAMES: names})
 
 
-def write(writes: list, req_id: Any = None) -> dict:
-    """``write``: ``[[entity_id, name, value, event_us], ...]``."""
-    return _request(WRITE, req_id, {WRITES: writes})
+def write(writes: list, req_id: Any = None, event_ids: list | None = None, origin: str | None = None,
+          positions: list | None = None) -> dict:
+    """``write``: ``[[entity_id, name, value, event_us], ...]``; optionally, parallel to it, the
+    event id of each write, and the position of each in the source ``origin`` (ingest), so the
+    shard counts a redelivered event once in its aggregations."""
+    fields: dict = {WRITES: writes}
+    if event_ids is not None:
+        fields[EVENT_IDS] = event_ids
+    if origin is not None:
+        fields[ORIGIN] = origin
+        fields[POSITIONS] = positions
+    return _request(WRITE, req_id, fields)
+
+
+def write_origin(req: dict) -> tuple[Any, Any, Any]:
+    """The ``(event ids, origin, positions)`` of a ``write`` request, each None when absent
+    (not checked)."""
+    return req.get(EVENT_IDS), req.get(ORIGIN), req.get(POSITIONS)
 
 
 def delete(eid: str, name: str | None = None, req_id: Any = None) -> dict:
@@ -185,6 +218,16 @@ def events_json(data: bytes, req_id: Any = None) -> dict:
 def events_maps(events: list, req_id: Any = None) -> dict:
     """``events`` to the ingest process: an array of event maps."""
     return _request(EVENTS, req_id, {EVENT_MAPS: events})
+
+
+def pdump(partition: int, dump: Any = None, at: int = 0, req_id: Any = None) -> dict:
+    """``pdump``: a chunk of a peer's frozen copy of ``partition`` (no ``dump``: freeze one now)."""
+    return _request(PDUMP, req_id, {PARTITION: partition, DUMP: dump, AT: at})
+
+
+def offsets(req_id: Any = None) -> dict:
+    """``offsets``: the next offset of every partition the shard holds, and whether it serves it."""
+    return _request(OFFSETS, req_id, {})
 
 
 def stamp(req: dict, req_id: Any) -> Any:
@@ -266,12 +309,27 @@ def delete_reply(req_id: Any, deleted: int) -> dict:
     return ok(req_id, **{DELETED: deleted})
 
 
-def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None) -> dict:
-    """Reply to ``ping``: ``shard`` (a shard's index) or ``source`` (ingest's source). A peer
-    that answers is ready (a shard binds its socket only once recovered)."""
+def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
+               table: list | None = None) -> dict:
+    """Reply to ``ping``: ``shard`` (a shard's index, and ``table``: the slot table it serves, in
+    embedded mode) or ``source`` (ingest's source). A peer that answers is ready (a shard binds
+    its socket only once recovered)."""
     if source is not None:
         return ok(req_id, **{SOURCE: source})
+    if table is not None:
+        return ok(req_id, **{SHARD: shard, SLOT_TABLE: table})
     return ok(req_id, **{SHARD: shard})
+
+
+def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
+    """Reply to ``pdump``: entity ids (``es``) and their blobs, from position ``at`` on."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, NEXT: next_at})
+
+
+def offsets_reply(req_id: Any, held: dict) -> dict:
+    """Reply to ``offsets``, from ``{partition: (next_offset, serving)}``: a list of
+    ``[partition, next_offset, serving]`` (msgpack map keys are strings)."""
+    return ok(req_id, **{PARTITIONS: [[p, o, up] for p, (o, up) in held.items()]})
 
 
 def is_ok(reply: dict) -> bool:

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import tornado.netutil
 
-from common import config
+from common import config, logs
 from frontend.app import serve
 
 log = logging.getLogger("frontend")
@@ -63,13 +67,27 @@ def supervise(n: int, run_child) -> int:
     return 0
 
 
+def fresh_metrics_dir(cfg: config.Config) -> tuple[config.Config, str | None]:
+    """The config with the directory where the processes share their metrics (made now, empty),
+    and that directory when it is to be removed on exit."""
+    if not cfg.metrics:
+        return cfg, None
+    if cfg.metrics_dir is None:
+        made = tempfile.mkdtemp(prefix="featurestore-metrics-")
+        return dataclasses.replace(cfg, metrics_dir=made), made
+    os.makedirs(cfg.metrics_dir, exist_ok=True)
+    for stale in (*Path(cfg.metrics_dir).glob("*.keys"), *Path(cfg.metrics_dir).glob("*.slots")):
+        stale.unlink()  # a previous run's counts: a run starts from zero
+    return cfg, None
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "frontend")
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     several = cfg.frontend_processes > 1
+    logs.setup(cfg, "frontend", None if several else 0)
     sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host, reuse_port=several)
     if not several:
-        asyncio.run(serve(cfg, sockets))
+        asyncio.run(serve(dataclasses.replace(cfg, metrics_dir=None), sockets))  # counts stay in memory
         return 0
     # Each process listens on a socket of its own, bound with SO_REUSEPORT, so that the kernel
     # spreads new connections evenly. On one shared socket, whichever process wakes first
@@ -78,12 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     for sock in sockets:
         sock.close()
 
+    cfg, made = fresh_metrics_dir(cfg)
+
     def run_child(task_id: int) -> int:
+        logs.setup(cfg, "frontend", task_id)
         log.info("front-end process %d (pid %d)", task_id, os.getpid())
         asyncio.run(serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True)))
         return 0
 
-    return supervise(cfg.frontend_processes, run_child)
+    try:
+        return supervise(cfg.frontend_processes, run_child)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":

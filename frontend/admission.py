@@ -29,7 +29,7 @@ def refusal(ctx, request: httputil.HTTPServerRequest) -> Reply | None:
     if head > cfg.http_max_header_bytes:
         return _closing(APIError(431, f"the headers are {head} bytes; the limit is "
                                       f"{cfg.http_max_header_bytes} (FS_HTTP_MAX_HEADER_BYTES)"))
-    if len(ctx.stats.active) >= cfg.http_max_concurrent_requests:
+    if len(ctx.active) >= cfg.http_max_concurrent_requests:
         return error_reply(APIError(503, "too many requests in progress in this process "
                                          "(FS_HTTP_MAX_CONCURRENT_REQUESTS)",
                                     {"Retry-After": str(cfg.retry_after_s)}))

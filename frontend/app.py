@@ -12,45 +12,58 @@ import tornado.web
 
 from common.config import Config
 from common.events import Limits
+from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
-from frontend import admission, engine, fast, feast, hot, native, ops
+from frontend import admission, engine, fast, feast, hot, native, ops, status
 from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
+from frontend.metrics import Metrics, method_label
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
 
 ENTITY = r"([^/]+)"  # one percent-decoded path segment: '/' inside an id arrives as %2F
+UNMATCHED = "unmatched"  # the route label of a path no route serves: never the path itself
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
     """All routes, each handler getting ``ctx`` through ``initialize``."""
-    routes = [
-        (r"/features", native.FeaturesHandler),
-        (r"/features/batch", native.BatchHandler),
-        (rf"/features/{ENTITY}", native.EntityHandler),
-        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler),
-        (r"/healthz", native.HealthzHandler),
-        (r"/readyz", native.ReadyzHandler),
-        (r"/stats", native.StatsHandler),
-        (r"/metrics", ops.MetricsHandler),
-        (r"/openapi.json", ops.OpenAPIHandler),
+    native_routes = [
+        (r"/features", native.FeaturesHandler, "/features"),
+        (r"/features/batch", native.BatchHandler, "/features/batch"),
+        (rf"/features/{ENTITY}", native.EntityHandler, "/features/{entity_id}"),
+        (rf"/features/{ENTITY}/{ENTITY}", native.FeatureHandler, "/features/{entity_id}/{name}"),
+        (r"/healthz", native.HealthzHandler, "/healthz"),
+        (r"/readyz", native.ReadyzHandler, "/readyz"),
+        (r"/stats", native.StatsHandler, "/stats"),
+        (r"/metrics", ops.MetricsHandler, "/metrics"),
+        (r"/openapi.json", ops.OpenAPIHandler, "/openapi.json"),
     ]
-    return tornado.web.Application(
-        [(path, handler, {"ctx": ctx}) for path, handler in routes] + feast.routes(ctx),
+    routes = [(path, handler, {"ctx": ctx}, template) for path, handler, template in native_routes]
+    routes += [(path, handler, args, path) for path, handler, args in feast.routes(ctx)]
+    routes += status.routes(ctx)
+    app = tornado.web.Application(
+        [(path, handler, args) for path, handler, args, _ in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args={"ctx": ctx},
         compress_response=False,
-        log_function=_access_logger(ctx),
+        log_function=_request_logger(ctx, {handler: template for _, handler, _, template in routes}),
     )
+    app.route_templates = [template for *_, template in routes]  # for tests/test_docs.py
+    return app
 
 
-def _access_logger(ctx: Context):
-    """Count every request; log each one only with FS_ACCESS_LOG (logging costs CPU per request)."""
-    record = ctx.stats.record
+def _request_logger(ctx: Context, templates: dict):
+    """Count every request by route template (it is no longer in flight); log each one only with
+    FS_ACCESS_LOG (logging costs CPU per request)."""
+    record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        record(handler)
+        ctx.active.discard(handler.request)  # answered: no longer in flight
+        if not getattr(handler, "counted", False):  # a read of frontend/reads.py counted itself
+            route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
+            record(route, method_label(handler.request.method), handler.get_status(),
+                   handler.request.request_time())
         if ctx.cfg.access_log or handler.get_status() >= 500:
             _log_request(handler)
 
@@ -63,9 +76,31 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 
-def make_context(cfg: Config, client: ShardClient) -> Context:
-    return Context(cfg=cfg, client=client, partitioner=Partitioner(cfg.shards), limits=Limits.from_config(cfg),
-                   stats=ops.RequestStats())
+def make_context(cfg: Config, client) -> Context:
+    partitioner = KafkaPartitioner(client.n_shards) if cfg.cluster_kafka else Partitioner(cfg.shards)
+    return Context(cfg=cfg, client=client, partitioner=partitioner, limits=Limits.from_config(cfg),
+                   metrics=Metrics(cfg.metrics_dir, cfg.metrics))
+
+
+def make_client(cfg: Config):
+    """The shard client: one link per shard, or (cluster mode) partitions over found shards."""
+    if not cfg.cluster_kafka:
+        return _shard_client(cfg, cfg.endpoints())
+    from common import membership
+    from frontend.cluster import ClusterClient
+    from frontend.cluster_writes import Writer
+
+    partitions = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
+    membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
+                            {"cleanup.policy": "compact"})
+    reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
+    writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
+    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions)
+
+
+def _shard_client(cfg: Config, endpoints) -> ShardClient:
+    return ShardClient(endpoints, cfg.shard_timeout_s, curve_dir=cfg.curve_dir,
+                       max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
 
 
 class _Server(tornado.httpserver.HTTPServer):
@@ -109,16 +144,17 @@ async def serve(cfg: Config, sockets) -> None:
 
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
-    client = ShardClient(cfg.endpoints(), cfg.shard_timeout_s, curve_dir=cfg.curve_dir,
-                         max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
-    client.start()
+    client = make_client(cfg)
     ctx = make_context(cfg, client)
+    client.on_roundtrip = ctx.metrics.shard_roundtrip
+    client.start()
     server = await start_server(cfg, ctx, sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("front end serving http://%s:%d with %d shards", cfg.http_host, cfg.http_port, cfg.shards)
+    log.info("front end serving http://%s:%d with %s", cfg.http_host, cfg.http_port,
+             f"{client.n_shards} partitions of {cfg.cluster_topic}" if cfg.cluster_kafka else f"{cfg.shards} shards")
     gc.freeze()  # what exists now lives as long as the process: keep it out of every GC pass
     await stop.wait()
     server.stop()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
@@ -30,7 +31,8 @@ class Context:
     client: ShardClient
     partitioner: Partitioner
     limits: Limits
-    stats: Any = None  # frontend.ops.RequestStats: per-process request counters
+    metrics: Any = None  # frontend.metrics.Metrics: request and shard round-trip histograms
+    active: set = field(default_factory=set)  # requests admitted, not answered (FS_HTTP_MAX_CONCURRENT_REQUESTS)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -38,6 +40,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     read_methods = frozenset(("GET", "HEAD", "OPTIONS"))
     open_access = False  # probes set this: they carry no token
+    counted = False  # True once a read of frontend/reads.py counted this request in the metrics
 
     def initialize(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -98,7 +101,8 @@ class BaseHandler(tornado.web.RequestHandler):
             except Exception as exc:  # becomes a 500 through Tornado's one error path
                 done.set_exception(exc)
 
-        read.start(self.ctx, args, self.request.headers, write)
+        self.counted = True  # by the read (a 304 counts as the 200 it renders); not again on finish
+        read.start(self.ctx, args, self.request.headers, write, time.perf_counter())
         return done
 
     def write_reply(self, reply: Reply) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import Any, Awaitable, Callable
 
@@ -25,6 +26,7 @@ from common.events import EventError, check_entity_ids, check_name, loads_json, 
 from frontend import fanout
 from frontend.access import admit, too_large
 from frontend.errors import INTERNAL, APIError, Reply, error_reply
+from frontend.metrics import counted
 
 log = logging.getLogger("frontend")
 
@@ -43,20 +45,26 @@ def parse_json(body: bytes, cfg, size: int | None = None) -> Any:
 
 
 class Endpoint:
-    """One endpoint's logic: ``await run(ctx, body, size)`` -> Reply. ``handler_name`` labels
-    its requests in ``/metrics``; ``error_reply`` renders what it raises."""
+    """One endpoint's logic: ``await run(ctx, body, size)`` -> Reply. ``route`` (its route
+    template) labels its requests in ``/metrics``, ``handler_name`` its log lines; ``error_reply``
+    renders what it raises."""
 
-    __slots__ = ("handler_name", "mutates", "run", "error_reply")
+    __slots__ = ("handler_name", "route", "mutates", "run", "error_reply")
 
-    def __init__(self, handler_name: str, mutates: bool, run: Callable[..., Awaitable[Reply]],
+    def __init__(self, handler_name: str, route: str, mutates: bool, run: Callable[..., Awaitable[Reply]],
                  render_error: Callable[[APIError], Reply] = error_reply) -> None:
         self.handler_name = handler_name
+        self.route = route
         self.mutates = mutates
         self.run = run
         self.error_reply = render_error
 
-    def start(self, ctx, headers, body: bytes, done: Callable[[Reply], None]) -> None:
-        """Admit and serve a request without a handler; ``done(reply)`` is called once."""
+    def start(self, ctx, headers, body: bytes, done: Callable[[Reply], None], started: float | None = None) -> None:
+        """Admit and serve a request without a handler; ``done(reply)`` is called once. The
+        request is counted in ``ctx.metrics`` from ``started`` (``time.perf_counter()`` of its
+        arrival; now when not given) before ``done`` writes it. (Through a handler, ``run`` is
+        called instead and the application counts the request.)"""
+        done = partial(counted, ctx.metrics, self.route, "POST", started or time.perf_counter(), done)
         try:
             admit(ctx.cfg, self.mutates, headers)
         except APIError as exc:
@@ -79,11 +87,14 @@ class Endpoint:
 
 async def write(ctx, body: bytes, size: int | None = None) -> Reply:
     """``POST /features``: one write or an array of them -> ``{message, written, stale}``."""
+    ids = [] if ctx.limits.aggregations else None  # event ids matter to aggregations only
     try:
-        writes = parse_body(parse_json(body, ctx.cfg, size), ctx.limits, timefmt.now_us())
+        writes = parse_body(parse_json(body, ctx.cfg, size), ctx.limits, timefmt.now_us(), ids)
     except EventError as exc:
         raise APIError(exc.status, exc.detail) from None
-    written, stale = await fanout.write_all(ctx, writes)
+    if ids is not None and all(i is None for i in ids):
+        ids = None
+    written, stale = await fanout.write_all(ctx, writes, ids)
     return 200, {}, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
 
 
@@ -120,5 +131,5 @@ async def batch(ctx, body: bytes, size: int | None = None) -> Reply:
     return 200, {}, b'{"results":[' + b",".join(parts) + b"]}"
 
 
-WRITE = Endpoint("FeaturesHandler", True, write)
-BATCH = Endpoint("BatchHandler", False, batch)
+WRITE = Endpoint("FeaturesHandler", "/features", True, write)
+BATCH = Endpoint("BatchHandler", "/features/batch", False, batch)

@@ -45,10 +45,12 @@ async def call(ctx, shard: int, request: dict) -> dict:
     return await ok_reply(ctx, shard, ctx.client.submit(shard, request))
 
 
-async def write_all(ctx, writes: list) -> tuple[int, int]:
-    """Send write tuples to their shards concurrently; return (written, stale). Every shard's
-    reply is awaited before the first failure is raised."""
-    calls = submit(ctx, [w[0] for w in writes], lambda pos: P.write([writes[p] for p in pos]))
+async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, int]:
+    """Send write tuples (and their event ids, parallel, if given) to their shards
+    concurrently; return (written, stale). Every shard's reply is awaited before the first
+    failure is raised."""
+    calls = submit(ctx, [w[0] for w in writes], lambda pos: P.write(
+        [writes[p] for p in pos], event_ids=None if ids is None else [ids[p] for p in pos]))
     written = stale = 0
     failure = None
     for shard, _, fut in calls:

@@ -28,7 +28,8 @@ from tornado import httputil
 from frontend import admission, reads
 from frontend.base import Context
 from frontend.errors import Reply
-from frontend.ops import record_request
+from frontend.metrics import REFUSED, counted, method_label
+from frontend.ops import log_request
 
 _ENTITY = re.compile(r"/features/([^/]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(r"/features/([^/]+)/([^/]+)\Z")
@@ -54,12 +55,12 @@ class Router(tornado.routing.Router):
         refusal = admission.refusal(self.ctx, request)
         if refusal is not None:
             return _Answer(self.ctx, request, refusal)
-        self.ctx.stats.active.add(request)  # until it is answered, or its connection closes
+        self.ctx.active.add(request)  # until it is answered, or its connection closes
         if request.method == "GET" and not request.query and "If-None-Match" not in request.headers:
             read = self._read(request)
             if read is not None:
                 return read
-        return _Admitted(self.app.find_handler(request, **kwargs), self.ctx.stats.active, request)
+        return _Admitted(self.app.find_handler(request, **kwargs), self.ctx.active, request)
 
     def _read(self, request: httputil.HTTPServerRequest) -> "_Read | None":
         path = request.path
@@ -106,17 +107,17 @@ class _Admitted(httputil.HTTPMessageDelegate):
 
 class _Answer(httputil.HTTPMessageDelegate):
     """A request refused before it is routed (:mod:`frontend.admission`): its reply, written once
-    the request is in. Not counted as in flight."""
-
-    handler_name = "Refused"
+    the request is in, and counted under the route ``refused``. Not counted as in flight."""
 
     def __init__(self, ctx: Context, request, reply: Reply) -> None:
         self.ctx = ctx
         self.request = request
         self.reply = reply
+        self.started = time.perf_counter()
 
     def finish(self) -> None:
-        self._respond(self.reply)
+        counted(self.ctx.metrics, REFUSED, method_label(self.request.method), self.started, self._respond,
+                self.reply)
 
     def _respond(self, reply: Reply) -> None:
         status, extra, body = reply
@@ -129,23 +130,24 @@ class _Answer(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        self.ctx.stats.active.discard(self.request)
-        record_request(self.ctx, self.handler_name, self.request.method, self.request.uri[:1000],
-                       self.request.remote_ip, status, self.request.request_time())
+        self.ctx.active.discard(self.request)
+        log_request(self.ctx, self.request.method, self.request.uri[:1000], self.request.remote_ip, status,
+                    self.request.request_time())
 
 
 class _Read(_Answer):
-    """One read on its connection: run it once the request is in, write what it renders."""
+    """One read on its connection: run it once the request is in, write what it renders (the
+    read counts itself in the metrics)."""
 
     def __init__(self, ctx: Context, request, read: reads.Read, args: tuple) -> None:
         self.ctx = ctx
         self.request = request
         self.read = read
         self.args = args
-        self.handler_name = read.handler_name
+        self.started = time.perf_counter()  # the headers are in: the request has arrived
 
     def finish(self) -> None:
-        self.read.start(self.ctx, self.args, self.request.headers, self._respond)
+        self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
 
     def on_connection_close(self) -> None:
-        self.ctx.stats.active.discard(self.request)
+        self.ctx.active.discard(self.request)

@@ -7,7 +7,8 @@ same single implementation of its endpoint that the Tornado handler runs (``fron
 for the single-entity reads, an :class:`frontend.endpoints.Endpoint` for the POSTs: admission,
 checks, shard requests, rendering) and writes the :class:`~frontend.errors.Reply` it renders with
 :meth:`Exchange.respond`, adding what Tornado would have added (``Server``, ``Date``,
-``Content-Type``, ``Content-Length``), the request counters of ``/metrics`` and the access log.
+``Content-Type``, ``Content-Length``) and the access log; the endpoint implementation counts the
+request for ``/metrics``.
 tests/test_http_engine.py sends the same requests to both engines and compares the responses.
 
 Everything else goes to the Tornado application: other methods and paths, a query string,
@@ -27,7 +28,7 @@ from frontend import endpoints, reads
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.handlers import online_features_endpoint
-from frontend.ops import record_request
+from frontend.ops import log_request
 
 _ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(rb"/features/([^/?]+)/([^/?]+)\Z")
@@ -88,17 +89,18 @@ class Hot:
         return None
 
     def _read(self, read: reads.Read, args: tuple, ex) -> None:
-        read.start(self.ctx, args, Headers(ex), partial(self._answer, ex, read.handler_name, time.monotonic()))
+        started = time.perf_counter()
+        read.start(self.ctx, args, Headers(ex), partial(self._answer, ex, started), started)
 
     def _post(self, endpoint: endpoints.Endpoint, ex) -> None:
-        endpoint.start(self.ctx, Headers(ex), ex.body(),
-                       partial(self._answer, ex, endpoint.handler_name, time.monotonic()))
+        started = time.perf_counter()
+        endpoint.start(self.ctx, Headers(ex), ex.body(), partial(self._answer, ex, started), started)
 
-    def _answer(self, ex, handler_name: str, started: float, reply: Reply) -> None:
+    def _answer(self, ex, started: float, reply: Reply) -> None:
         status, headers, body = reply
         ex.respond(status, headers, body)
-        record_request(self.ctx, handler_name, ex.method, ex.url.decode("latin1"), ex.context.remote_ip,
-                       status, time.monotonic() - started)
+        log_request(self.ctx, ex.method, ex.url.decode("latin1"), ex.context.remote_ip, status,
+                    time.perf_counter() - started)
 
 
 def _segments(m: re.Match) -> tuple:

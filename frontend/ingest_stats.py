@@ -51,3 +51,16 @@ class IngestStats:
                             return P.counters_of(reply)
             except (TimeoutError, P.ProtocolError, IndexError, AttributeError):
                 return {"detail": f"ingest did not answer in {self.timeout_s:g} s"}
+
+
+_fetchers: dict[str, IngestStats] = {}  # one per endpoint in this process, made on first use
+
+
+async def ingest_stats(ctx) -> dict | None:
+    """Ingest's counters (``{"detail"}`` when it does not answer); None when not configured."""
+    endpoint = ctx.cfg.ingest_stats_endpoint
+    if not endpoint:
+        return None
+    if endpoint not in _fetchers:
+        _fetchers[endpoint] = IngestStats(endpoint, ctx.cfg.shard_timeout_s, ctx.cfg.curve_dir)
+    return await _fetchers[endpoint].fetch()

@@ -8,9 +8,10 @@ import orjson
 
 from common import protocol as P
 from common.events import EventError, check_entity_id, check_name
+from common.partition import mismatch
 from frontend import endpoints, fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
-from frontend.ingest_stats import IngestStats
+from frontend.ingest_stats import ingest_stats
 
 
 class EntityReads(BaseHandler):
@@ -115,21 +116,32 @@ class ReadyzHandler(BaseHandler):
     open_access = True
 
     async def get(self) -> None:
+        if self.ctx.cfg.cluster_kafka:
+            return self._answer(self.ctx.client.readiness())
         replies, down = await fanout.replies_of_all(self.ctx, P.ping)
-        shards = [{"shard": s, "ready": s not in down} for s in sorted(replies)]
-        if down:
-            self.set_status(503)
-            self.set_header("Retry-After", str(self.ctx.cfg.retry_after_s))
-            detail = "shards not ready: " + ", ".join(map(str, down))
-            self.finish(orjson.dumps({"detail": detail, "shards": shards}))
-        else:
-            self.finish(orjson.dumps({"status": "ready", "shards": shards}))
+        wrong = {s: mismatch(r.get(P.SLOT_TABLE), s, self.ctx.cfg.shards) for s, r in replies.items()
+                 if s not in down}
+        wrong = {s: why for s, why in wrong.items() if why}  # another slot table: names it
+        shards = []
+        for s in sorted(replies):
+            shards.append({"shard": s, "ready": s not in down and s not in wrong})
+            if s in wrong:
+                shards[-1]["detail"] = wrong[s]
+        problems = (["shards not ready: " + ", ".join(map(str, down))] if down else []) + list(wrong.values())
+        self._answer((not problems, "; ".join(problems), {"shards": shards}))
+
+    def _answer(self, readiness: tuple[bool, str, dict]) -> None:
+        ready, detail, extra = readiness
+        if ready:
+            self.finish(orjson.dumps({"status": "ready", **extra}))
+            return
+        self.set_status(503)
+        self.set_header("Retry-After", str(self.ctx.cfg.retry_after_s))
+        self.finish(orjson.dumps({"detail": detail, **extra}))
 
 
 class StatsHandler(BaseHandler):
     """``GET /stats``: each shard's counters and the totals (and ingest's, when configured)."""
-
-    ingest: IngestStats | None = None  # one per process, made on first use
 
     async def get(self) -> None:
         replies, _ = await fanout.replies_of_all(self.ctx, P.stats)
@@ -139,14 +151,12 @@ class StatsHandler(BaseHandler):
             if isinstance(r, Exception):
                 shards.append({"shard": s, "detail": str(r)})
                 continue
-            stats = {k: v for k, v in r.items() if k not in (P.ID, P.OK)}
+            stats = P.counters_of(r)
             shards.append(stats)
             for k in totals:
                 totals[k] += stats.get(k, 0)
         body = {"totals": totals, "shards": shards}
-        endpoint = self.ctx.cfg.ingest_stats_endpoint
-        if endpoint:
-            if StatsHandler.ingest is None:
-                StatsHandler.ingest = IngestStats(endpoint, self.ctx.cfg.shard_timeout_s, self.ctx.cfg.curve_dir)
-            body["ingest"] = await StatsHandler.ingest.fetch()
+        ingest = await ingest_stats(self.ctx)
+        if ingest is not None:
+            body["ingest"] = ingest
         self.finish(orjson.dumps(body))

@@ -8,6 +8,10 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _html(description: str) -> dict:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
 def _errors(*codes: int) -> dict:
     words = {400: "bad input, the detail names the field", 401: "a bearer token is required",
              403: "the token may not do this, or the store is read-only", 404: "not found",
@@ -47,6 +51,11 @@ _RFC3339 = ("^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8]
 _TS = {"anyOf": [{"type": "null"}, {"type": "string", "pattern": _RFC3339},
                  {"type": "number", "minimum": 0, "maximum": 253402300799}],
        "description": "RFC 3339 with a zone, or seconds since the epoch, 1970 to 9999; absent or null = time received"}
+_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+_EVENT_ID = {"type": ["string", "integer"], "minLength": 1, "maxLength": 256,
+             "minimum": _INT64["minimum"], "maximum": _INT64["maximum"],
+             "description": "a string of 1 to 256 characters or a 64-bit integer; counted once by aggregations "
+                            "when repeated"}
 _READ_ERRORS = (400, 401, 403, 404, 503)
 _WRITE_ERRORS = (400, 401, 403, 413, 503, 507)
 _NAMES = {"type": "array", "minItems": 1, "items": _NAME_SCHEMA}
@@ -148,15 +157,33 @@ SPEC = {
         "/metrics": {"get": {"summary": "Prometheus text format", "responses": {
             "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "")}}},
+        "/status": {"get": {"summary": "What the status page shows: shards, requests per route, ingest", "responses": {
+            "200": _json({"type": "object", "properties": {
+                "time": {"type": "number", "description": "seconds since the epoch"},
+                "shards": {"type": "array", "items": {"type": "object"}},
+                "routes": {"type": "array", "items": {"type": "object", "properties": {
+                    "route": {"type": "string"}, "count": {"type": "number"},
+                    "buckets": {"type": "array", "items": {"type": "number"},
+                                "description": "cumulative counts at each of bounds, then +Inf"}}}},
+                "bounds": {"type": "array", "items": {"type": "number"}},
+                "ingest": {"type": ["object", "null"]}}}, "counts since the processes started"),
+            **_errors(401, 403)}}},
+        "/": {"get": {"summary": "The status page (HTML)", "responses": {"200": _html("the page")}}},
+        "/docs": {"get": {"summary": "These docs in Swagger UI (HTML)", "responses": {"200": _html("the page")}}},
+        "/static/{path}": {"get": {"summary": "The status page's CSS and JavaScript", "parameters": [_PATH],
+                                   "responses": {"200": {"description": "the file"}, **_errors(404)}}},
+        "/docs/assets/{path}": {"get": {"summary": "Swagger UI's files", "parameters": [_PATH],
+                                        "responses": {"200": {"description": "the file"}, **_errors(404)}}},
     },
     "components": {"schemas": {
         "Value": _VALUE,
         "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
         "Write": {"oneOf": [
             {"type": "object", "required": ["entity_id", "name", "value"], "additionalProperties": False,
-             "properties": {"entity_id": _ID, "name": _NAME_SCHEMA, "value": _ANY, "event_timestamp": _TS}},
+             "properties": {"entity_id": _ID, "name": _NAME_SCHEMA, "value": _ANY, "event_timestamp": _TS,
+                            "event_id": _EVENT_ID}},
             {"type": "object", "required": ["entity_id", "features"], "additionalProperties": False,
-             "properties": {"entity_id": _ID, "event_timestamp": _TS,
+             "properties": {"entity_id": _ID, "event_timestamp": _TS, "event_id": _EVENT_ID,
                             "features": {"type": "object", "minProperties": 1, "maxProperties": 16,
                                          "propertyNames": _NAME_SCHEMA, "additionalProperties": _ANY}}}]},
         "Saved": {"type": "object", "properties": {"message": {"type": "string"}, "written": {"type": "integer"},

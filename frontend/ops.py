@@ -2,104 +2,107 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections import defaultdict
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from common import protocol as P
+from frontend import fanout
 from frontend.base import BaseHandler
+from frontend.metrics import buckets
 from frontend.openapi import SPEC
+from frontend.ingest_stats import ingest_stats
+
+SHARD_GAUGES = {"entities": "entities held", "values": "feature values held", "memory_bytes": "resident memory",
+                "log_bytes": "size of the append-only log (0 without FS_DATA_DIR)"}
+SHARD_COUNTERS = {"writes": "values written", "stale": "writes older than the stored value, ignored"}
+INGEST_COUNTERS = {"events": "valid events acknowledged by every shard", "applied": "values applied by the shards",
+                   "stale": "values older than the stored ones", "rejected": "events rejected (dead letters)"}
+MAX_VIEWS = 50  # freshness labels across shards: beyond, "other"
 
 log = logging.getLogger("frontend")
 
 
-METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
-OTHER = "OTHER"  # any other method a client sends: label values come from closed sets
-
-
-class RequestStats:
-    """Per-process request counters: a dict increment per request, nothing more on the hot path.
-
-    Every label value is from a closed set (handler classes, :data:`METHODS` or ``OTHER``, the
-    statuses the server sends), so no client can grow the metrics without bound."""
-
-    def __init__(self) -> None:
-        self.active: set = set()  # requests admitted and not answered yet (FS_HTTP_MAX_CONCURRENT_REQUESTS)
-        self.count: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.seconds: dict[tuple[str, str, int], float] = defaultdict(float)
-
-    def record(self, handler) -> None:
-        self.active.discard(handler.request)
-        self.add(type(handler).__name__, handler.request.method, handler.get_status(),
-                 handler.request.request_time())
-
-    def add(self, handler_name: str, method: str, status: int, seconds: float) -> None:
-        key = (handler_name, method if method in METHODS else OTHER, status)
-        self.count[key] += 1
-        self.seconds[key] += seconds
-
-
-def record_request(ctx, handler_name: str, method: str, uri: str, remote_ip: str, status: int,
-                   seconds: float) -> None:
-    """Count a request served without a ``RequestHandler`` (a fast path), and log it as the
-    application's access log does: only 5xx, or every one with FS_ACCESS_LOG."""
-    ctx.stats.add(handler_name, method, status, seconds)
+def log_request(ctx, method: str, uri: str, remote_ip: str, status: int, seconds: float) -> None:
+    """Log a request served without a ``RequestHandler`` (a fast path) as the application's access
+    log does: only 5xx, or every one with FS_ACCESS_LOG. (It counted itself: reads.py, endpoints.py.)"""
     if status >= 500 or ctx.cfg.access_log:
         log.info("%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000 * seconds)
 
 
-class _Snapshot:
-    """A prometheus_client collector over one scrape's figures."""
+def shard_families(replies: dict) -> list:
+    """Per shard: up, sizes and counters; and the age of values served per view, all shards summed."""
+    up = GaugeMetricFamily("featurestore_shard_up", "1 when the shard answered this scrape", labels=["shard"])
+    gauges = {k: GaugeMetricFamily(f"featurestore_shard_{k}", f"Shard: {h}", labels=["shard"])
+              for k, h in SHARD_GAUGES.items()}
+    counters = {k: CounterMetricFamily(f"featurestore_shard_{k}", f"Shard: {h}", labels=["shard"])
+                for k, h in SHARD_COUNTERS.items()}
+    ages: dict[str, list[float]] = {}
+    bounds: list = []
+    for shard, reply in sorted(replies.items()):
+        label = [str(shard)]
+        ok = not isinstance(reply, Exception) and P.is_ok(reply)
+        up.add_metric(label, 1 if ok else 0)
+        if not ok:
+            continue
+        for k, fam in {**gauges, **counters}.items():
+            if isinstance(reply.get(k), (int, float)):
+                fam.add_metric(label, reply[k])
+        fresh = reply.get("freshness") or {}
+        bounds = fresh.get("bounds", bounds)
+        for view, counts in fresh.get("views", {}).items():
+            if view not in ages and len(ages) >= MAX_VIEWS:
+                view = "other"
+            acc = ages.setdefault(view, [0.0] * len(counts))
+            for i, n in enumerate(counts):
+                acc[i] += n
+    freshness = HistogramMetricFamily("featurestore_feature_age_seconds", "Age (now - event time) of the values "
+                                      "served, by view (the name before ':'); shards sample reads, see "
+                                      "FS_FRESHNESS_SAMPLE_EVERY", labels=["view"])
+    for view, acc in sorted(ages.items()):
+        freshness.add_metric([view], buckets(bounds, acc[:-1]), acc[-1])
+    return [up, *gauges.values(), *counters.values(), freshness]
 
-    def __init__(self, stats: RequestStats, shards: dict) -> None:
-        self.stats, self.shards = stats, shards
+
+def ingest_families(stats: dict | None) -> list:
+    """Ingest's counters, lag and rate; nothing when ingest is not configured or not answering."""
+    if not stats or "detail" in stats:
+        return []
+    fams = [CounterMetricFamily(f"featurestore_ingest_{k}", f"Ingest: {h}", value=stats[k])
+            for k, h in INGEST_COUNTERS.items() if isinstance(stats.get(k), (int, float))]
+    if isinstance(stats.get("lag"), (int, float)):
+        fams.append(GaugeMetricFamily("featurestore_ingest_lag", "Ingest: messages behind the end of its "
+                                      "Kafka partitions", value=stats["lag"]))
+    fams.append(GaugeMetricFamily("featurestore_ingest_events_per_second", "Ingest: events per second lately",
+                                  value=stats.get("events_per_s", 0)))
+    return fams
+
+
+class _Families:
+    """A prometheus_client collector over one scrape's metric families."""
+
+    def __init__(self, families: list) -> None:
+        self.families = families
 
     def collect(self):
-        pid = str(os.getpid())
-        requests = CounterMetricFamily("featurestore_http_requests", "HTTP requests served by this "
-                                       "front-end process", labels=["handler", "method", "status", "pid"])
-        seconds = CounterMetricFamily("featurestore_http_request_seconds", "Time spent serving them",
-                                      labels=["handler", "method", "status", "pid"])
-        for (name, method, status), n in list(self.stats.count.items()):
-            labels = [name, method, str(status), pid]
-            requests.add_metric(labels, n)
-            seconds.add_metric(labels, self.stats.seconds[(name, method, status)])
-        yield requests
-        yield seconds
-        up = GaugeMetricFamily("featurestore_shard_up", "1 when the shard answered this scrape", labels=["shard"])
-        gauges = {k: GaugeMetricFamily(f"featurestore_shard_{k}", f"{k} held by the shard", labels=["shard"])
-                  for k in ("entities", "values")}
-        counters = {k: CounterMetricFamily(f"featurestore_shard_{k}", f"{k} applied by the shard",
-                                           labels=["shard"]) for k in ("writes", "stale")}
-        for shard, reply in sorted(self.shards.items()):
-            label = [str(shard)]
-            ok = not isinstance(reply, Exception)
-            up.add_metric(label, 1 if ok else 0)
-            if ok:
-                for k, fam in {**gauges, **counters}.items():
-                    if isinstance(reply.get(k), (int, float)):
-                        fam.add_metric(label, reply[k])
-        yield up
-        yield from gauges.values()
-        yield from counters.values()
+        return self.families
 
 
 class MetricsHandler(BaseHandler):
-    """``GET /metrics``: this process's request counters and every shard's counters; a read
-    (the read token), unless ``FS_METRICS_OPEN`` opens it to a scraper without one."""
+    """``GET /metrics``: every front-end process's request histograms, every shard's figures, ingest's;
+    a read (the read token), unless ``FS_METRICS_OPEN`` opens it to a scraper without one."""
 
     @property
     def open_access(self) -> bool:
         return self.ctx.cfg.metrics_open
 
     async def get(self) -> None:
-        shards = await self.ctx.client.call_all(P.stats)
+        shards, _ = await fanout.replies_of_all(self.ctx, P.stats)
+        families = self.ctx.metrics.families() + shard_families(shards) + ingest_families(await ingest_stats(self.ctx))
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Snapshot(self.ctx.stats, shards))
+        registry.register(_Families(families))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(registry))
 

@@ -10,27 +10,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from functools import partial
 from typing import Callable
 
 from common import protocol as P
 from frontend.access import admit
 from frontend.errors import INTERNAL, APIError, Reply, error_reply, reply_failure
+from frontend.metrics import counted
 
 log = logging.getLogger("frontend")
 
 
 class Read:
-    """One kind of read; ``handler_name`` labels its requests in ``/metrics``."""
+    """One kind of read; ``route`` (its route template) labels its requests in ``/metrics``."""
 
-    __slots__ = ("handler_name", "parse")
+    __slots__ = ("route", "parse")
 
-    def __init__(self, handler_name: str, parse: Callable[[tuple], tuple[str, dict]]) -> None:
-        self.handler_name = handler_name
+    def __init__(self, route: str, parse: Callable[[tuple], tuple[str, dict]]) -> None:
+        self.route = route
         self.parse = parse  # path arguments -> (entity id, shard request), or an APIError
 
-    def start(self, ctx, args: tuple, headers, done: Callable[[Reply], None]) -> None:
-        """Serve a GET with path ``args``; ``done(reply)`` is called once, possibly before this returns."""
+    def start(self, ctx, args: tuple, headers, done: Callable[[Reply], None], started: float | None = None) -> None:
+        """Serve a GET with path ``args``; ``done(reply)`` is called once, possibly before this
+        returns. The request is counted in ``ctx.metrics``, from ``started`` (the
+        ``time.perf_counter()`` of its arrival; now when not given), before ``done`` writes it:
+        whatever serves the connection, a client that saw the response finds it counted."""
+        done = partial(counted, ctx.metrics, self.route, "GET", started or time.perf_counter(), done)
         try:
             admit(ctx.cfg, False, headers)
             eid, request = self.parse(args)
@@ -72,5 +78,5 @@ def _feature(args: tuple) -> tuple[str, dict]:
     return eid, P.get1(eid, name)
 
 
-ENTITY = Read("EntityHandler", _entity)  # args: (entity_id,)
-FEATURE = Read("FeatureHandler", _feature)  # args: (entity_id, name)
+ENTITY = Read("/features/{entity_id}", _entity)  # args: (entity_id,)
+FEATURE = Read("/features/{entity_id}/{name}", _feature)  # args: (entity_id, name)

@@ -3,7 +3,7 @@
 One DEALER per shard, read from the asyncio loop (``add_reader`` on the socket's edge-triggered
 file descriptor). Requests made in the same loop iteration to the same shard travel in one
 message, and every wake-up drains all queued replies: per-request overhead on the front end is
-what limits reads (../shared/PERFORMANCE.md). Replies are matched to requests by id. Every call
+what limits reads (docs/BENCHMARKS.md). Replies are matched to requests by id. Every call
 is bounded by ``timeout_s``; a shard that is down fails fast because the sockets set
 ``ZMQ_IMMEDIATE`` (nothing is queued for a peer that is not connected) and its calls raise
 :class:`ShardUnavailable`. When the shard comes back, ZeroMQ reconnects by itself.
@@ -85,18 +85,29 @@ class ShardClient:
         self.timeout_s = timeout_s
         self.max_frame_requests = max_frame_requests  # FS_MAX_FRAME_REQUESTS: the shard refuses more
         self.max_frame_bytes = max_frame_bytes  # FS_MAX_FRAME_BYTES: the shard drops the peer past it
+        self.curve_dir = curve_dir  # FS_CURVE_DIR: every link, those added later included, uses it
         self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM, curve_dir=curve_dir))
                       for i, e in enumerate(endpoints)]
         # request id -> (callback, deadline, shard), oldest first
         self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
+        self._short: dict[int, float] = {}  # request id -> deadline, for calls with a shorter timeout
         self._ids = itertools.count(1)
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self.on_roundtrip: Callable[[int, float], None] | None = None  # (shard, seconds) per reply frame
 
     @property
     def n_shards(self) -> int:
         return len(self.links)
+
+    def add_link(self, endpoint: str) -> int:
+        """Connect one more shard (cluster mode finds shards as they appear); return its index."""
+        link = ShardOutbox(len(self.links), connect_dealer(self.ctx, endpoint, hwm=HWM, curve_dir=self.curve_dir))
+        self.links.append(link)
+        if self._loop is not None:
+            self._loop.add_reader(link.sock.getsockopt(zmq.FD), self._drain, link)
+        return link.index
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Attach the sockets to the running loop."""
@@ -118,13 +129,17 @@ class ShardClient:
             _run(done, ShardUnavailable(shard, "client closed"))
 
     # ---- calls
-    def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None]) -> None:
+    def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None],
+             timeout_s: float | None = None) -> None:
         """Send ``request`` (a builder's map, without an id) to ``shard``; ``done`` is called
         once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
-        returns when the shard is not connected."""
+        returns when the shard is not connected. ``timeout_s`` (default: the client's) bounds it."""
         req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
-        self.pending[req_id] = (done, time.monotonic() + self.timeout_s, shard)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        self.pending[req_id] = (done, deadline, shard)
+        if timeout_s is not None and timeout_s < self.timeout_s:  # out of deadline order
+            self._short[req_id] = deadline
         link = self.links[shard]
         if idle and not self._flush_scheduled:
             self._send(link, [request])
@@ -196,9 +211,13 @@ class ShardClient:
 
     def _on_replies(self, replies: list) -> None:
         pending = self.pending
+        timed = self.on_roundtrip is None
         for reply in replies:
             entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
             if entry is not None:
+                if not timed:  # the first request of the frame: sent at its deadline - timeout
+                    timed = True
+                    self.on_roundtrip(entry[2], time.monotonic() - entry[1] + self.timeout_s)
                 _run(entry[0], reply)
 
     def _sweep(self) -> None:
@@ -210,6 +229,13 @@ class ShardClient:
                 break
             del pending[req_id]
             _run(done, ShardUnavailable(shard, f"did not answer in {self.timeout_s:g} s"))
+        if self._short:
+            for req_id, deadline in list(self._short.items()):
+                if req_id not in pending or deadline <= now:
+                    del self._short[req_id]
+                    entry = pending.pop(req_id, None)
+                    if entry is not None:
+                        _run(entry[0], ShardUnavailable(entry[2], "did not answer in time"))
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
 

@@ -13,12 +13,13 @@ import time
 import orjson
 import zmq
 
-from common import config, curve
+from common import config, curve, logs
 from common import protocol as P
 from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
 from ingest.decode import DeadLetters, Decoder
+from ingest.kafka_writer import KafkaWriter
 from ingest.sources import FileSource, KafkaSource, StartError, ZmqSource
 from ingest.writer import ShardWriter
 
@@ -34,14 +35,16 @@ class Ingest:
     def __init__(self, cfg: Config, ctx: zmq.Context) -> None:
         self.cfg = cfg
         self.dead = DeadLetters(cfg.dead_letter_path)
-        self.decoder = Decoder(Limits.from_config(cfg), Partitioner(cfg.shards), self.dead,
-                               cfg.ingest_max_event_bytes)
+        # cluster mode: one bucket per unit (records are keyed by entity), produced to Kafka
+        self.decoder = Decoder(Limits.from_config(cfg), Partitioner(1 if cfg.cluster_kafka else cfg.shards),
+                               self.dead, cfg.ingest_max_event_bytes)
         self.guard = curve.start_authenticator(ctx, cfg.curve_dir)  # before any socket binds
-        self.writer = ShardWriter(cfg, ctx, self.dead)
+        self.writer = KafkaWriter(cfg, self.dead) if cfg.cluster_kafka else ShardWriter(cfg, ctx, self.dead)
         self.stats_sock = _bind_stats(ctx, cfg.ingest_stats_endpoint, cfg.curve_dir)
         self.running = True
         self.started = time.monotonic()
         self._rate, self._last = 0.0, (self.started, 0)
+        self._logged: tuple = (0, 0, 0, None)  # what the last progress line showed
         if cfg.ingest_source == "file":
             self.source = FileSource(cfg.ingest_file or "-", self.decoder, cfg.ingest_batch_events)
         elif cfg.ingest_source == "kafka":
@@ -144,12 +147,17 @@ class Ingest:
                 reply = P.error(None, P.MALFORMED, str(exc))
             self.stats_sock.send_multipart([ident, P.encode([reply])])
 
-    def log_progress(self) -> None:
+    def log_progress(self, final: bool = False) -> None:
+        """One progress line, when something happened since the last one (idle is quiet)."""
+        self.dead.flush()
         s = self.stats()
+        moved = (s["events"], s["retries"], s["in_flight"], s["lag"])
+        if moved == self._logged and not final:
+            return
+        self._logged = moved
         log.info("progress: %.0f events/s, events=%d applied=%d stale=%d rejected=%d lag=%s "
                  "in_flight=%d retries=%d", s["events_per_s"], s["events"], s["applied"], s["stale"],
                  s["rejected"], s["lag"], s["in_flight"], s["retries"])
-        self.dead.flush()
 
     def summary(self) -> dict:
         w = self.writer
@@ -184,8 +192,7 @@ def _bind_stats(ctx: zmq.Context, endpoint: str | None, curve_dir: str | None) -
 
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "ingest")
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(cfg, "ingest")
     ctx = zmq.Context()
     try:
         ingest = Ingest(cfg, ctx)
@@ -195,16 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, ingest.stop)
     signal.signal(signal.SIGINT, ingest.stop)
-    log.info("ingest from %s into %d shards (stats on %s)", ingest.source.name, cfg.shards,
+    log.info("ingest from %s into %s (stats on %s)", ingest.source.name,
+             f"topic {cfg.cluster_topic}" if cfg.cluster_kafka else f"{cfg.shards} shards",
              cfg.ingest_stats_endpoint if ingest.stats_sock is not None else "-")
     up = ingest.writer.wait_connected(cfg.shard_timeout_s)
-    if len(up) < cfg.shards:
+    if len(up) < cfg.shards and not cfg.cluster_kafka:
         log.warning("shards %s do not answer yet: their writes wait", sorted(set(range(cfg.shards)) - set(up)))
     print(f"READY ingest {ingest.source.name}", file=sys.stderr, flush=True)
     try:
         ingest.run()
     finally:
-        ingest.log_progress()
+        ingest.log_progress(final=True)
         ingest.close()
         ctx.term()
     if cfg.ingest_source == "file":

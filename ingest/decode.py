@@ -23,12 +23,17 @@ MAX_ERRORS_PER_UNIT = 10  # reasons returned to a ZeroMQ producer per request
 
 class Unit:
     """One source item (a chunk of lines, of Kafka messages, one producer request): its writes per
-    shard, what the shards answered, and the tag its source needs to acknowledge it."""
+    shard, what the shards answered, and the tag its source needs to acknowledge it.
 
-    __slots__ = ("tag", "by_shard", "events", "written", "stale", "rejected", "errors")
+    With aggregations configured, ``origin`` names the source its positions are in (None: no
+    positions) and ``meta[shard]`` holds ``(event ids, positions)`` parallel to its writes."""
 
-    def __init__(self, tag: Any = None) -> None:
+    __slots__ = ("tag", "by_shard", "events", "written", "stale", "rejected", "errors", "origin", "meta")
+
+    def __init__(self, tag: Any = None, origin: str | None = None) -> None:
         self.tag = tag
+        self.origin = origin
+        self.meta: dict[int, tuple[list, list]] = {}
         self.by_shard: dict[int, list] = {}
         self.events = 0
         self.written = 0
@@ -114,6 +119,7 @@ class Decoder:
         self.partitioner = partitioner
         self.dead = dead
         self.max_event_bytes = max_event_bytes
+        self.track = bool(limits.aggregations)  # keep event ids and positions for the shards
 
     def reject(self, unit: Unit, source: str, reason: str, raw: Any) -> None:
         unit.rejected += 1
@@ -121,8 +127,9 @@ class Decoder:
             unit.errors.append(f"{source}: {reason}")
         self.dead.add(source, reason, raw)
 
-    def add_lines(self, unit: Unit, lines: Iterable[bytes], where) -> None:
-        """Parse JSON lines into ``unit``; ``where(i)`` names line ``i`` for a dead letter."""
+    def add_lines(self, unit: Unit, lines: Iterable[bytes], where, positions=None) -> None:
+        """Parse JSON lines into ``unit``; ``where(i)`` names line ``i`` for a dead letter, and
+        ``positions[i]`` is its position in ``unit.origin``."""
         loads, JSONDecodeError = loads_json, ValueError  # integers past 64 bits stay integers
         if type(lines) is not list:
             lines = list(lines)
@@ -133,6 +140,7 @@ class Decoder:
             pass
         limit, now, limits = self.max_event_bytes, timefmt.now_us(), self.limits
         route, by_shard = self.partitioner.route, unit.by_shard
+        track, ids = self.track, None
         events = 0
         for i, raw in enumerate(lines):
             if len(raw) > limit:
@@ -146,35 +154,41 @@ class Decoder:
                 self.reject(unit, where(i), f"not JSON: {exc}", raw)
                 continue
             if type(obj) is not dict:
-                self.add_object(unit, obj, where, i, raw, now)
+                self.add_object(unit, obj, where, i, raw, now, positions)
                 continue
+            if track:
+                ids = []
             try:  # the hot path, inlined: one event object
-                writes = parse_event(obj, limits, now)
+                writes = parse_event(obj, limits, now, "", ids)
             except Exception:
-                self._add_one(unit, obj, where, i, "", raw, now)  # rejects it, with the reason
+                self._add_one(unit, obj, where, i, "", raw, now, positions)  # rejects it, with the reason
                 continue
             route(by_shard, writes)
+            if track:
+                _keep_meta(unit, self.partitioner.shard_for(writes[0][0]), ids, positions, i)
             events += 1
         unit.events += events
 
     def add_object(self, unit: Unit, obj: Any, where, i: int, raw: Any = None,
-                   now: int | None = None) -> None:
+                   now: int | None = None, positions=None) -> None:
         """Validate one decoded event (or an array of events) into ``unit``."""
         if now is None:
             now = timefmt.now_us()
         if type(obj) is dict:
-            self._add_one(unit, obj, where, i, "", obj if raw is None else raw, now)
+            self._add_one(unit, obj, where, i, "", obj if raw is None else raw, now, positions)
         elif type(obj) is list:
             if not obj:
                 self.reject(unit, where(i), "an array of events must not be empty", raw if raw is not None else obj)
             for j, item in enumerate(obj):
-                self._add_one(unit, item, where, i, f"[{j}].", item, now)
+                self._add_one(unit, item, where, i, f"[{j}].", item, now, positions)
         else:
-            self._add_one(unit, obj, where, i, "", obj if raw is None else raw, now)
+            self._add_one(unit, obj, where, i, "", obj if raw is None else raw, now, positions)
 
-    def _add_one(self, unit: Unit, obj: Any, where, i: int, prefix: str, raw: Any, now: int) -> None:
+    def _add_one(self, unit: Unit, obj: Any, where, i: int, prefix: str, raw: Any, now: int,
+                 positions=None) -> None:
+        ids = [] if self.track else None
         try:
-            writes = parse_event(obj, self.limits, now, prefix)
+            writes = parse_event(obj, self.limits, now, prefix, ids)
         except EventError as exc:
             self.reject(unit, where(i), exc.detail, raw)
             return
@@ -185,4 +199,15 @@ class Decoder:
             self.reject(unit, where(i), f"not a valid event ({exc.__class__.__name__}: {exc})", raw)
             return
         self.partitioner.route(unit.by_shard, writes)
+        if ids is not None:
+            _keep_meta(unit, self.partitioner.shard_for(writes[0][0]), ids, positions, i)
         unit.events += 1
+
+
+def _keep_meta(unit: Unit, shard: int, ids: list, positions, i: int) -> None:
+    """Record the event ids and the position of an event's writes, parallel to them."""
+    meta = unit.meta.get(shard)
+    if meta is None:
+        meta = unit.meta[shard] = ([], [])
+    meta[0].extend(ids)
+    meta[1].extend([positions[i] if positions is not None else 0] * len(ids))

@@ -45,6 +45,8 @@ class FileSource:
     def __init__(self, path: str, decoder: Decoder, batch_events: int) -> None:
         self.label = "stdin" if path == "-" else path
         self.fd = sys.stdin.buffer.fileno() if path == "-" else os.open(path, os.O_RDONLY)
+        # line numbers are positions in the file: a file read again is not counted twice
+        self.origin = None if path == "-" else f"file:{os.path.abspath(path)}"
         self.decoder = decoder
         self.batch_events = batch_events
         self.limit = decoder.max_event_bytes
@@ -89,9 +91,10 @@ class FileSource:
             self.rest = b""
         step = self.batch_events
         for start in range(0, len(lines), step):
-            unit = Unit()
+            unit = Unit(origin=self.origin)
             first, label = self.line_no + start, self.label
-            self.decoder.add_lines(unit, lines[start:start + step], lambda i: f"{label}:{first + i}")
+            chunk = lines[start:start + step]
+            self.decoder.add_lines(unit, chunk, lambda i: f"{label}:{first + i}", range(first, first + len(chunk)))
             writer.add(unit)
         self.line_no += len(lines)
 
@@ -250,13 +253,23 @@ class KafkaSource:
         self.drain()
 
     def pull(self, writer: ShardWriter) -> None:
-        from confluent_kafka import KafkaError
-
         msgs = self.consumer.consume(self.batch_events, 0.005 if writer.busy() else 0.05)
         self.idle = len(msgs) < self.batch_events
         if not msgs:
             return
-        unit = Unit({})
+        if not self.decoder.track:
+            self._add(writer, msgs, None)
+            return
+        by_part: dict[int, list] = {}  # offsets are positions in one partition: a unit each
+        for msg in msgs:
+            by_part.setdefault(msg.partition(), []).append(msg)
+        for part, some in by_part.items():
+            self._add(writer, some, f"kafka:{self.topic}/{part}")
+
+    def _add(self, writer: ShardWriter, msgs: list, origin: str | None) -> None:
+        from confluent_kafka import KafkaError
+
+        unit = Unit({}, origin)
         offsets, values, where = unit.tag, [], []
         for msg in msgs:
             err = msg.error()
@@ -274,7 +287,8 @@ class KafkaSource:
             values.append(value)
             where.append((part, off))
         topic = self.topic
-        self.decoder.add_lines(unit, values, lambda i: f"kafka:{topic}[{where[i][0]}]@{where[i][1]}")
+        self.decoder.add_lines(unit, values, lambda i: f"kafka:{topic}[{where[i][0]}]@{where[i][1]}",
+                               [off for _, off in where])
         writer.add(unit)
 
     def complete(self, batch: Batch) -> None:

@@ -185,7 +185,13 @@ class ShardWriter:
                 if entry is None:
                     entry = per_shard[shard] = ([], {})
                 req_id = next(self._ids)
-                entry[0].append(P.write(writes, req_id))
+                meta = unit.meta.get(shard)
+                if meta is None:
+                    entry[0].append(P.write(writes, req_id))
+                else:  # aggregations: the shard counts a redelivered event once
+                    ids = meta[0] if any(e is not None for e in meta[0]) else None
+                    entry[0].append(P.write(writes, req_id, ids, unit.origin,
+                                            meta[1] if unit.origin is not None else None))
                 entry[1][req_id] = unit
         self.in_flight.append(batch)
         now = time.monotonic()
@@ -199,7 +205,7 @@ class ShardWriter:
             if link.retry_at <= now and (len(link.frames) == 1 or link.frames[-2].sent):
                 self._send(link, frame, now)
         for unit in batch.units:
-            unit.by_shard = {}  # the frames hold the encoded writes; free the objects
+            unit.by_shard, unit.meta = {}, {}  # the frames hold the encoded writes; free the objects
 
     # ---- the shard side
     def _send(self, link: ShardBacklog, frame: Frame, now: float) -> bool:

@@ -6,10 +6,14 @@ them without sockets. Each docstring gives the request and reply fields.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 from common import protocol as P
 from common.events import EventError, Limits, TooLarge, check_writes
+from shard.aggregate import AggregateRefused
+from shard.cluster import answer_pdump
+from shard.freshness import Freshness
 from shard.store import NOT_FOUND_DETAIL, Store, TooWide
 
 log = logging.getLogger("shard")
@@ -41,21 +45,59 @@ class ShardState:
 
     ``journal`` (None when memory only) has ``log_write(writes)`` and ``log_delete(eid, name)``;
     they append before the store changes and raise :class:`Refused` when the log cannot be written.
+
+    ``owner`` (None: every entity is this shard's) has ``refusal(eid)``: why this shard may not
+    answer for ``eid``, or None (``shard.topology.SlotOwner``, ``shard.cluster.Partitions``).
+    ``cluster`` is the ``shard.cluster_run.ClusterShard`` of a cluster-mode shard.
     """
 
-    def __init__(self, index: int, store: Store | None = None, journal=None, limits: Limits | None = None,
+    def __init__(self, index: int, store: Store | None = None, journal=None, owner=None,
+                 freshness: Freshness | None = None, limits: Limits | None = None,
                  max_features: int | None = None, max_frame_requests: int = 4096) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
+        self.owner = owner
+        self.cluster = None
+        self.freshness = freshness if freshness is not None else Freshness()
         self.limits = limits or Limits()  # what a stored value may be (the front end's limits)
         self.max_features = max_features  # FS_MAX_FEATURES_PER_ENTITY
         self.max_frame_requests = max_frame_requests  # FS_MAX_FRAME_REQUESTS
 
     @classmethod
     def from_config(cls, cfg, store: Store) -> "ShardState":
-        return cls(cfg.shard_index, store, limits=Limits.from_config(cfg),
-                   max_features=cfg.max_features_per_entity, max_frame_requests=cfg.max_frame_requests)
+        return cls(cfg.shard_index, store, freshness=Freshness(cfg.freshness_sample_every if cfg.metrics else 0),
+                   limits=Limits.from_config(cfg), max_features=cfg.max_features_per_entity,
+                   max_frame_requests=cfg.max_frame_requests)
+
+    def served(self, eids: list[str], names: list[str] | None, live: bool = True) -> None:
+        """Count the ages of the values a read served, for one entity in ``freshness.sample_every``."""
+        picked = self.freshness.pick(eids)
+        if picked:
+            self.freshness.observe(self.store.stamps(picked, names, live), self.store.clock())
+
+
+def _memory_bytes() -> int | None:
+    """This process's resident memory (Linux), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
+    """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None."""
+    owner = shard.owner
+    if owner is not None:
+        for eid in eids:
+            why = owner.refusal(eid)
+            if why is not None:
+                return P.error(P.id_of(req), P.NOT_OWNER, why)
+    return None
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -82,39 +124,60 @@ def _eids(req: dict) -> list:
 
 
 def handle_ping(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> ``{shard}``; a shard that answers is ready: it binds its socket once recovered."""
-    return P.ping_reply(P.id_of(req), shard=shard.index)
+    """``{}`` -> ``{shard, table}``; a shard that answers is ready: it binds its socket once
+    recovered. ``table`` is the slot table it serves (``SlotOwner.describe()``), when it has one."""
+    table = shard.owner.describe() if hasattr(shard.owner, "describe") else None
+    return P.ping_reply(P.id_of(req), shard=shard.index, table=table)
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    body = shard.store.render_entity(_field(req, P.ENTITY, str), _names(req))
+    eid, names = _field(req, P.ENTITY, str), _names(req)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_entity(eid, names)
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
+    shard.served([eid], names)
     return P.body_reply(P.id_of(req), body)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    body = shard.store.render_feature(_field(req, P.ENTITY, str), _field(req, P.NAME, str))
+    eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    body = shard.store.render_feature(eid, name)
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
+    shard.served([eid], [name])
     return P.body_reply(P.id_of(req), body)
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
     """``{es, f?}`` -> ``{parts}``: one JSON object per entity id, in request order."""
-    eids = _eids(req)
-    return P.parts_reply(P.id_of(req), shard.store.render_many(eids, _names(req)))
+    eids, names = _eids(req), _names(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
+    parts = shard.store.render_many(eids, names)
+    shard.served(eids, names)
+    return P.parts_reply(P.id_of(req), parts)
 
 
 def handle_fget(shard: ShardState, req: dict) -> dict:
     """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
     eids = _eids(req)
+    refused = _foreign(shard, req, eids)
+    if refused is not None:
+        return refused
     names = _names(req)
     if not names:
         raise BadRequest(f"field {P.NAMES!r} must be a non-empty list of names")
     v, s, ts = shard.store.render_rows(eids, names)
+    shard.served(eids, names, live=False)  # Feast reads serve expired values too (OUTSIDE_MAX_AGE)
     return P.rows_reply(P.id_of(req), v, s, ts)
 
 
@@ -126,27 +189,55 @@ def handle_write(shard: ShardState, req: dict) -> dict:
     with nothing logged or applied. Every item is validated as the front end validates a write
     (type, size, event time): whatever the shard stores, it can serve."""
     writes = _field(req, P.WRITES, list)
+    if shard.cluster is not None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
+    meta = _write_meta(req, len(writes))
     try:
         check_writes(writes, shard.limits, P.WRITES)
-        prepared = shard.store.prepare(writes, shard.max_features)
+        prepared = shard.store.prepare(writes, meta, shard.max_features)
     except TooLarge as exc:
         raise TooLargeRequest(exc.detail) from None
     except EventError as exc:
         raise BadRequest(exc.detail) from None
     except TooWide as exc:
         raise TooLargeRequest(str(exc)) from None
+    except AggregateRefused as exc:
+        raise BadRequest(str(exc)) from None
     except (TypeError, ValueError):
         raise BadRequest(f"field {P.WRITES!r} must hold [entity_id, name, value, event_us] items") from None
-    if shard.journal is not None:
-        shard.journal.log_write(writes)  # durable (per FS_FSYNC) before it is acknowledged
+    refused = _foreign(shard, req, (w[0] for w in writes))  # checked by prepare: strings
+    if refused is not None:
+        return refused
+    if shard.journal is not None:  # durable (per FS_FSYNC) before it is acknowledged
+        shard.journal.log_write(writes, prepared.aggregate and prepared.aggregate[1])
     written, stale = shard.store.install(prepared)
     return P.write_reply(P.id_of(req), written, stale)
+
+
+def _write_meta(req: dict, n: int) -> list | None:
+    """``[None, event ids, origin, positions]`` of a write request (the clock reading is the
+    store's to fill in), or None when it has none of them."""
+    ids, origin, positions = P.write_origin(req)
+    if ids is None and origin is None:
+        return None
+    if ids is not None and (type(ids) is not list or len(ids) != n):
+        raise BadRequest(f"field {P.EVENT_IDS!r} must be a list with one event id (or nil) per write")
+    if origin is not None and (type(origin) is not str or type(positions) is not list or len(positions) != n
+                               or not all(type(p) is int for p in positions)):
+        raise BadRequest(f"fields {P.ORIGIN!r} and {P.POSITIONS!r} must be a source name and one "
+                         "integer position per write")
+    return [None, ids, origin, positions]
 
 
 def handle_delete(shard: ShardState, req: dict) -> dict:
     """``{e, n?}`` -> ``{deleted}``, or error ``not_found`` when nothing was there."""
     eid = _field(req, P.ENTITY, str)
     name = _field(req, P.NAME, str, optional=True)
+    refused = _foreign(shard, req, (eid,))
+    if refused is not None:
+        return refused
+    if shard.cluster is not None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: deletes go to the Kafka topic, not to a shard")
     if shard.journal is not None:
         shard.journal.log_delete(eid, name)
     deleted = shard.store.delete(eid, name)
@@ -157,9 +248,28 @@ def handle_delete(shard: ShardState, req: dict) -> dict:
 
 
 def handle_stats(shard: ShardState, req: dict) -> dict:
-    """``{}`` -> the shard's counters."""
+    """``{}`` -> the shard's counters, resident memory, the journal's figures and the ages of
+    the values served (:meth:`Freshness.snapshot`)."""
     extra = shard.journal.stats() if shard.journal is not None else {}
-    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra})
+    if shard.cluster is not None:
+        extra = shard.cluster.stats()
+    return P.stats_reply(P.id_of(req), {P.SHARD: shard.index, **shard.store.stats(), **extra,
+                                        "memory_bytes": _memory_bytes(), "freshness": shard.freshness.snapshot()})
+
+
+def handle_pdump(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of this shard's frozen
+    copy of partition ``p`` (frozen by the first request, which has no ``dump``)."""
+    if shard.cluster is None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
+    return answer_pdump(shard.cluster.parts, req)
+
+
+def handle_offsets(shard: ShardState, req: dict) -> dict:
+    """Cluster mode. ``{}`` -> ``{held: [[p, next_offset, serving], ...]}``."""
+    if shard.cluster is None:
+        return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
+    return P.offsets_reply(P.id_of(req), shard.cluster.parts.states())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
@@ -171,6 +281,8 @@ HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
     P.WRITE: handle_write,
     P.DELETE: handle_delete,
     P.STATS: handle_stats,
+    P.PDUMP: handle_pdump,
+    P.OFFSETS: handle_offsets,
 }
 
 

@@ -35,10 +35,13 @@ class Server:
     :arg chores: callables run once per loop pass (fsync, snapshots, TTL sweeps).
     :arg make_durable: called after a pass's messages are handled and before any of their
         replies is sent (group commit: one fsync for every write of the pass).
+    :arg poll_ms: the longest the loop waits for a message before the chores run again.
     """
 
-    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), make_durable=None) -> None:
+    def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), make_durable=None,
+                 poll_ms: int = POLL_MS) -> None:
         self.shard = shard
+        self.poll_ms = poll_ms
         self.sock = sock
         self.chores = list(chores)
         self.make_durable = make_durable or (lambda: None)
@@ -51,7 +54,7 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while self.running:
-            if poller.poll(POLL_MS):
+            if poller.poll(self.poll_ms):
                 self.serve_queued()
             for chore in self.chores:
                 try:

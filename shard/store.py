@@ -15,19 +15,25 @@ older than its TTL plus a grace (one more TTL unless configured), a bounded step
 
 Render caches: reads are served from rendered bytes kept per entity (the native JSON of the
 whole entity, and the Feast row of the last requested feature list), each valid until the first
-moment a TTL could change it, and dropped when the entity changes. They are bounded by
-``cache_entities``; the blob stays the single source of truth.
+moment a TTL or a window could change it, and dropped when the entity changes. They are bounded
+by ``cache_entities``; the blob stays the single source of truth.
+
+Aggregations (``[[aggregations]]``, shard/aggregate.py): a write of an aggregated feature also
+enters its windows, whether or not it wins last-write-wins; its aggregates read as features
+``{feature}_{function}_{window}`` beside the entity's others, with the newest event counted as
+their event time.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
 import orjson
 
 from common import timefmt
 from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP
+from shard.aggregate import Aggregator
 
 NOT_FOUND_DETAIL = "No features found for entity"
 NEVER = 1 << 62  # "valid until" of a rendering that no TTL will change
@@ -54,6 +60,16 @@ def _missing_json(eid: str) -> bytes:
     return orjson.dumps({"entity_id": eid, "detail": NOT_FOUND_DETAIL})
 
 
+class Prepared(NamedTuple):
+    """What :meth:`Store.prepare` worked out, for :meth:`Store.install`."""
+
+    blobs: dict  # entity id -> its new blob
+    written: int
+    stale: int
+    added: int  # values that did not exist
+    aggregate: tuple | None  # (writes, meta) when aggregations are configured; meta is logged
+
+
 def _to_us(seconds: float | None) -> int | None:
     """A TTL in microseconds; None or <= 0 means no TTL (as Feast's ttl=0)."""
     return None if seconds is None or seconds <= 0 else int(seconds * 1_000_000)
@@ -72,6 +88,7 @@ class Store:
     :arg grace_s: how long past its TTL an expired value is kept (None: one more TTL).
     :arg cache_entities: entities whose renderings are kept (0: no cache).
     :arg clock: current time in microseconds (tests inject one).
+    :arg aggregations: the configured ``[[aggregations]]`` (``Config.aggregations``).
     """
 
     SWEEP_BATCH = 500  # entities examined per sweep step: about 1 ms of work
@@ -80,8 +97,9 @@ class Store:
 
     def __init__(self, ttl_s: float | None = None, view_ttls: dict[str, float] | None = None,
                  grace_s: float | None = None, cache_entities: int = 100_000,
-                 clock: Callable[[], int] = timefmt.now_us) -> None:
+                 clock: Callable[[], int] = timefmt.now_us, aggregations: tuple = ()) -> None:
         self.data: dict[str, bytes] = {}
+        self.aggs = Aggregator(aggregations)
         self.values = 0  # number of stored (entity, name) values
         self.writes = 0
         self.stale = 0
@@ -103,7 +121,8 @@ class Store:
 
     @classmethod
     def from_config(cls, cfg) -> "Store":
-        return cls(cfg.ttl_s, cfg.view_ttls(), cfg.ttl_grace_s, cfg.render_cache_entities)
+        return cls(cfg.ttl_s, cfg.view_ttls(), cfg.ttl_grace_s, cfg.render_cache_entities,
+                   aggregations=cfg.aggregations)
 
     # ---- TTL
     def ttl_of(self, name: str) -> int | None:
@@ -143,26 +162,58 @@ class Store:
         blob = self.data.get(eid)
         return None if blob is None else _decode(blob)
 
+    def stamps(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple[str, int]]:
+        """``(name, event_us)`` of the values of ``eids`` (those ``names`` only, when given);
+        ``live``: not the expired ones."""
+        out, now = [], self.clock()
+        for eid in eids:
+            blob = self.data.get(eid)
+            if blob is None:
+                continue
+            feats = _decode(blob)
+            if names is not None:
+                feats = {n: feats[n] for n in names if n in feats}
+            if live:
+                feats, _ = self._live(feats, now)
+            out.extend((n, vt[1]) for n, vt in feats.items())
+        return out
+
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
         """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
         now = self.clock()
         if names is None:
             return self._entity_json(eid, now)
         blob = self.data.get(eid)
-        if blob is None:
+        if blob is None and not self.aggs.has(eid):
             return None
-        feats = _decode(blob)
+        feats = {} if blob is None else _decode(blob)
         feats, _ = self._live({n: feats[n] for n in names if n in feats}, now)
+        if self.aggs:
+            feats, _ = self._with_aggregates(eid, feats, now, names)
         return _render(eid, feats) if feats else None
+
+    def _with_aggregates(self, eid: str, feats: dict, now: int, names=None) -> tuple[dict, int]:
+        """``feats`` and the entity's aggregates at ``now`` (those in ``names`` if given), as
+        ``[value, event_us]``; and until when they hold."""
+        got = self.aggs.read(eid, now, names)
+        if got is None:
+            return feats, NEVER
+        values, times, until = got
+        for name, value in values.items():
+            feats[name] = (value, times[name])
+        return feats, until
 
     def _entity_json(self, eid: str, now: int) -> bytes | None:
         hit = self._json.get(eid)
         if hit is not None and now < hit[1]:
             return hit[0]
         blob = self.data.get(eid)
-        if blob is None:
+        if blob is None and not self.aggs.has(eid):
             return None
-        feats, until = self._live(_decode(blob), now)
+        feats, until = self._live({} if blob is None else _decode(blob), now)
+        if self.aggs:
+            feats, agg_until = self._with_aggregates(eid, feats, now)
+            until = min(until, agg_until)
         body = _render(eid, feats) if feats else None
         if body is not None and self._cap > 0:
             body = memoryview(body).tobytes()  # orjson's buffer holds 4 KiB; keep an exact copy
@@ -171,6 +222,9 @@ class Store:
 
     def render_feature(self, eid: str, name: str) -> bytes | None:
         """JSON bytes ``{"entity_id","name","value","event_timestamp"}``, or None."""
+        if name in self.aggs.outputs:
+            vt = self._with_aggregates(eid, {}, self.clock(), (name,))[0].get(name)
+            return None if vt is None else _render_one(eid, name, vt)
         blob = self.data.get(eid)
         if blob is None:
             return None
@@ -180,9 +234,7 @@ class Store:
         ttl = self.ttl_of(name) if self._ttl_any else None
         if ttl is not None and self.clock() > vt[1] + ttl:
             return None
-        return orjson.dumps(
-            {"entity_id": eid, "name": name, "value": vt[0], "event_timestamp": timefmt.render(vt[1])}
-        )
+        return _render_one(eid, name, vt)
 
     def render_many(self, eids: Iterable[str], names: Sequence[str] | None = None) -> list[bytes]:
         """One JSON object per id, in order; a missing entity is ``{"entity_id","detail"}``."""
@@ -221,12 +273,19 @@ class Store:
 
     def _render_row(self, eid: str, key: tuple, now: int) -> tuple:
         blob = self.data.get(eid)
-        if blob is None:
+        aggregated = self.aggs and self.aggs.has(eid)
+        if blob is None and not aggregated:
             n = len(key)
             return (key, SEP.join([b"null"] * n), NOT_FOUND_S * n, EPOCH_TS, NEVER)
-        feats = _decode(blob)
-        vals, stats, stamps = [], bytearray(), []
+        feats = {} if blob is None else _decode(blob)
         until = NEVER
+        if aggregated:  # aggregates have no TTL: their windows age them
+            outputs = self.aggs.outputs
+            wanted = [n for n in key if n in outputs]
+            if wanted:
+                got, until = self._with_aggregates(eid, {}, now, wanted)
+                feats.update(got)
+        vals, stats, stamps = [], bytearray(), []
         ttl_any, ttl_of = self._ttl_any, self.ttl_of
         for name in key:
             vt = feats.get(name)
@@ -238,7 +297,7 @@ class Store:
             value, ts = vt
             vals.append(orjson.dumps(value))
             stamps.append(_ts_json(ts))
-            ttl = ttl_of(name) if ttl_any else None
+            ttl = ttl_of(name) if ttl_any and name not in self.aggs.outputs else None
             if ttl is not None and now > ts + ttl:
                 stats += OUTSIDE_MAX_AGE
                 continue
@@ -263,23 +322,32 @@ class Store:
         self._rows.pop(eid, None)
 
     # ---- writes
-    def apply(self, writes: Iterable[Sequence[Any]]) -> tuple[int, int]:
+    def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None) -> tuple[int, int]:
         """Apply ``[entity_id, name, value, event_us]`` writes; return (written, stale).
 
         Raises ValueError or TypeError, with the store unchanged, if an item is not a
-        ``(str, str, value, int)`` sequence or a value cannot be stored."""
-        return self.install(self.prepare(writes))
+        ``(str, str, value, int)`` sequence or a value cannot be stored (``meta``: see
+        :meth:`prepare`)."""
+        return self.install(self.prepare(writes, meta))
 
-    def prepare(self, writes: Iterable[Sequence[Any]], max_features: int | None = None) -> tuple:
+    def prepare(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
+                max_features: int | None = None) -> Prepared:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
         (last write wins by event time, an equal time goes to the later write), and every entity
         that changed is encoded once. :meth:`install` then puts the result in place, so the journal
         can log the writes between the two. Raises ValueError or TypeError on a malformed item
-        (see :meth:`apply`), and :class:`TooWide` when an entity would hold more than
+        (see :meth:`apply`), :class:`~shard.aggregate.AggregateRefused` on a write the
+        aggregations cannot take, and :class:`TooWide` when an entity would hold more than
         ``max_features`` features; nothing is changed then.
+
+        ``meta`` ``[clock_us, event_ids, source, positions]`` (each may be None) goes with the
+        writes to the aggregations, and comes back in :attr:`Prepared.aggregate` with the clock
+        reading filled in, for the log: a replay then counts the events exactly as they were.
         """
+        if self.aggs and type(writes) is not list:
+            writes = list(writes)
         data_get, unpack = self.data.get, msgpack.unpackb
         merged: dict[str, dict] = {}  # eid -> its features, decoded and updated
         changed: dict[str, dict] = {}  # the entities with at least one write that was not stale
@@ -315,16 +383,24 @@ class Store:
                     raise TooWide(f"entity {eid[:100]!r} would hold {len(f)} features; the limit is "
                                   f"{max_features} (FS_MAX_FEATURES_PER_ENTITY)")
         pack = self._pack
-        return {eid: pack(f) for eid, f in changed.items()}, written, stale, added
+        aggregate = None
+        if self.aggs:
+            clock, ids, source, positions = meta if meta is not None else (None, None, None, None)
+            self.aggs.check(writes, ids)
+            aggregate = writes, [self.clock() if clock is None else clock, ids, source, positions]
+        return Prepared({eid: pack(f) for eid, f in changed.items()}, written, stale, added, aggregate)
 
-    def install(self, prepared: tuple) -> tuple[int, int]:
+    def install(self, prepared: Prepared) -> tuple[int, int]:
         """Install what :meth:`prepare` worked out; return (written, stale)."""
-        blobs, written, stale, added = prepared
+        blobs, written, stale, added, aggregate = prepared
         self.data.update(blobs)
         self.values += added
+        touched = self.aggs.apply(aggregate[0], *aggregate[1]) if aggregate is not None else ()
         if self._json or self._rows:
             forget = self._forget
             for eid in blobs:
+                forget(eid)
+            for eid in touched:
                 forget(eid)
         self.writes += written
         self.stale += stale
@@ -332,9 +408,12 @@ class Store:
 
     def delete(self, eid: str, name: str | None = None) -> int:
         """Delete an entity (``name`` None) or one feature; return how many values went."""
+        aggregated = self.aggs.delete(eid, name)  # the feature's windows go with it
         blob = self.data.get(eid)
         if blob is None:
-            return 0
+            if aggregated:
+                self._forget(eid)
+            return int(aggregated)
         self._forget(eid)
         if name is None:
             n = len(_decode(blob))
@@ -343,7 +422,7 @@ class Store:
             return n
         feats = _decode(blob)
         if feats.pop(name, None) is None:
-            return 0
+            return int(aggregated)
         if feats:
             self.data[eid] = _encode(feats)
         else:
@@ -416,7 +495,12 @@ class Store:
             "writes": self.writes,
             "stale": self.stale,
             "reclaimed": self.reclaimed,
+            **(self.aggs.stats() if self.aggs else {}),
         }
+
+
+def _render_one(eid: str, name: str, vt) -> bytes:
+    return orjson.dumps({"entity_id": eid, "name": name, "value": vt[0], "event_timestamp": timefmt.render(vt[1])})
 
 
 def _render(eid: str, feats: dict) -> bytes:

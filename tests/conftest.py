@@ -1,5 +1,6 @@
 import pytest
 
+from tests.ingest_support import Broker
 from tests.support import Cluster
 
 
@@ -8,3 +9,11 @@ def cluster(tmp_path_factory):
     """Two real shards and one real front end, shared by a test module."""
     with Cluster(tmp_path_factory.mktemp("cluster")) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """One real Kafka-protocol broker (Tansu) for the session; tests use topics of their own."""
+    b = Broker(tmp_path_factory.mktemp("kafka"))
+    yield b
+    b.stop()

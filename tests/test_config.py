@@ -211,4 +211,4 @@ def test_every_config_field_is_a_declared_setting():
     """A field added without setting(...) would have no variable, flag or help: refuse it here."""
     import dataclasses
     fields = {f.name for f in dataclasses.fields(config.Config)}
-    assert fields - set(config.SETTINGS) == {"views", "feature_services"}
+    assert fields - set(config.SETTINGS) == {"views", "feature_services", "aggregations"}  # from FS_CONFIG

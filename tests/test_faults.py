@@ -2,8 +2,6 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,7 +10,7 @@ import zmq
 from common import protocol as P
 from common.link import connect_dealer
 from common.partition import Partitioner
-from tests.support import ROOT, Cluster, base_env, free_port, poll_for, request, zmq_call
+from tests.support import Cluster, Honcho, base_env, free_port, poll_for, request, zmq_call
 
 
 def ids_on_each_shard(n_shards=2, count=5):
@@ -124,21 +122,16 @@ def test_honcho_starts_the_procfile_and_ctrl_c_stops_every_process(tmp_path):
     env = base_env(http_port=http_port, shard_base_port=base, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
                    dead_letter_path=str(tmp_path / "dead.jsonl"))
-    proc = subprocess.Popen([sys.executable, "-m", "honcho", "start"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    honcho = Honcho([], env)
     try:
         url = f"http://127.0.0.1:{http_port}"
         poll_for(lambda: request("GET", url + "/readyz")[0] == 200, 30, what="the Procfile cluster")
         assert request("POST", url + "/features", {"entity_id": "h", "name": "x", "value": 1})[0] == 200
         assert request("GET", url + "/features/h/x")[2]["value"] == 1
-        os.kill(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        text = honcho.interrupt()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = out.decode(errors="replace")
-    assert proc.returncode in (0, 130), text  # honcho exits 130 after a Ctrl-C
+        honcho.kill()
+    assert honcho.returncode in (0, 130), text  # honcho exits 130 after a Ctrl-C
     for line in ("shard 0 stopped", "shard 1 stopped", "front end stopped", "ingest.1 stopped"):
         assert line in text, text
     for port in (http_port, base, base + 1):

@@ -5,6 +5,7 @@ Needs the ``feast`` extra (``pip install -e '.[test,feast]'``); skipped when Fea
 import importlib.util
 import shutil
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def repo(tmp_path_factory):
         sys.modules[spec.name] = defs
         spec.loader.exec_module(defs)
         store = feast.FeatureStore(repo_path=str(path))
-        store.apply([defs.driver, defs.source, defs.driver_hourly_stats, defs.driver_activity])
+        store.apply([defs.driver, defs.source, defs.driver_hourly_stats, defs.driver_activity, defs.user,
+                     defs.user_clicks])
         yield store, cluster
 
 
@@ -76,3 +78,17 @@ def test_sdk_raises_feasts_own_exception_for_an_unknown_view(repo):
     store, _ = repo
     with pytest.raises(feast.errors.FeatureViewNotFoundException):
         store.get_online_features(features=["nope_fv:conv_rate"], entity_rows=[{"driver_id": 1}])
+
+
+def test_sdk_reads_aggregates_present_and_missing(repo):
+    store, cluster = repo
+    now = time.time()
+    for age_s, value in ((60, 3), (600, 4), (7200, 9)):  # two in the last hour, three in 24 h
+        status, _, body = request("POST", cluster.url + "/features", {
+            "entity_id": "1001", "name": "user_clicks:clicks", "value": value, "event_timestamp": now - age_s})
+        assert status == 200, body
+    got = store.get_online_features(
+        features=["user_clicks:clicks_sum_1h", "user_clicks:clicks_count_24h", "user_clicks:clicks_max_24h"],
+        entity_rows=[{"user_id": 1001}, {"user_id": 4242}]).to_dict()
+    assert got == {"user_id": [1001, 4242], "clicks_sum_1h": [7, None], "clicks_count_24h": [3, None],
+                   "clicks_max_24h": [9, None]}

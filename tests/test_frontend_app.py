@@ -12,6 +12,7 @@ from common.config import Config, FeatureView
 from common.partition import Partitioner
 from frontend import fast, reads
 from frontend.app import make_app, make_context
+from frontend.metrics import REQUESTS
 from tests.fake_shards import FakeShards
 
 DRIVER = FeatureView("driver", ("driver_id",), None, ("rate", "trips"))
@@ -96,12 +97,22 @@ class ReadsTest(FrontEndCase):
             detail = json.loads(fast_reply[3])["detail"]
             assert detail == ("Internal server error" if status == 500 else "said no"), code
 
-    def test_reads_are_counted_under_the_handler_names(self):
+    def test_reads_are_counted_once_under_their_route_on_both_paths(self):
         self.put({"entity_id": "e", "name": "x", "value": 7})
         self.call("GET", "/features/e")
+        self.call("GET", "/features/e?via=app")
         self.call("GET", "/features/e/nope")
-        assert self.ctx.stats.count[("EntityHandler", "GET", 200)] == 1
-        assert self.ctx.stats.count[("FeatureHandler", "GET", 404)] == 1
+        self.call("GET", "/features/e/nope?via=app")
+        self.call("DELETE", "/features/e/x")
+        totals = self.ctx.metrics.totals()
+
+        def count(route, method, status):
+            return sum(totals.get((REQUESTS, route, method, status), [0, 0])[:-1])
+
+        assert count("/features/{entity_id}", "GET", 200) == 2
+        assert count("/features/{entity_id}/{name}", "GET", 404) == 2
+        assert count("/features/{entity_id}/{name}", "DELETE", 200) == 1
+        assert count("/features", "POST", 200) == 1
 
 
 class ReadWithoutHandlerTest(FrontEndCase):

@@ -195,7 +195,7 @@ def test_metrics_in_prometheus_text_count_requests_and_shard_values(api):
     values = sum(float(line.split()[-1]) for line in text.splitlines()
                  if line.startswith("featurestore_shard_values{"))
     assert values == before
-    assert 'featurestore_http_requests_total{handler="FeaturesHandler",method="POST",pid=' in text
+    assert 'featurestore_http_requests_total{method="POST",route="/features",status="200"}' in text
 
 
 def test_openapi_describes_every_route(api, cluster):

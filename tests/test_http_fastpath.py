@@ -57,16 +57,16 @@ def test_fast_path_keeps_etag_and_304(loaded):
 
 
 def test_fast_path_counts_requests_in_metrics(loaded):
-    def count(handler, status):
+    def count(route, status):
         text = request("GET", loaded.url + "/metrics")[2].decode()
-        prefix = f'featurestore_http_requests_total{{handler="{handler}",method="GET",'
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(prefix) and f'status="{status}"' in line)
+        line = f'featurestore_http_requests_total{{method="GET",route="{route}",status="{status}"}} '
+        return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(line))
 
-    before = count("EntityHandler", 200), count("FeatureHandler", 404)
+    entity, feature = "/features/{entity_id}", "/features/{entity_id}/{name}"
+    before = count(entity, 200), count(feature, 404)
     fetch(loaded, "/features/fp1")
     fetch(loaded, "/features/fp1/missing")
-    assert (count("EntityHandler", 200), count("FeatureHandler", 404)) == (before[0] + 1, before[1] + 1)
+    assert (count(entity, 200), count(feature, 404)) == (before[0] + 1, before[1] + 1)
 
 
 def test_fast_path_answers_503_like_the_handlers_when_a_shard_is_stopped(loaded):

@@ -16,13 +16,6 @@ FAST = {"kafka_session_timeout_ms": 2000, "kafka_fetch_wait_ms": 50}  # ~1 s gro
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Broker(tmp_path_factory.mktemp("kafka"))
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory, broker):  # stopped before the broker
     with Cluster(tmp_path_factory.mktemp("ingest-kafka"), ingest_stats_endpoint="") as c:
         yield c

@@ -20,6 +20,7 @@ def test_builders_spell_the_documented_fields():
                                                  "rejected": 2, "errors": ["x"]}
     assert P.ping_reply(5, source="zmq") == {"id": 5, "ok": True, "source": "zmq"}
     assert P.ping_reply(5, shard=0) == {"id": 5, "ok": True, "shard": 0}
+    assert P.ping_reply(5, shard=1, table=[2, 1, 7]) == {"id": 5, "ok": True, "shard": 1, "table": [2, 1, 7]}
 
 
 def test_stats_replies_carry_counters_without_the_envelope():

@@ -118,3 +118,19 @@ def test_close_fails_what_is_pending():
         with pytest.raises(ShardUnavailable, match="client closed"):
             await fut
     run(test)
+
+
+def test_each_reply_frame_reports_one_round_trip_for_its_shard():
+    async def test(client, socks):
+        seen = []
+        client.on_roundtrip = lambda shard, seconds: seen.append((shard, seconds))
+        first = client.submit(1, P.get("a"))
+        more = [client.submit(1, P.get("b")), client.submit(1, P.get("c"))]
+        await asyncio.sleep(0)
+        for frame in socks[1].sent:
+            answer(socks[1], frame)
+        await wake(socks[1])
+        await asyncio.gather(first, *more)
+        assert [shard for shard, _ in seen] == [1, 1]  # two frames sent, two answered: one each
+        assert all(0 <= seconds < 1.0 for _, seconds in seen)
+    run(test)

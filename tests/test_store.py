@@ -33,7 +33,7 @@ def test_prepare_changes_nothing_and_install_puts_it_in_place():
 def test_an_entity_whose_writes_are_all_stale_is_not_reencoded():
     st = fresh()
     st.apply([["a", "x", 1, TS]])
-    blobs, written, stale, added = st.prepare([["a", "x", 0, TS - 1], ["b", "x", 1, TS]])
+    blobs, written, stale, added, _ = st.prepare([["a", "x", 0, TS - 1], ["b", "x", 1, TS]])
     assert list(blobs) == ["b"] and (written, stale, added) == (1, 1, 1)
 
 

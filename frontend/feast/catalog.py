@@ -1,6 +1,7 @@
 """The declared feature views and services, and the entity id of a row of join keys."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ class Catalog:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Catalog":
-        return cls({v.name: v for v in cfg.views}, dict(cfg.feature_services))
+        return cls({v.name: _with_aggregates(v, cfg) for v in cfg.views}, dict(cfg.feature_services))
 
     def view(self, name: str) -> FeatureView:
         """The declared view ``name``; any name while no view is declared (Feast-less use)."""
@@ -38,6 +39,14 @@ class Catalog:
         if not views:
             raise FeastFailure(422, "PushSourceNotFoundException", f"Unable to find push source '{source}'.")
         return views
+
+
+def _with_aggregates(view: FeatureView, cfg: Config) -> FeatureView:
+    """``view`` whose declared features include the aggregates of its aggregated features
+    (``view:clicks`` aggregated: ``clicks_sum_1h`` is a feature of ``view``)."""
+    prefix = view.name + ":"
+    extra = tuple(o.name[len(prefix):] for a in cfg.aggregations if a.feature.startswith(prefix) for o in a.outputs)
+    return dataclasses.replace(view, features=view.features + extra) if view.features and extra else view
 
 
 def _escape(text: str) -> str:

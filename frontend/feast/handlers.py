@@ -87,7 +87,8 @@ async def get_online_features(catalog: Catalog, ctx, raw: bytes, size: int | Non
 
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
     """``POST /get-online-features`` for the fast engine's hot path, with ``catalog``."""
-    return Endpoint("GetOnlineFeaturesHandler", False, partial(get_online_features, catalog), failure_reply)
+    return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False, partial(get_online_features, catalog),
+                    failure_reply)
 
 
 class WriteToOnlineStoreHandler(FeastHandler):

@@ -149,9 +149,10 @@ class Journal:
         self.cut_failed = None
         return True
 
-    def log_write(self, writes: list) -> None:
-        """Append a write batch; :class:`LogError` if it cannot be written."""
-        self._append(frame(self._pack([OP_WRITE, writes])))
+    def log_write(self, writes: list, meta: list | None = None) -> None:
+        """Append a write batch (with its aggregation ``meta``, see :meth:`Store.prepare`);
+        :class:`LogError` if it cannot be written."""
+        self._append(frame(self._pack([OP_WRITE, writes] if meta is None else [OP_WRITE, writes, meta])))
 
     def log_delete(self, eid: str, name: str | None) -> None:
         """Append a delete; :class:`LogError` if it cannot be written."""

@@ -11,6 +11,7 @@ log = logging.getLogger("shard.persistence")
 
 HEADER = struct.Struct("<II")  # payload length, crc32(payload)
 OP_WRITE, OP_DELETE = 1, 2  # log records: [1, [[e, n, value, ts_us], ...]] and [2, e, n-or-nil]
+# a write record of a store with aggregations has a third item: [clock_us, ids, origin, positions]
 
 
 class RecoveryError(Exception):

@@ -110,7 +110,13 @@ def _replay(path: str, store: Store, last: bool, skip: bool) -> tuple[int, int, 
             rec = msgpack.unpackb(payload, raw=False, use_list=False)  # tuples: cheaper, packed alike
         except Exception as exc:
             raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}")
-        if rec[0] == OP_WRITE:
+        if rec[0] == OP_WRITE and len(rec) > 2:  # with its aggregation meta: applied on its own
+            if run:
+                store.apply(run)
+                values, run = values + len(run), []
+            store.apply(list(rec[1]), rec[2])
+            values += len(rec[1])
+        elif rec[0] == OP_WRITE:
             run.extend(rec[1])
             if len(run) >= REPLAY_RUN:
                 store.apply(run)

@@ -1,7 +1,8 @@
 """Snapshot files, and the forked child that writes one while the loop goes on serving.
 
 A snapshot is a header map, chunks ``[e, blob, e, blob, ...]`` of the store's msgpack blobs as
-they are, and a trailer map with the counts, each one record (see :mod:`.records`). It is
+they are, chunks ``{"agg": [e, blob, ...]}`` of its aggregation states, and a trailer map with
+the counts and the sources' applied positions, each one record (see :mod:`.records`). It is
 written by a forked child (copy-on-write, as Redis does): the loop pauses only for the fork.
 """
 from __future__ import annotations
@@ -30,28 +31,38 @@ def write_snapshot(directory: str, gen: int, store: Store, shard: int) -> str:
     pack = msgpack.Packer(use_bin_type=True).pack
     with open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(frame(pack({"snapshot": 1, "shard": shard, "gen": gen})))
-        chunk: list = []
-        entities = synced = 0
-        for eid, blob in store.data.items():
-            chunk.append(eid)
-            chunk.append(blob)
-            if len(chunk) >= 2 * CHUNK_ENTITIES:
-                fh.write(frame(pack(chunk)))
-                entities += len(chunk) // 2
-                chunk.clear()
-                if fh.tell() - synced >= SYNC_EVERY:  # small bursts: the log's writes never queue long
-                    fh.flush()
-                    os.fdatasync(fh.fileno())
-                    synced = fh.tell()
-        if chunk:
-            fh.write(frame(pack(chunk)))
-            entities += len(chunk) // 2
-        fh.write(frame(pack({"entities": entities, "values": store.values})))
+        synced = [0]
+        entities = _write_chunks(fh, store.data.items(), lambda chunk: chunk, synced)
+        aggregated = _write_chunks(fh, store.aggs.packed(), lambda chunk: {"agg": chunk}, synced)
+        fh.write(frame(pack({"entities": entities, "values": store.values, "aggregated": aggregated,
+                             "positions": store.aggs.positions.to_obj()})))
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, final)
     files.fsync_dir(directory)
     return final
+
+
+def _write_chunks(fh, blobs, wrap, synced: list) -> int:
+    """Write ``(id, blob)`` pairs as records of ``wrap([e, blob, ...])``; return the count."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    chunk: list = []
+    count = 0
+    for eid, blob in blobs:
+        chunk.append(eid)
+        chunk.append(blob)
+        if len(chunk) >= 2 * CHUNK_ENTITIES:
+            fh.write(frame(pack(wrap(chunk))))
+            count += len(chunk) // 2
+            chunk.clear()
+            if fh.tell() - synced[0] >= SYNC_EVERY:  # small bursts: the log's writes never queue long
+                fh.flush()
+                os.fdatasync(fh.fileno())
+                synced[0] = fh.tell()
+    if chunk:
+        fh.write(frame(pack(wrap(chunk))))
+        count += len(chunk) // 2
+    return count
 
 
 def load_snapshot(path: str, store: Store) -> int:
@@ -63,14 +74,20 @@ def load_snapshot(path: str, store: Store) -> int:
         raise RecoveryError(f"{path}: a record does not decode: {exc}") from None
     if len(records) < 2 or type(records[0]) is not dict or type(records[-1]) is not dict:
         raise RecoveryError(f"{path}: not a complete snapshot (header or trailer missing)")
-    data = store.data
+    data, states = store.data, {}
     for chunk in records[1:-1]:
+        if type(chunk) is dict:
+            chunk, into = chunk.get("agg", ()), states
+        else:
+            into = data
         it = iter(chunk)
-        data.update(zip(it, it))
+        into.update(zip(it, it))
     trailer = records[-1]
-    if len(data) != trailer.get("entities"):
-        raise RecoveryError(f"{path}: holds {len(data)} entities, its trailer says {trailer}")
+    if len(data) != trailer.get("entities") or len(states) != trailer.get("aggregated", 0):
+        raise RecoveryError(f"{path}: holds {len(data)} entities and {len(states)} aggregation states, "
+                            f"its trailer says {trailer}")
     store.values = trailer["values"]
+    store.aggs.load({"states": states, "positions": trailer.get("positions", {})})
     return len(data)
 
 

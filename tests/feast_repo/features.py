@@ -20,3 +20,17 @@ driver_hourly_stats = FeatureView(
 )
 
 driver_activity = FeatureService(name="driver_activity", features=[driver_hourly_stats])
+
+
+# windowed aggregates of clicks, computed by the shards ([[aggregations]] in store.toml)
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+
+user_clicks = FeatureView(
+    name="user_clicks",
+    entities=[user],
+    ttl=timedelta(days=7),
+    schema=[Field(name="clicks", dtype=Int64), Field(name="clicks_sum_1h", dtype=Int64),
+            Field(name="clicks_count_24h", dtype=Int64), Field(name="clicks_max_24h", dtype=Int64)],
+    online=True,
+    source=source,
+)

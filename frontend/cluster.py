@@ -1,0 +1,167 @@
+"""Cluster mode in the front end: a shard client whose "shards" are the topic's partitions.
+
+:class:`ClusterClient` has the interface the handlers already use (``send``, ``submit``,
+``call_all``, with the partition as the shard index, ``common.murmur2.KafkaPartitioner`` as the
+partitioner), so every read path works unchanged: a request for partition ``p`` goes to a
+caught-up replica (:class:`~frontend.cluster_router.Router`) and, when that one does not answer
+or answers ``not_owner``, to the next, within ``FS_SHARD_TIMEOUT_S``. A ``write`` request is not
+sent to a shard: its records go to Kafka (:class:`~frontend.cluster_writes.Writer`), and the
+reply comes once an owner applied them (``not_applied`` when none did in time, which the front
+end answers with 202; ``unavailable`` when Kafka did not ack: 503). See docs/CLUSTER.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Callable
+
+import orjson
+
+from common import membership
+from common import protocol as P
+from common.records import records
+from frontend.cluster_router import Router
+from frontend.cluster_writes import AppliedWatch, KafkaRefused, Writer
+from frontend.shard_client import ShardUnavailable, _settle
+
+log = logging.getLogger("frontend.cluster")
+
+MEMBERSHIP_POLL_S = 0.02  # how often the membership topic is read
+ROUND_PAUSE_S = 0.02  # between two rounds over the replicas of a partition, within the deadline
+ATTEMPT_SHARE = 0.5  # one replica gets at most this share of the deadline, so another can answer
+
+
+class PartitionUnavailable(ShardUnavailable):
+    """No caught-up replica of a partition answered in time."""
+
+    def __init__(self, partition: int, why: str) -> None:
+        Exception.__init__(self, f"no replica of partition {partition} answered: {why}")
+        self.shard = partition
+
+
+class ClusterClient:
+    """Partitions as shards, over a ``ShardClient`` whose links are added as shards appear."""
+
+    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int) -> None:
+        self.cfg = cfg
+        self.shards = shards
+        self.reader = reader
+        self.writer = writer
+        self.partitions = partitions
+        self.timeout_s = cfg.shard_timeout_s
+        self.router = Router(reader.view, partitions, shards.add_link)
+        self.watch = AppliedWatch(self.router, shards)
+        self._poller: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return self.partitions
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.shards.start(self._loop)
+        self.reader.catch_up(5.0)
+        self._read_members()
+
+    def _read_members(self) -> None:
+        try:
+            self.reader.poll(0)
+        except Exception:  # a broker hiccup: the view just ages; never stop the loop
+            log.exception("membership read failed")
+        self._poller = self._loop.call_later(MEMBERSHIP_POLL_S, self._read_members)
+
+    def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        self.shards.close()
+        self.writer.close()
+        self.reader.close()
+
+    # ---- the ShardClient interface, by partition
+    def send(self, p: int, request: dict, done: Callable) -> None:
+        """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others."""
+        self._attempt(p, request, done, self.router.candidates(p), 0,
+                      time.monotonic() + self.timeout_s, "no live replica has caught up")
+
+    def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
+                 deadline: float, why: str) -> None:
+        left = deadline - time.monotonic()
+        if i >= len(candidates) and left > ROUND_PAUSE_S and self._loop is not None:
+            # every replica failed (a new shard not connected yet, one restarting, a partition
+            # moving): go round again, with what the membership topic says by then
+            self._loop.call_later(ROUND_PAUSE_S, lambda: self._attempt(
+                p, request, done, self.router.candidates(p), 0, deadline, why))
+            return
+        if i >= len(candidates) or left <= 0:
+            done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
+            return
+        endpoint = candidates[i]
+        share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
+
+        def on_reply(reply) -> None:
+            if isinstance(reply, ShardUnavailable):
+                self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {reply}")
+            elif type(reply) is dict and P.code_of(reply) == P.NOT_OWNER:
+                self._attempt(p, request, done, candidates, i + 1, deadline,
+                              f"{endpoint}: {P.reason_of(reply)}")
+            else:
+                done(reply)
+
+        self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
+
+    def submit(self, p: int, request: dict) -> asyncio.Future:
+        kind = P.kind_of(request)
+        if kind == P.WRITE:
+            return asyncio.ensure_future(self._write(p, request[P.WRITES]))
+        if kind == P.DELETE:
+            return asyncio.ensure_future(self._delete(p, request[P.ENTITY], request[P.NAME]))
+        fut = self._loop.create_future()
+        self.send(p, request, partial(_settle, fut))
+        return fut
+
+    async def call_all(self, build: Callable[[], dict], shards=None) -> dict:
+        """``build()`` to every live shard (``/stats``, ``/metrics``); keyed by link index."""
+        links = {self.router.link(m.endpoint) for m in self.reader.view.live()}
+        return await self.shards.call_all(build, sorted(links))
+
+    async def _write(self, p: int, writes: list) -> dict:
+        """Produce the records of ``writes`` (all of partition ``p``) and wait for an owner."""
+        failed = await self._produce(p, records(writes))
+        return failed or P.write_reply(None, len(writes), 0)
+
+    async def _delete(self, p: int, eid: str, name: str | None) -> dict:
+        """An entity's delete is a tombstone record; its reply counts the values read just before."""
+        if name is not None:
+            return P.error(None, P.BAD_REQUEST, "cluster mode deletes whole entities only (a Kafka "
+                                                "tombstone); write null to clear one feature")
+        reply = await self.submit(p, P.get(eid))
+        if not P.is_ok(reply):
+            return reply
+        failed = await self._produce(p, [(eid.encode(), None)])
+        return failed or P.delete_reply(None, len(orjson.loads(reply[P.BODY])["features"]))
+
+    async def _produce(self, p: int, recs: list) -> dict | None:
+        """Produce ``recs`` and wait until an owner applied each; an error reply when not."""
+        try:
+            acked = await self.writer.send(recs)
+        except KafkaRefused as exc:
+            return P.error(None, P.UNAVAILABLE, f"Kafka did not acknowledge the write: {exc}")
+        apply_s = self.cfg.cluster_apply_timeout_s
+        results = await asyncio.gather(*(self.watch.applied(part, offset, apply_s) for part, offset in acked))
+        if not all(results):
+            return P.error(None, P.NOT_APPLIED, f"the write is durable in Kafka but no owner of partition "
+                                                f"{p} applied it within {apply_s:g} s; it will be applied")
+        return None
+
+    # ---- readiness
+    def readiness(self) -> tuple[bool, str, dict]:
+        """Ready once every partition has a caught-up live owner: (ready, detail, body fields)."""
+        uncovered = self.router.uncovered()
+        shards = [{"replica": m.replica, "endpoint": m.endpoint, "serving": m.serving()}
+                  for m in sorted(self.reader.view.live(), key=lambda m: m.key)]
+        detail = (f"partitions without a caught-up replica: {', '.join(map(str, uncovered))}"
+                  if uncovered else "")
+        return not uncovered, detail, {"partitions": self.partitions, "shards": shards}

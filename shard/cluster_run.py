@@ -1,0 +1,150 @@
+"""``python -m shard`` in cluster mode: the usual loop, fed by Kafka instead of write requests.
+
+Wires :class:`~shard.cluster.Partitions` and its :class:`~shard.cluster.Tail` to the shard's
+ROUTER loop as chores, and publishes this shard in the membership topic. See docs/CLUSTER.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+from common import membership
+from common.events import Limits
+from shard.cluster import Partitions, SnapshotMismatch, Tail
+
+log = logging.getLogger("shard")
+
+CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
+CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
+LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
+
+
+class ClusterShard:
+    """The Kafka side of one cluster-mode shard: tail, membership, snapshots."""
+
+    def __init__(self, cfg, store, ctx, endpoint: str) -> None:
+        self.cfg = cfg
+        self.advertise = cfg.cluster_advertise or endpoint
+        n = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
+        membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
+                                {"cleanup.policy": "compact"})
+        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic)
+        where = endpoint.split("://")[-1].replace(":", "-").replace("/", "_").replace("*", "any")
+        self.dir = os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{where}") if cfg.data_dir else None
+        if self.dir:
+            loaded = self.parts.load_snapshot(self.dir)  # SnapshotMismatch goes to main()
+            if loaded:
+                log.info("snapshot of %d partitions loaded: %s", len(loaded), loaded)
+        self.me = membership.Member(cfg.replica, self.advertise, {}, cfg.cluster_heartbeat_s)
+        self.reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
+        self.reader.catch_up(5.0)  # know the peers before the first assignment needs one
+        self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
+        self._published = 0.0
+        self._chores_at = 0.0
+        self.leaving: float | None = None  # monotonic time of the SIGTERM
+        self._stopped: Callable[[], None] = lambda: None
+        self._snapshot_at = time.monotonic()
+        self._snapshot_changes = self.parts.changes
+        self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
+
+    def _peers(self, p: int) -> list[tuple[str, int]]:
+        self.reader.poll(0)
+        return [(m.endpoint, m.partitions[p][0]) for m in self.reader.view.owners(p)
+                if m.endpoint != self.advertise]
+
+    def publish(self) -> None:
+        """Tell the membership topic what this shard holds now."""
+        self.me.partitions = self.parts.states()
+        self.publisher.publish(self.me)
+        self._published = time.monotonic()
+
+    def _taken(self, p: int) -> bool:
+        """Whether another shard of this replica set serves ``p`` (this one may free it)."""
+        return any(m.replica == self.cfg.replica and m.endpoint != self.advertise
+                   for m in self.reader.view.owners(p))
+
+    def tick(self) -> None:
+        """One loop pass: apply new records; every CHORES_S, read membership, heartbeat, free,
+        snapshot."""
+        if self.leaving is None:
+            self.tail.poll(0)
+        now = time.monotonic()
+        if now < self._chores_at:
+            return
+        self._chores_at = now + CHORES_S
+        self.reader.poll(0)
+        if self.leaving is not None:
+            self._hand_over(now)
+            return
+        if now - self._published >= self.cfg.cluster_heartbeat_s:
+            self.publish()
+        if self.parts.free_released(self._taken):
+            self.publish()
+        if (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
+                and self.parts.changes != self._snapshot_changes):
+            self.snapshot()
+
+    def leave(self, stopped: Callable[[], None]) -> None:
+        """On SIGTERM: leave the group, so Kafka gives this shard's partitions to the others, and
+        keep serving each one (reads, and ``pdump`` for the new owner) until another shard of this
+        replica set serves it, at most ``LEAVE_S``; then ``stopped()``."""
+        if self.leaving is not None:
+            return
+        log.info("leaving: handing partitions %s over", sorted(p for p, h in self.parts.held.items() if h.serving))
+        self.leaving, self._stopped = time.monotonic(), stopped
+        self.me.leaving = True
+        if self.dir:
+            self.snapshot()
+        self.tail.close()  # leaves the group: a rebalance gives the partitions to the others
+        self.publish()
+
+    def _hand_over(self, now: float) -> None:
+        changed = False
+        for p, h in self.parts.held.items():
+            if h.serving and self._taken(p):
+                h.serving, changed = False, True
+        if changed:
+            self.publish()
+        left = [p for p, h in self.parts.held.items() if h.serving]
+        view = self.reader.view
+        heirs = [m for m in view.live() if m.replica == self.cfg.replica
+                 and m.endpoint != self.advertise and not m.leaving]
+        deaf = now - max(view.latest, self.leaving) > 3 * self.cfg.cluster_heartbeat_s  # Kafka gone?
+        if not left or not heirs or deaf or now - self.leaving > LEAVE_S:
+            if left:
+                why = ("no other shard of the replica set" if not heirs else "Kafka does not answer" if deaf
+                       else f"not taken over in {LEAVE_S:.0f} s")
+                log.warning("leaving with partitions %s still here: %s", left, why)
+            self._stopped()
+        elif now - self._published >= self.cfg.cluster_heartbeat_s:
+            self.publish()
+
+    def snapshot(self) -> None:
+        t0 = time.perf_counter()
+        self.parts.write_snapshot(self.dir)
+        self._snapshot_at = time.monotonic()
+        self._snapshot_changes = self.parts.changes
+        log.info("snapshot of %d partitions in %.3f s", len(self.parts.held), time.perf_counter() - t0)
+
+    def stats(self) -> dict:
+        return {"cluster_partitions": {str(p): [o, up] for p, (o, up) in self.parts.states().items()},
+                "cluster_records": self.parts.applied, "misrouted": self.parts.misrouted,
+                "rejected_records": self.parts.rejected, "bootstrapped_from": dict(map(
+                    lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}
+
+    def close(self) -> None:
+        """After the loop: a last snapshot unless :meth:`leave` wrote one, and say this shard left."""
+        if self.dir and self.leaving is None:
+            try:
+                self.snapshot()
+            except OSError as exc:
+                log.error("final snapshot failed: %s", exc)
+        if self.leaving is None:
+            self.tail.close()
+        self.publisher.leave(self.me)
+        self.reader.close()
+
+
+__all__ = ["ClusterShard", "SnapshotMismatch", "CLUSTER_POLL_MS"]

@@ -1,0 +1,243 @@
+"""Cluster mode end to end: a real Kafka-protocol broker (Tansu), shards of two replica sets,
+a front end, as real processes. One cluster is shared by the module and its topology changes
+as the tests go (in file order): external producer, writes, failover, restart from snapshot,
+scale-out, then the loss of a whole replica set."""
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import uuid
+
+import orjson
+import pytest
+
+from common import protocol as P
+from ingest.producer import Producer
+from tests.cluster_support import FAST, KafkaCluster
+from tests.support import Honcho, base_env, free_port, poll_for, quote, request, zmq_call
+
+PARTITIONS = 8
+ENTITIES = [f"user:{i}" for i in range(60)]
+
+
+@pytest.fixture(scope="module")
+def cluster(broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster-mode")
+    c = KafkaCluster(broker, tmp, PARTITIONS, data_dir=tmp / "data", snapshot_interval_s=0.5)
+    try:
+        for name in ("a0", "a1", "b0"):
+            c.start_shard(name)
+        c.start_frontend()
+        for i, eid in enumerate(ENTITIES):  # a base every test reads
+            status, _, body = request("POST", c.url + "/features", {"entity_id": eid, "features": {"n": i}})
+            assert status == 200, body
+        yield c
+    finally:
+        c.stop()
+
+
+def read(cluster, eid: str):
+    return request("GET", cluster.url + "/features/" + quote(eid), timeout=5)
+
+
+class Loop(threading.Thread):
+    """Reads every base entity (and optionally writes) in a loop until stopped; records failures."""
+
+    def __init__(self, cluster, write: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.write = cluster, write
+        self.failures: list[str] = []
+        self.reads = 0
+        self.acked: dict[str, int] = {}  # entity -> the value of its last 200 write
+        self.statuses: dict[int, int] = {}
+        self.running = True
+
+    def run(self) -> None:
+        serial = 0
+        while self.running:
+            for i, eid in enumerate(ENTITIES):
+                if not self.running:
+                    break
+                status, _, body = read(self.cluster, eid)
+                self.reads += 1
+                if status != 200 or "n" not in body.get("features", {}):
+                    self.failures.append(f"{eid}: {status} {body}")
+                if self.write:
+                    serial += 1
+                    target = f"w:{serial % 40}"
+                    status, _, body = request("POST", self.cluster.url + "/features",
+                                              {"entity_id": target, "name": "v", "value": serial}, timeout=5)
+                    self.statuses[status] = self.statuses.get(status, 0) + 1
+                    if status == 200:
+                        self.acked[target] = serial
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(15)
+
+
+def test_an_external_producer_keyed_by_entity_feeds_the_store(cluster, broker):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    eid = f"ext/{uuid.uuid4().hex[:6]} ü"
+    event = {"entity_id": eid, "features": {"clicks": 3, "emb": [0.5, 1]}, "event_timestamp": "2026-01-02T03:04:05Z"}
+    producer.produce(cluster.topic, orjson.dumps(event), key=eid.encode())
+    assert producer.flush(10) == 0
+    got = poll_for(lambda: (lambda r: r[0] == 200 and r)(read(cluster, eid)), 10, what="the event over HTTP")
+    assert got[2] == {"entity_id": eid, "features": {"clicks": 3, "emb": [0.5, 1]},
+                      "last_updated": "2026-01-02T03:04:05Z"}
+
+
+def test_a_write_gets_200_and_reads_back_at_once(cluster):
+    for i in range(20):
+        eid = f"rw:{i}"
+        status, _, body = request("POST", cluster.url + "/features",
+                                  {"entity_id": eid, "features": {"a": i, "b": str(i)}})
+        assert (status, body["written"]) == (200, 2), body
+        status, _, body = read(cluster, eid)  # the writer reads its own write, whichever replica
+        assert status == 200 and body["features"] == {"a": i, "b": str(i)}, body
+    status, _, body = request("POST", cluster.url + "/features", {"entity_id": "rw:0", "name": "x"})
+    assert status == 400 and body["detail"] == "value is required"
+
+
+def test_killing_a_shard_fails_no_read(cluster):
+    loop = Loop(cluster, write=True)
+    loop.start()
+    poll_for(lambda: loop.reads >= 60, 20, what="the reader to go round once")
+    cluster.shards["a1"].kill()  # SIGKILL: no goodbye, the group notices after the session timeout
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + 3 * len(ENTITIES), 60, what="three rounds after the kill")
+    cluster.wait_ready()  # a0 took a1's partitions over
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    assert loop.statuses.get(200, 0) > 0 and set(loop.statuses) <= {200, 202}, loop.statuses
+    for eid, value in loop.acked.items():  # every write that got a 200 is there
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
+
+
+def test_a_restarted_shard_loads_its_snapshot_and_reads_the_tail(cluster):
+    """b0 is the only shard of replica set b: it gets every partition back after a restart."""
+    b0 = cluster.endpoints["b0"]
+    poll_for(lambda: all(up for _, up in cluster.held("b0").values()), 10, what="b0 to serve")
+    before = cluster.held("b0")
+    snapshot = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}" / "partitions.snap"
+    poll_for(snapshot.exists, 10, what="b0's snapshot")
+    cluster.shards["b0"].kill()
+    for i in range(30):  # the tail b0 has to read after its snapshot
+        status, _, body = request("POST", cluster.url + "/features", {"entity_id": f"tail:{i}", "name": "t", "value": i})
+        assert status == 200, body
+    cluster.start_shard("b0")
+    poll_for(lambda: len(cluster.held("b0")) == PARTITIONS and all(up for _, up in cluster.held("b0").values()),
+             30, what="b0 to serve every partition again")
+    sources = cluster.stats("b0")["bootstrapped_from"]
+    assert all(s.startswith("own copy at") for s in sources.values()), sources
+    offsets = {int(p): int(s.rsplit(" ", 1)[1]) for p, s in sources.items()}
+    assert set(offsets) == set(before) and all(offsets[p] <= before[p][0] for p in before)  # a snapshot
+    assert sum(offsets.values()) >= len(ENTITIES)  # taken after the base was written
+    assert sum(o for o, _ in cluster.held("b0").values()) > sum(offsets.values())  # it read a tail
+    for i in range(30):  # straight from b0: the tail is applied there
+        reply = zmq_call(b0, [P.get(f"tail:{i}", req_id=1)], 1000)[0]
+        assert P.is_ok(reply) and orjson.loads(reply[P.BODY])["features"] == {"t": i}, reply
+
+
+def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
+    """a2 joins replica set a (with a0; a1 was killed before): Kafka gives it partitions, which
+    it fills from a peer; then replica set b dies and every entity is read from a0 and a2."""
+    loop = Loop(cluster, write=True)
+    loop.start()
+    cluster.start_shard("a2")
+    poll_for(lambda: any(up for _, up in cluster.held("a2").values()), 30, what="a2 to serve a partition")
+    sources = cluster.stats("a2")["bootstrapped_from"]
+    assert any(s.startswith("peer ") for s in sources.values()), sources
+    def split():  # a0 and a2 serve disjoint halves, and the front end knows it
+        a0, a2 = cluster.held("a0"), cluster.held("a2")
+        body = request("GET", cluster.url + "/readyz")[2]
+        seen = {p for s in body["shards"] if s["replica"] == "a" for p in s["serving"]}
+        return (a0 and a2 and set(a0).isdisjoint(a2) and len(a0) + len(a2) == PARTITIONS
+                and all(up for _, up in [*a0.values(), *a2.values()]) and seen == set(range(PARTITIONS)))
+
+    poll_for(split, 30, what="a0 and a2 to split the partitions")
+    cluster.shards["b0"].kill()
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + 2 * len(ENTITIES), 60, what="two rounds without replica set b")
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    for eid in ENTITIES + [f"tail:{i}" for i in range(30)]:
+        assert read(cluster, eid)[0] == 200, eid
+    for eid, value in loop.acked.items():
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
+    status, _, body = request("GET", cluster.url + "/readyz")
+    assert status == 200 and {s["replica"] for s in body["shards"]} == {"a"}, body
+
+
+def test_a_stopped_shard_hands_its_partitions_over_first(cluster):
+    """SIGTERM to a2, with no other replica set left: a0 takes a2's partitions from a2 itself
+    while a2 keeps serving them, and a2 exits once they are taken; no read fails meanwhile."""
+    if "a2" not in cluster.shards:  # run alone: a2 joins first
+        cluster.start_shard("a2")
+    poll_for(lambda: any(up for _, up in cluster.held("a2").values()), 30, what="a2 to serve")
+    moving = [p for p, (_, up) in cluster.held("a2").items() if up]
+    loop = Loop(cluster, write=True)
+    loop.start()
+    poll_for(lambda: loop.reads >= 20, 20, what="the reader to start")
+    cluster.shards["a2"].signal(signal.SIGTERM)
+    assert cluster.shards["a2"].popen.wait(40) == 0
+    reads = loop.reads
+    poll_for(lambda: loop.reads >= reads + len(ENTITIES), 30, what="a round after a2 left")
+    loop.stop()
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.statuses) <= {200, 202}, loop.statuses
+    sources = cluster.stats("a0")["bootstrapped_from"]
+    assert all(sources[str(p)].startswith(f"peer {cluster.endpoints['a2']}") for p in moving), sources
+    assert all(up for _, up in cluster.held("a0").values()) and len(cluster.held("a0")) == PARTITIONS
+    assert "handing partitions" in cluster.shards["a2"].output()
+    for eid, value in loop.acked.items():
+        status, _, body = read(cluster, eid)
+        assert status == 200 and body["features"]["v"] >= value, (eid, value, body)
+
+
+def consecutive_free_ports(n: int) -> int:
+    """A port P such that P .. P + n - 1 are free (the Procfile's shards bind base + index)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
+    """``honcho -f Procfile.cluster start``: a broker, 2 replica sets of 2 shards, front end, ingest."""
+    http_port, base, kafka = free_port(), consecutive_free_ports(4), free_port()
+    env = base_env(http_port=http_port, shard_base_port=base, cluster_kafka=f"127.0.0.1:{kafka}",
+                   cluster_partitions=4, ingest_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                   ingest_stats_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                   dead_letter_path=str(tmp_path / "dead.jsonl"), **FAST)
+    honcho = Honcho(["-f", "Procfile.cluster"], env)
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        def split():  # ready, and each replica set's two shards share the partitions
+            status, _, body = request("GET", url + "/readyz")
+            return status == 200 and len(body["shards"]) == 4 and all(s["serving"] for s in body["shards"])
+
+        poll_for(split, 60, interval=0.2, what="the local cluster")
+        assert request("POST", url + "/features", {"entity_id": "h", "name": "x", "value": 1})[0] == 200
+        assert request("GET", url + "/features/h/x")[2]["value"] == 1
+        with Producer(env["FS_INGEST_ENDPOINT"]) as producer:  # the ingest process writes to Kafka
+            producer.send({"entity_id": "via-ingest", "name": "y", "value": 2})
+            producer.flush()
+        poll_for(lambda: request("GET", url + "/features/via-ingest/y")[0] == 200, 10, what="the ingested event")
+        text = honcho.interrupt()
+    finally:
+        honcho.kill()
+    assert honcho.returncode in (0, 130), text
+    for line in ("shard 0 stopped", "shard 3 stopped", "front end stopped", "ingest.1 stopped"):
+        assert line in text, text

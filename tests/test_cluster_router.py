@@ -1,0 +1,213 @@
+"""Membership view, replica choice and retry, and the write path's Kafka/offset waits, with fakes
+(no sockets); the real broker and processes are in tests/test_cluster.py."""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from common import membership as M
+from common import protocol as P
+from common.config import Config
+from common.murmur2 import KafkaPartitioner, partition_of
+from common.records import records
+from frontend import cluster as C
+from frontend import cluster_router as R
+from frontend import cluster_writes as W
+from frontend.shard_client import ShardUnavailable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def publish(view: M.View, replica: str, endpoint: str, parts: dict, heartbeat_s: float = 1.0) -> None:
+    key, value = M.encode(M.Member(replica, endpoint, parts, heartbeat_s))
+    view.update(key, value)
+
+
+def test_view_keeps_the_latest_record_per_member_and_expires_silent_ones():
+    clock = Clock()
+    view = M.View(clock)
+    publish(view, "a", "tcp://h:1", {0: (5, True), 1: (0, False)})
+    publish(view, "b", "tcp://h:2", {0: (4, True), 1: (9, True)})
+    assert view.table(3) == [["tcp://h:1", "tcp://h:2"], ["tcp://h:2"], []]
+    assert view.uncovered(3) == [2]
+    publish(view, "a", "tcp://h:1", {1: (3, True)})  # a moved on: latest record wins
+    assert view.table(2) == [["tcp://h:2"], ["tcp://h:1", "tcp://h:2"]]
+    clock.t += 2.5
+    publish(view, "a", "tcp://h:1", {1: (3, True)})
+    clock.t += 1.0
+    assert view.table(2)[0] == ["tcp://h:2"]  # b silent for 3.5 heartbeats, but a only for 1
+    publish(view, "a", "tcp://h:1", {1: (3, True)})  # a heard from 3.5 heartbeats after b: b is dead
+    assert view.table(2) == [[], ["tcp://h:1"]]
+    clock.t += 60  # nothing arrives at all (Kafka is down): the view holds
+    assert view.table(2) == [[], ["tcp://h:1"]]
+    view.update(b"a@tcp://h:1", None)  # left
+    assert view.uncovered(2) == [0, 1]
+
+
+def test_view_ignores_malformed_and_ancient_records():
+    view = M.View()
+    view.update(b"x", b"{not json")
+    view.update(b"y", orjson.dumps({"replica": "a", "endpoint": "e", "heartbeat_s": 1, "time_ms": 1, "partitions": {}}))
+    assert view.members == {}
+
+
+class FakeClient:
+    """``submit`` answers from a table: endpoint index -> reply map or exception."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+        self.sent: list[tuple[int, dict, float | None]] = []
+
+    def submit(self, index: int, request: dict, timeout_s: float | None = None):
+        self.sent.append((index, request, timeout_s))
+        fut = asyncio.get_event_loop().create_future()
+        answer = self.answers[index]
+        answer = answer(request) if callable(answer) else answer
+        if isinstance(answer, Exception):
+            fut.set_exception(answer)
+        else:
+            fut.set_result(dict(answer, id=P.id_of(request)))
+        return fut
+
+
+def router_over(owners: dict[str, list[int]], partitions: int = 2) -> R.Router:
+    view = M.View()
+    for i, (endpoint, parts) in enumerate(owners.items()):
+        publish(view, f"r{i}", endpoint, {p: (0, True) for p in parts})
+    index = {e: i for i, e in enumerate(owners)}
+    return R.Router(view, partitions, index.__getitem__)
+
+
+def test_candidates_rotate_and_put_replicas_with_our_write_first():
+    router = router_over({"tcp://a": [0, 1], "tcp://b": [0], "tcp://c": [0]})
+    firsts = {router.candidates(0)[0] for _ in range(6)}
+    assert firsts == {"tcp://a", "tcp://b", "tcp://c"}  # load spreads over replicas
+    assert router.candidates(1) == ["tcp://a"]
+    router.wrote(0, "tcp://c")
+    assert all(router.candidates(0)[0] == "tcp://c" for _ in range(6))
+    assert sorted(router.candidates(0)) == ["tcp://a", "tcp://b", "tcp://c"]
+
+
+class FakeShards:
+    """The ShardClient side the cluster client drives: ``send`` answers from a table."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers  # link index -> reply map or exception
+        self.sent: list[tuple[int, float]] = []
+        self.endpoints: list[str] = []
+
+    def add_link(self, endpoint: str) -> int:
+        self.endpoints.append(endpoint)
+        return len(self.endpoints) - 1
+
+    def send(self, index: int, request: dict, done, timeout_s=None) -> None:
+        self.sent.append((index, timeout_s))
+        answer = self.answers[self.endpoints[index]]
+        done(answer if isinstance(answer, Exception) else dict(answer, id=P.id_of(request)))
+
+
+def cluster_client(owners: dict[str, list[int]], answers: dict, partitions: int = 2) -> C.ClusterClient:
+    view = M.View()
+    for i, (endpoint, parts) in enumerate(owners.items()):
+        publish(view, f"r{i}", endpoint, {p: (0, True) for p in parts})
+    cfg = Config(shard_timeout_s=1.0)
+    reader = type("Reader", (), {"view": view})()
+    return C.ClusterClient(cfg, FakeShards(answers), reader, None, partitions)
+
+
+def test_a_read_retries_past_dead_and_not_owner_replicas():
+    answers = {"tcp://a": ShardUnavailable(0, "is not connected"),
+               "tcp://b": P.error(None, P.NOT_OWNER, "partition 0 has not caught up here"),
+               "tcp://c": P.body_reply(None, b"{}")}
+    client = cluster_client({"tcp://a": [0], "tcp://b": [0], "tcp://c": [0]}, answers)
+    got = []
+    for _ in range(3):  # whichever replica comes first, the answer is c's
+        client.send(0, P.get("e"), got.append)
+    assert [r[P.BODY] for r in got] == [b"{}"] * 3
+    assert all(t <= 1.0 for _, t in client.shards.sent)
+    assert min(t for _, t in client.shards.sent) <= 0.5  # no replica may take the whole deadline
+
+
+def test_a_read_names_the_partition_when_no_replica_answers():
+    client = cluster_client({"tcp://a": [0]}, {"tcp://a": ShardUnavailable(0, "did not answer in 1 s")})
+    got = []
+    client.send(0, P.get("e"), got.append)
+    client.send(1, P.get("e"), got.append)
+    assert isinstance(got[0], C.PartitionUnavailable) and isinstance(got[0], ShardUnavailable)
+    assert "partition 0" in str(got[0]) and "did not answer" in str(got[0])
+    assert "partition 1" in str(got[1]) and "no live replica" in str(got[1])
+
+
+def test_kafka_partitioner_groups_by_partition():
+    kp = KafkaPartitioner(8)
+    ids = [f"u{i}" for i in range(40)]
+    groups = kp.group(ids)
+    assert sorted(pos for g in groups.values() for pos in g) == list(range(40))
+    assert all(kp.shard_for(ids[pos]) == p == partition_of(ids[pos], 8) for p, g in groups.items() for pos in g)
+
+
+def test_records_group_an_entitys_events_by_time():
+    recs = records([("e1", "a", 1, 1_000_000), ("e2", "a", 2, 1_000_000), ("e1", "b", "x", 1_000_000),
+                      ("e1", "a", 3, 2_000_000)])
+    assert [k for k, _ in recs] == [b"e1", b"e2"]
+    assert orjson.loads(recs[0][1]) == [
+        {"entity_id": "e1", "features": {"a": 1, "b": "x"}, "event_timestamp": "1970-01-01T00:00:01Z"},
+        {"entity_id": "e1", "features": {"a": 3}, "event_timestamp": "1970-01-01T00:00:02Z"}]
+    assert orjson.loads(recs[1][1]) == {"entity_id": "e2", "features": {"a": 2},
+                                        "event_timestamp": "1970-01-01T00:00:01Z"}
+
+
+class FakeProducer:
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.queued = []
+        self.offset = 0
+
+    def produce(self, topic, value, key, on_delivery):
+        self.queued.append((key, on_delivery))
+
+    def poll(self, _timeout):
+        for key, cb in self.queued:
+            self.offset += 1
+            msg = type("Msg", (), {"partition": lambda s: len(key) % 2, "offset": lambda s, o=self.offset: o})()
+            cb(self.fail, msg)
+        self.queued.clear()
+
+    def flush(self, _timeout):
+        self.poll(0)
+
+
+def test_writer_returns_partitions_and_offsets_or_refuses():
+    async def run(producer):
+        return await W.Writer("", "t", 1.0, producer).send([(b"ab", b"{}"), (b"abc", b"{}")])
+
+    assert asyncio.run(run(FakeProducer())) == [(0, 1), (1, 2)]
+    with pytest.raises(W.KafkaRefused, match="Local: Message timed out"):
+        asyncio.run(run(FakeProducer(fail="Local: Message timed out")))
+
+
+def test_applied_watch_waits_for_an_owner_to_pass_the_offset():
+    router = router_over({"tcp://a": [0], "tcp://b": [0]})
+    applied = {0: 3, 1: 0}  # next offset of partition 0 at each replica
+    client = FakeClient({i: (lambda req, i=i: P.offsets_reply(None, {0: (applied[i], True)})) for i in (0, 1)})
+
+    async def run():
+        watch = W.AppliedWatch(router, client)
+        assert await watch.applied(0, 2, 0.5)  # a has applied offset 2 (its next is 3)
+        assert router.candidates(0)[0] == "tcp://a"  # reads go where the write is
+        late = asyncio.ensure_future(watch.applied(0, 5, 1.0))
+        await asyncio.sleep(0.02)
+        applied[1] = 6
+        assert await late
+        assert router.fresh[0] == {"tcp://b"}
+        return await watch.applied(0, 50, 0.05)  # nobody gets there: not applied in time
+
+    assert asyncio.run(run()) is False
