@@ -124,6 +124,8 @@ def check_event_id(event_id: Any, field: str = "event_id") -> Any:
         return event_id
     if t is int and INT64_MIN <= event_id <= INT64_MAX:
         return event_id
+    if t is float and event_id.is_integer() and INT64_MIN <= event_id <= INT64_MAX:
+        return int(event_id)  # 1.0 is an integer to JSON Schema (and to the OpenAPI description)
     raise EventError(f"{field} must be a string of 1 to {MAX_EVENT_ID_CHARS} characters or an integer")
 
 

@@ -82,6 +82,8 @@ class _Assets(tornado.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "application/json")
+        if status_code == 405:
+            self.set_header("Allow", "GET, HEAD")
         self.finish(orjson.dumps({"detail": f"no such file: {self.request.path}" if status_code == 404
                                   else self._reason}))
 
