@@ -86,7 +86,7 @@ class BaseHandler(tornado.web.RequestHandler):
                 done.set_exception(exc)
 
         self.counted = True  # by the read (a 304 counts as the 200 it renders); not again on finish
-        read.start(self.ctx, args, self.request.headers, write, time.perf_counter())
+        read.start(self.ctx, args, self.request.headers, write, time.perf_counter(), admitted=True)
         return done
 
     def write_reply(self, reply: Reply) -> None:

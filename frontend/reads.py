@@ -31,14 +31,16 @@ class Read:
         self.route = route
         self.parse = parse  # path arguments -> (entity id, shard request), or an APIError
 
-    def start(self, ctx, args: tuple, headers, done: Callable[[Reply], None], started: float | None = None) -> None:
+    def start(self, ctx, args: tuple, headers, done: Callable[[Reply], None], started: float | None = None,
+              admitted: bool = False) -> None:
         """Serve a GET with path ``args``; ``done(reply)`` is called once, possibly before this
         returns. The request is counted in ``ctx.metrics``, from ``started`` (the
         ``time.perf_counter()`` of its arrival; now when not given), before ``done`` writes it:
         whatever serves the connection, a client that saw the response finds it counted."""
         done = partial(counted, ctx.metrics, self.route, "GET", started or time.perf_counter(), done)
         try:
-            admit(ctx.cfg, False, headers)
+            if not admitted:  # a RequestHandler's prepare() has admitted it already
+                admit(ctx.cfg, False, headers)
             eid, request = self.parse(args)
         except APIError as exc:
             done(error_reply(exc))
