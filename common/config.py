@@ -73,8 +73,15 @@ class Config:
     http_engine: str = setting("fast", "the HTTP/1.1 connection layer (fast: httptools; tornado: "
                                "Tornado's HTTPServer)", [F], choices=["fast", "tornado"])
     http_idle_timeout_s: float = setting(75.0, "close a connection idle this long", [F], above=0)
-    http_header_timeout_s: float = setting(10.0, "a request's line and headers must arrive within this "
-                                           "(fast engine)", [F], above=0)
+    http_header_timeout_s: float = setting(10.0, "a request's line and headers must arrive within this",
+                                           [F], above=0)
+    http_body_timeout_s: float = setting(60.0, "a request's body must arrive within this", [F], above=0)
+    http_max_request_line_bytes: int = setting(8192, "longest request line (414 past it)", [F], at_least=64)
+    http_max_header_bytes: int = setting(65536, "largest header block (431 past it)", [F], at_least=256)
+    http_max_connections: int = setting(10000, "open connections per HTTP process; past it a new one "
+                                        "is closed at once", [F], at_least=1)
+    http_max_concurrent_requests: int = setting(2048, "requests in progress per HTTP process (503 past it)",
+                                                [F], at_least=1)
     # --- shards
     shards: int = setting(2, "number of shards (every process must agree)", EVERY, at_least=1)
     shard_base_port: int = setting(5700, "shard i listens on base + i", EVERY, at_least=1)
@@ -90,11 +97,17 @@ class Config:
     fsync: str = setting("everysec", "when the log is fsynced", [S], choices=["always", "everysec", "no"])
     snapshot_log_bytes: int = setting(64 << 20, "snapshot once the log grew this much", [S], at_least=1)
     snapshot_interval_s: float = setting(300.0, "and at least this often if written", [S], above=0)
+    max_frame_bytes: int = setting(256 << 20, "largest ZeroMQ message a shard or ingest socket accepts "
+                                   "(ZMQ_MAXMSGSIZE: the peer is disconnected past it)", [F, S, I], at_least=1024)
+    max_frame_requests: int = setting(4096, "requests per message to a shard (the rest are refused)",
+                                      [F, S, I], at_least=1)
+    max_features_per_entity: int = setting(10000, "features one entity may hold (a write past it is refused)",
+                                           [S], at_least=1)
     skip_damaged: bool = setting(False, "on recovery, skip damaged records (losing them)", [S])
     # --- data model limits
-    max_entity_id_bytes: int = setting(512, "longest entity id, UTF-8", [F, I], at_least=1)
-    max_name_bytes: int = setting(256, "longest feature name, UTF-8", [F, I], at_least=1)
-    max_value_bytes: int = setting(65536, "largest value, msgpack-encoded", [F, I], at_least=1)
+    max_entity_id_bytes: int = setting(512, "longest entity id, UTF-8", EVERY, at_least=1)
+    max_name_bytes: int = setting(256, "longest feature name, UTF-8", EVERY, at_least=1)
+    max_value_bytes: int = setting(65536, "largest value, msgpack-encoded", EVERY, at_least=1)
     max_body_bytes: int = setting(16 << 20, "largest HTTP request body / ingest message", [F, I], at_least=1)
     max_batch_entities: int = setting(1000, "entities per batch read", [F], at_least=1)
     max_response_bytes: int = setting(64 << 20, "largest batch-read response", [F], at_least=1)
@@ -112,6 +125,12 @@ class Config:
     read_only: bool = setting(False, "every mutation answers 403", [F])
     read_token: str | None = setting(None, "bearer token for reads", [F], shown="unset, open")
     write_token: str | None = setting(None, "bearer token for writes (and reads)", [F], shown="unset, open")
+    read_token_file: str | None = setting(None, "file holding the read token (instead of FS_READ_TOKEN)", [F])
+    write_token_file: str | None = setting(None, "file holding the write token (instead of FS_WRITE_TOKEN)", [F])
+    metrics_open: bool = setting(False, "/metrics answers without the read token (for a scraper)", [F])
+    curve_dir: str | None = setting(None, "CurveZMQ certificates (python -m common.curve DIR): every shard "
+                                    "and ingest socket encrypts and requires the client key", EVERY,
+                                    shown="unset, plain tcp")
     # --- ingest
     ingest_endpoint: str = setting("tcp://127.0.0.1:5690", "the ZeroMQ socket producers send to", [I])
     ingest_source: str = setting("zmq", "where events come from", [I], choices=["zmq", "kafka", "file"],
@@ -283,6 +302,24 @@ def _check_view(path: str, name: str, spec: Any) -> None:
         raise ConfigError(f"{where}.push_source must be a string")
 
 
+def _token_from_file(values: dict[str, Any], kind: str) -> None:
+    """Set ``<kind>_token`` from ``<kind>_token_file``: its text without surrounding whitespace."""
+    path = values.get(f"{kind}_token_file")
+    if not path:
+        return
+    if values.get(f"{kind}_token") is not None:
+        raise ConfigError(f"{env_name(kind + '_token')} and {env_name(kind + '_token_file')} are both set: "
+                          "give one")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{env_name(kind + '_token_file')}: cannot read {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"{env_name(kind + '_token_file')}: {path} is empty")
+    values[f"{kind}_token"] = token
+
+
 def _flags(name: str) -> list[str]:
     return ["--" + name.replace("_", "-"), *SETTINGS[name].metadata["flags"]]
 
@@ -340,6 +377,8 @@ def load(
     path = values.get("config_file")
     if path:
         values.update(_views_from_file(path))
+    for kind in ("read", "write"):
+        _token_from_file(values, kind)
     cfg = Config(**values)
     _check(cfg)
     return cfg

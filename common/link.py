@@ -6,15 +6,20 @@ from typing import Callable
 
 import zmq
 
+from common import curve
 from common import protocol as P
 
 log = logging.getLogger("link")
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str, immediate: bool = True, hwm: int | None = None) -> zmq.Socket:
+def connect_dealer(ctx: zmq.Context, endpoint: str, immediate: bool = True, hwm: int | None = None,
+                   curve_dir: str | None = None) -> zmq.Socket:
     """A DEALER connected to ``endpoint``: no linger, quick reconnects; with ``immediate``, a send
-    to a peer that is not connected fails at once (``zmq.Again``) instead of queueing."""
+    to a peer that is not connected fails at once (``zmq.Again``) instead of queueing. With
+    ``curve_dir`` (``FS_CURVE_DIR``) it encrypts, with the client's keys (:mod:`common.curve`)."""
     sock = ctx.socket(zmq.DEALER)
+    if curve_dir:
+        curve.connect_as_client(sock, curve_dir)
     sock.setsockopt(zmq.LINGER, 0)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -110,9 +110,10 @@ MALFORMED = "malformed"  # the frame is not a msgpack array of request maps
 UNAVAILABLE = "unavailable"  # the shard cannot take writes now (recovering, log failed)
 DISK_FULL = "disk_full"  # the shard's log cannot be written: no space left
 INTERNAL = "internal"  # a handler failed unexpectedly; the shard logged the traceback
+TOO_LARGE = "too_large"  # a value, an entity or a message over its limit (HTTP 413)
 NOT_OWNER = "not_owner"  # the entity is not this shard's (another slot table, or a partition not held)
 NOT_APPLIED = "not_applied"  # cluster mode: the write is in Kafka, but no owner applied it in time
-CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, NOT_OWNER,
+CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL, INTERNAL, TOO_LARGE, NOT_OWNER,
          NOT_APPLIED)
 
 
@@ -243,6 +244,16 @@ def kind_of(req: dict) -> Any:
 def id_of(msg: dict) -> Any:
     """A request's or reply's id, or None."""
     return msg.get(ID)
+
+
+def shown(value: Any) -> str:
+    """A peer's value (a type, an id) as an error reason shows it: short, and never raising,
+    whatever it holds (a map nested 1,000 deep)."""
+    if type(value) is str:
+        return repr(value[:100])
+    if type(value) is int or value is None:
+        return str(value)[:100]
+    return f"of type {type(value).__name__}"
 
 
 # ---- replies: two shapes, ``ok`` and ``error``, and one builder per ok-reply kind

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MAX_US = 253402300799_999999  # 9999-12-31T23:59:59.999999Z
+MAX_US = 253402300799_999999  # 9999-12-31T23:59:59.999999Z, the last time the store keeps
 
 
 class TimestampError(ValueError):
@@ -49,7 +49,7 @@ def parse(value, naive_is_utc: bool = False) -> int:
         us = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
     else:
         raise TimestampError("must be an RFC 3339 string or a number of seconds")
-    if not 0 <= us <= _MAX_US:
+    if not 0 <= us <= MAX_US:
         raise TimestampError("is out of range (1970-01-01 to 9999-12-31)")
     return us
 

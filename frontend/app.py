@@ -14,17 +14,16 @@ from common.config import Config
 from common.events import Limits
 from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
-from frontend import engine, fast, feast, hot, native, ops, status
+from frontend import admission, engine, fast, feast, hot, native, ops, status
 from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
-from frontend.metrics import Metrics
+from frontend.metrics import Metrics, method_label
 from frontend.shard_client import ShardClient
 
 log = logging.getLogger("frontend")
 
 ENTITY = r"([^/]+)"  # one percent-decoded path segment: '/' inside an id arrives as %2F
 UNMATCHED = "unmatched"  # the route label of a path no route serves: never the path itself
-METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))  # other methods: "other"
 
 
 def make_app(ctx: Context) -> tornado.web.Application:
@@ -55,15 +54,15 @@ def make_app(ctx: Context) -> tornado.web.Application:
 
 
 def _request_logger(ctx: Context, templates: dict):
-    """Count every request by route template; log each one only with FS_ACCESS_LOG (logging costs
-    CPU per request)."""
+    """Count every request by route template (it is no longer in flight); log each one only with
+    FS_ACCESS_LOG (logging costs CPU per request)."""
     record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
+        ctx.active.discard(handler.request)  # answered: no longer in flight
         if not getattr(handler, "counted", False):  # a read of frontend/reads.py counted itself
             route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
-            method = handler.request.method
-            record(route, method if method in METHODS else "other", handler.get_status(),
+            record(route, method_label(handler.request.method), handler.get_status(),
                    handler.request.request_time())
         if ctx.cfg.access_log or handler.get_status() >= 500:
             _log_request(handler)
@@ -86,7 +85,7 @@ def make_context(cfg: Config, client) -> Context:
 def make_client(cfg: Config):
     """The shard client: one link per shard, or (cluster mode) partitions over found shards."""
     if not cfg.cluster_kafka:
-        return ShardClient(cfg.endpoints(), cfg.shard_timeout_s)
+        return _shard_client(cfg, cfg.endpoints())
     from common import membership
     from frontend.cluster import ClusterClient
     from frontend.cluster_writes import Writer
@@ -96,22 +95,47 @@ def make_client(cfg: Config):
                             {"cleanup.policy": "compact"})
     reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
     writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
-    return ClusterClient(cfg, ShardClient([], cfg.shard_timeout_s), reader, writer, partitions)
+    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions)
+
+
+def _shard_client(cfg: Config, endpoints) -> ShardClient:
+    return ShardClient(endpoints, cfg.shard_timeout_s, curve_dir=cfg.curve_dir,
+                       max_frame_requests=cfg.max_frame_requests, max_frame_bytes=cfg.max_frame_bytes)
+
+
+class _Server(tornado.httpserver.HTTPServer):
+    """Tornado's server with a cap on open connections: past it, a new one is closed at once."""
+
+    max_connections = 10000
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self._connections) >= self.max_connections:
+            stream.close()
+            return
+        super().handle_stream(stream, address)
 
 
 async def start_server(cfg: Config, ctx: Context, sockets):
-    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names."""
+    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names. Tornado
+    has one timer for a request's head and for an idle keep-alive connection: the shorter one."""
     delegate = fast.Router(make_app(ctx), ctx)
     if cfg.http_engine == "tornado":
-        server = tornado.httpserver.HTTPServer(delegate, max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
-                                               idle_connection_timeout=cfg.http_idle_timeout_s)
-        server.add_sockets(sockets)
-        return server
+        return _start_tornado(cfg, delegate, sockets)
     server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
                                too_large=orjson.dumps({"detail": too_large(cfg).detail}),
                                idle_timeout_s=cfg.http_idle_timeout_s,
                                header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
     await server.add_sockets(sockets)
+    return server
+
+
+def _start_tornado(cfg: Config, delegate, sockets) -> tornado.httpserver.HTTPServer:
+    server = _Server(delegate, max_body_size=HARD_BODY_FACTOR * cfg.max_body_bytes,
+                     max_header_size=admission.hard_head_bytes(cfg),
+                     idle_connection_timeout=min(cfg.http_idle_timeout_s, cfg.http_header_timeout_s),
+                     body_timeout=cfg.http_body_timeout_s)
+    server.max_connections = cfg.http_max_connections
+    server.add_sockets(sockets)
     return server
 
 

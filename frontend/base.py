@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tornado.web
@@ -32,6 +32,7 @@ class Context:
     partitioner: Partitioner
     limits: Limits
     metrics: Any = None  # frontend.metrics.Metrics: request and shard round-trip histograms
+    active: set = field(default_factory=set)  # requests admitted, not answered (FS_HTTP_MAX_CONCURRENT_REQUESTS)
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -51,6 +52,19 @@ class BaseHandler(tornado.web.RequestHandler):
         mutates = self.request.method not in self.read_methods
         admit(self.ctx.cfg, mutates, self.request.headers, self.open_access)
 
+    def head(self, *args: str) -> Any:
+        """``HEAD`` wherever ``GET`` works: the GET's status and headers, no body (Tornado drops it)."""
+        if type(self).get is tornado.web.RequestHandler.get:
+            raise tornado.web.HTTPError(405)
+        return self.get(*args)
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this endpoint serves: what a 405's ``Allow`` lists."""
+        base = tornado.web.RequestHandler
+        served = [m for m in self.SUPPORTED_METHODS
+                  if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
+        return [m for m in served if m != "HEAD" or "GET" in served]
+
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             return  # a client's mistake is answered, not logged
@@ -66,6 +80,8 @@ class BaseHandler(tornado.web.RequestHandler):
             _, headers, body = INTERNAL
         for name, value in headers.items():
             self.set_header(name, value)
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json")
         self.finish(body)
 

@@ -91,7 +91,7 @@ async def write(ctx, body: bytes, size: int | None = None) -> Reply:
     try:
         writes = parse_body(parse_json(body, ctx.cfg, size), ctx.limits, timefmt.now_us(), ids)
     except EventError as exc:
-        raise APIError(400, exc.detail) from None
+        raise APIError(exc.status, exc.detail) from None
     if ids is not None and all(i is None for i in ids):
         ids = None
     written, stale = await fanout.write_all(ctx, writes, ids)
@@ -122,7 +122,7 @@ async def batch(ctx, body: bytes, size: int | None = None) -> Reply:
             for i, name in enumerate(names):
                 check_name(name, limits, f"features[{i}]")
     except EventError as exc:
-        raise APIError(400, exc.detail) from None
+        raise APIError(exc.status, exc.detail) from None
     parts = await fanout.read_parts(ctx, eids, names)
     size = sum(map(len, parts)) + len(parts) + 16
     if size > cfg.max_response_bytes:

@@ -26,7 +26,7 @@ Reply = tuple[int, dict, bytes]  # (status, headers, body): a response as the en
 
 INTERNAL: Reply = (500, {}, b'{"detail":"Internal server error"}')
 
-_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503,
+_SHARD_STATUS = {P.NOT_FOUND: 404, P.DISK_FULL: 507, P.UNAVAILABLE: 503, P.TOO_LARGE: 413,
                  P.NOT_OWNER: 503,  # another slot table, or a partition moving: names the mismatch
                  P.NOT_APPLIED: 202}  # cluster mode: durable in Kafka, not applied in time
 

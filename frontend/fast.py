@@ -25,9 +25,10 @@ import tornado.routing
 import tornado.web
 from tornado import httputil
 
-from frontend import reads
+from frontend import admission, reads
 from frontend.base import Context
 from frontend.errors import Reply
+from frontend.metrics import REFUSED, counted, method_label
 from frontend.ops import log_request
 
 _ENTITY = re.compile(r"/features/([^/]+)\Z")  # as app.ENTITY in the application's routes
@@ -51,11 +52,15 @@ class Router(tornado.routing.Router):
         self.ctx = ctx
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs):
+        refusal = admission.refusal(self.ctx, request)
+        if refusal is not None:
+            return _Answer(self.ctx, request, refusal)
+        self.ctx.active.add(request)  # until it is answered, or its connection closes
         if request.method == "GET" and not request.query and "If-None-Match" not in request.headers:
             read = self._read(request)
             if read is not None:
                 return read
-        return self.app.find_handler(request, **kwargs)
+        return _Admitted(self.app.find_handler(request, **kwargs), self.ctx.active, request)
 
     def _read(self, request: httputil.HTTPServerRequest) -> "_Read | None":
         path = request.path
@@ -77,18 +82,42 @@ def _text(segment: str) -> str:
     return unquote_to_bytes(segment).decode("utf-8") if "%" in segment else segment
 
 
-class _Read(httputil.HTTPMessageDelegate):
-    """One read on its connection: run it once the request is in, write what it renders."""
+class _Admitted(httputil.HTTPMessageDelegate):
+    """The application's delegate for a request, which is no longer in flight if its connection
+    closes before the handler answers (a client that sends headers and leaves)."""
 
-    def __init__(self, ctx: Context, request, read: reads.Read, args: tuple) -> None:
-        self.ctx = ctx
+    def __init__(self, inner: httputil.HTTPMessageDelegate, active: set, request) -> None:
+        self.inner = inner
+        self.active = active
         self.request = request
-        self.read = read
-        self.args = args
-        self.started = time.perf_counter()  # the headers are in: the request has arrived
+
+    def headers_received(self, start_line, headers):
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes):
+        return self.inner.data_received(chunk)
 
     def finish(self) -> None:
-        self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.active.discard(self.request)
+        self.inner.on_connection_close()
+
+
+class _Answer(httputil.HTTPMessageDelegate):
+    """A request refused before it is routed (:mod:`frontend.admission`): its reply, written once
+    the request is in, and counted under the route ``refused``. Not counted as in flight."""
+
+    def __init__(self, ctx: Context, request, reply: Reply) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.reply = reply
+        self.started = time.perf_counter()
+
+    def finish(self) -> None:
+        counted(self.ctx.metrics, REFUSED, method_label(self.request.method), self.started, self._respond,
+                self.reply)
 
     def _respond(self, reply: Reply) -> None:
         status, extra, body = reply
@@ -101,4 +130,24 @@ class _Read(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        log_request(self.ctx, "GET", self.request.uri, self.request.remote_ip, status, self.request.request_time())
+        self.ctx.active.discard(self.request)
+        log_request(self.ctx, self.request.method, self.request.uri[:1000], self.request.remote_ip, status,
+                    self.request.request_time())
+
+
+class _Read(_Answer):
+    """One read on its connection: run it once the request is in, write what it renders (the
+    read counts itself in the metrics)."""
+
+    def __init__(self, ctx: Context, request, read: reads.Read, args: tuple) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.read = read
+        self.args = args
+        self.started = time.perf_counter()  # the headers are in: the request has arrived
+
+    def finish(self) -> None:
+        self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
+
+    def on_connection_close(self) -> None:
+        self.ctx.active.discard(self.request)

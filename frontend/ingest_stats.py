@@ -16,8 +16,9 @@ CONNECT_WAIT_S = 0.05  # a socket made by this call gets this long to connect be
 class IngestStats:
     """One DEALER per front-end process, made on first use; answers in at most ``timeout_s``."""
 
-    def __init__(self, endpoint: str, timeout_s: float) -> None:
+    def __init__(self, endpoint: str, timeout_s: float, curve_dir: str | None = None) -> None:
         self.endpoint = endpoint
+        self.curve_dir = curve_dir
         self.timeout_s = timeout_s
         self.sock: zmq.asyncio.Socket | None = None
         self.lock = asyncio.Lock()
@@ -29,7 +30,7 @@ class IngestStats:
             fresh = self.sock is None
             if fresh:
                 # immediate: a send fails at once when no ingest process is connected
-                self.sock = connect_dealer(zmq.asyncio.Context.instance(), self.endpoint)
+                self.sock = connect_dealer(zmq.asyncio.Context.instance(), self.endpoint, curve_dir=self.curve_dir)
             req_id = next(self.ids)
             frame = P.encode([P.stats(req_id)])
             try:
@@ -61,5 +62,5 @@ async def ingest_stats(ctx) -> dict | None:
     if not endpoint:
         return None
     if endpoint not in _fetchers:
-        _fetchers[endpoint] = IngestStats(endpoint, ctx.cfg.shard_timeout_s)
+        _fetchers[endpoint] = IngestStats(endpoint, ctx.cfg.shard_timeout_s, ctx.cfg.curve_dir)
     return await _fetchers[endpoint].fetch()

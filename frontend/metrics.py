@@ -35,6 +35,14 @@ ROUNDTRIP = "featurestore_shard_roundtrip_seconds"
 HELP = {REQUESTS: "Time to answer an HTTP request, by route template, method and status",
         ROUNDTRIP: "Round trip of a message to a shard (the requests of one loop pass), by shard"}
 LABELS = {REQUESTS: ("route", "method", "status"), ROUNDTRIP: ("shard",)}
+METHODS = frozenset(("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"))
+OTHER = "other"  # the method label of any other method: every label value is from a closed set
+REFUSED = "refused"  # the route label of a request refused before routing (414, 431, 503)
+
+
+def method_label(method: str) -> str:
+    """``method`` as a label value: one of :data:`METHODS`, or :data:`OTHER`."""
+    return method if method in METHODS else OTHER
 
 
 class SlotFile:

@@ -32,7 +32,7 @@ class EntityReads(BaseHandler):
             if name is not None:
                 check_name(name, self.ctx.limits)
         except EventError as exc:
-            raise APIError(400, exc.detail) from None
+            raise APIError(exc.status, exc.detail) from None
 
 
 class EntityHandler(EntityReads):
@@ -63,13 +63,21 @@ class FeaturesHandler(BodyHandler, EntityReads):
     """``POST /features`` (write) and ``GET /features?entity_id=&name=``."""
 
     def get(self) -> asyncio.Future:
-        eid = self.get_query_argument("entity_id", None)
-        name = self.get_query_argument("name", None)
+        eid, name = self._query("entity_id"), self._query("name")
         if not eid:
             raise APIError(400, "query parameter entity_id is required")
         if not name:
             raise APIError(400, "query parameter name is required")
         return self.answer(reads.FEATURE, eid, name)
+
+    def _query(self, name: str) -> str | None:
+        """A query parameter exactly as sent (Tornado's own accessor turns control characters,
+        which an entity id may hold, into spaces and strips them)."""
+        values = self.request.query_arguments.get(name)
+        try:
+            return values[-1].decode("utf-8") if values else None
+        except UnicodeDecodeError:
+            raise APIError(400, f"query parameter {name} is not UTF-8") from None
 
     async def post(self) -> None:
         await self.serve(endpoints.WRITE)

@@ -91,7 +91,12 @@ class _Families:
 
 
 class MetricsHandler(BaseHandler):
-    """``GET /metrics``: every front-end process's request histograms, every shard's figures, ingest's."""
+    """``GET /metrics``: every front-end process's request histograms, every shard's figures, ingest's;
+    a read (the read token), unless ``FS_METRICS_OPEN`` opens it to a scraper without one."""
+
+    @property
+    def open_access(self) -> bool:
+        return self.ctx.cfg.metrics_open
 
     async def get(self) -> None:
         shards, _ = await fanout.replies_of_all(self.ctx, P.stats)

@@ -79,10 +79,15 @@ class ShardClient:
     queued for the same shard in one message (the most requests per CPU second under load).
     """
 
-    def __init__(self, endpoints, timeout_s: float, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, endpoints, timeout_s: float, ctx: zmq.Context | None = None, curve_dir: str | None = None,
+                 max_frame_requests: int = 4096, max_frame_bytes: int = 256 << 20) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.timeout_s = timeout_s
-        self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM)) for i, e in enumerate(endpoints)]
+        self.max_frame_requests = max_frame_requests  # FS_MAX_FRAME_REQUESTS: the shard refuses more
+        self.max_frame_bytes = max_frame_bytes  # FS_MAX_FRAME_BYTES: the shard drops the peer past it
+        self.curve_dir = curve_dir  # FS_CURVE_DIR: every link, those added later included, uses it
+        self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM, curve_dir=curve_dir))
+                      for i, e in enumerate(endpoints)]
         # request id -> (callback, deadline, shard), oldest first
         self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
         self._short: dict[int, float] = {}  # request id -> deadline, for calls with a shorter timeout
@@ -98,7 +103,7 @@ class ShardClient:
 
     def add_link(self, endpoint: str) -> int:
         """Connect one more shard (cluster mode finds shards as they appear); return its index."""
-        link = ShardOutbox(len(self.links), connect_dealer(self.ctx, endpoint, hwm=HWM))
+        link = ShardOutbox(len(self.links), connect_dealer(self.ctx, endpoint, hwm=HWM, curve_dir=self.curve_dir))
         self.links.append(link)
         if self._loop is not None:
             self._loop.add_reader(link.sock.getsockopt(zmq.FD), self._drain, link)
@@ -170,14 +175,30 @@ class ShardClient:
         for link in self.links:
             if link.outbox:
                 batch, link.outbox = link.outbox, []
-                self._send(link, batch)
+                step = self.max_frame_requests
+                for start in range(0, len(batch), step):
+                    self._send(link, batch[start:start + step] if len(batch) > step else batch)
 
     def _send(self, link: ShardOutbox, batch: list[dict]) -> None:
+        frame = P.encode(batch)
+        if len(frame) > self.max_frame_bytes:  # the shard would drop the connection: split, or refuse
+            if len(batch) > 1:
+                self._send(link, batch[:len(batch) // 2])
+                self._send(link, batch[len(batch) // 2:])
+            else:
+                self._refuse(batch[0], len(frame))
+            return
         try:
-            link.sock.send(P.encode(batch), zmq.NOBLOCK)
+            link.sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             self._fail(batch, link.index, "is not connected")
         self._drain(link)  # the fd is edge-triggered: a send may have eaten a read event
+
+    def _refuse(self, request: dict, size: int) -> None:
+        entry = self.pending.pop(P.id_of(request), None)
+        if entry is not None:
+            _run(entry[0], P.error(P.id_of(request), P.TOO_LARGE, f"the shard message would be {size} bytes; "
+                                   f"the limit is {self.max_frame_bytes} (FS_MAX_FRAME_BYTES)"))
 
     def _fail(self, batch: list[dict], shard: int, why: str) -> None:
         for req in batch:

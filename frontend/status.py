@@ -1,17 +1,17 @@
 """For operators: the status page (``GET /``), its data (``GET /status``) and the API docs (``GET /docs``).
 
 The page is plain HTML, CSS and JavaScript in ``frontend/static/`` (no build step, nothing from
-the internet); Swagger UI's assets come from the swagger-ui-bundle package.
+the internet); Swagger UI 5 (which renders OpenAPI 3.1) comes from the swagger-ui-py package's static files.
 """
 from __future__ import annotations
 
 import time
+import importlib.util
 from itertools import accumulate
 from pathlib import Path
 
 import orjson
 import tornado.web
-from swagger_ui_bundle import swagger_ui_path
 
 from common import protocol as P
 from frontend import metrics as M
@@ -20,7 +20,9 @@ from frontend.base import BaseHandler
 from frontend.ingest_stats import ingest_stats
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SWAGGER_DIR = Path(swagger_ui_path)
+# swagger-ui-py ships Swagger UI 5 under swagger_ui/static; found without importing the package,
+# whose __init__ loads its framework adapters.
+SWAGGER_DIR = Path(importlib.util.find_spec("swagger_ui").submodule_search_locations[0]) / "static"
 SHARD_FIELDS = ("entities", "values", "memory_bytes", "log_bytes", "writes", "stale")
 
 def shard_rows(replies: dict) -> list[dict]:
@@ -82,6 +84,8 @@ class _Assets(tornado.web.StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.set_header("Content-Type", "application/json")
+        if status_code == 405:
+            self.set_header("Allow", "GET, HEAD")
         self.finish(orjson.dumps({"detail": f"no such file: {self.request.path}" if status_code == 404
                                   else self._reason}))
 
@@ -91,7 +95,7 @@ class StaticHandler(_Assets):
 
 
 class SwaggerAssetsHandler(_Assets):
-    """``GET /docs/assets/{path}``: Swagger UI, from the swagger-ui-bundle package."""
+    """``GET /docs/assets/{path}``: Swagger UI, from the swagger-ui-py package."""
 
 
 def routes(ctx) -> list[tuple[str, type, dict, str]]:

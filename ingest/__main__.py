@@ -13,7 +13,7 @@ import time
 import orjson
 import zmq
 
-from common import config, logs
+from common import config, curve, logs
 from common import protocol as P
 from common.config import Config
 from common.events import Limits
@@ -38,8 +38,9 @@ class Ingest:
         # cluster mode: one bucket per unit (records are keyed by entity), produced to Kafka
         self.decoder = Decoder(Limits.from_config(cfg), Partitioner(1 if cfg.cluster_kafka else cfg.shards),
                                self.dead, cfg.ingest_max_event_bytes)
+        self.guard = curve.start_authenticator(ctx, cfg.curve_dir)  # before any socket binds
         self.writer = KafkaWriter(cfg, self.dead) if cfg.cluster_kafka else ShardWriter(cfg, ctx, self.dead)
-        self.stats_sock = _bind_stats(ctx, cfg.ingest_stats_endpoint)
+        self.stats_sock = _bind_stats(ctx, cfg.ingest_stats_endpoint, cfg.curve_dir)
         self.running = True
         self.started = time.monotonic()
         self._rate, self._last = 0.0, (self.started, 0)
@@ -49,7 +50,8 @@ class Ingest:
         elif cfg.ingest_source == "kafka":
             self.source = KafkaSource(cfg, self.decoder, self.drain)
         else:
-            self.source = ZmqSource(ctx, cfg.ingest_endpoint, self.decoder, self.stats, cfg.max_body_bytes)
+            self.source = ZmqSource(ctx, cfg.ingest_endpoint, self.decoder, self.stats, cfg.max_body_bytes,
+                                    cfg.curve_dir)
 
     def run(self) -> None:
         """Loop until the source ends or a signal asks to stop, then finish what is in flight."""
@@ -168,13 +170,17 @@ class Ingest:
         self.dead.close()
         if self.stats_sock is not None:
             self.stats_sock.close()
+        if self.guard is not None:
+            self.guard.stop()
 
 
-def _bind_stats(ctx: zmq.Context, endpoint: str | None) -> zmq.Socket | None:
+def _bind_stats(ctx: zmq.Context, endpoint: str | None, curve_dir: str | None) -> zmq.Socket | None:
     if not endpoint:
         return None
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve_dir:
+        curve.serve(sock, curve_dir)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     try:
         ingest = Ingest(cfg, ctx)
-    except (OSError, zmq.ZMQError, StartError) as exc:  # a missing file, an address in use
+    except (OSError, zmq.ZMQError, StartError, curve.CurveError) as exc:  # a missing file, an address in use
         print(f"ingest: cannot start: {exc}", file=sys.stderr)
         ctx.destroy(linger=0)
         return 2

@@ -70,8 +70,8 @@ class DeadLetters:
             doc["event"] = raw
         try:
             line = orjson.dumps(doc, default=repr, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:  # e.g. an integer beyond 64 bits inside a msgpack event
-            doc["event"] = repr(raw)[:MAX_DEAD_EVENT_CHARS]
+        except Exception:  # an integer beyond 64 bits inside a msgpack event, a deep structure
+            doc["event"] = _printed(raw)
             line = orjson.dumps(doc)
         try:
             if self._fh is None:
@@ -100,6 +100,14 @@ class DeadLetters:
             except OSError:
                 pass
             self._fh = None
+
+
+def _printed(obj: Any) -> str:
+    """``repr(obj)``, shortened; a structure too deep to print says so instead of raising."""
+    try:
+        return repr(obj)[:MAX_DEAD_EVENT_CHARS]
+    except RecursionError:
+        return "<event nested too deeply to print>"
 
 
 class Decoder:

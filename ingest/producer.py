@@ -37,9 +37,10 @@ class Producer:
     """Sends events to ``endpoint`` and collects the acknowledgements."""
 
     def __init__(self, endpoint: str, window: int = 8, timeout_s: float = 30.0,
-                 ctx: zmq.Context | None = None) -> None:
-        self.sock = connect_dealer(ctx or zmq.Context.instance(), endpoint, immediate=False)
+                 ctx: zmq.Context | None = None, curve_dir: str | None = None) -> None:
+        self.sock = connect_dealer(ctx or zmq.Context.instance(), endpoint, immediate=False, curve_dir=curve_dir)
         self.endpoint = endpoint
+        self.curve_dir = curve_dir
         self.window = window
         self.timeout_s = timeout_s
         self.pending: dict[int, float] = {}  # request id -> time sent
@@ -68,7 +69,7 @@ class Producer:
     def call(self, kind: str) -> dict:
         """One request without events (``stats`` or ``ping``) on a socket of its own."""
         build = {P.STATS: P.stats, P.PING: P.ping}[kind]
-        sock = connect_dealer(self.sock.context, self.endpoint, immediate=False)
+        sock = connect_dealer(self.sock.context, self.endpoint, immediate=False, curve_dir=self.curve_dir)
         try:
             sock.send(P.encode([build(1)]))
             if not sock.poll(int(self.timeout_s * 1000)):
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config.load(argv, parser=parser)
     fh = sys.stdin.buffer if args.path == "-" else open(args.path, "rb")
-    with Producer(cfg.ingest_endpoint) as producer, fh:
+    with Producer(cfg.ingest_endpoint, curve_dir=cfg.curve_dir) as producer, fh:
         for chunk in iter(lambda: list(itertools.islice(fh, args.batch)), []):
             if args.msgpack:
                 events = []

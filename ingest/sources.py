@@ -21,6 +21,7 @@ import time
 
 import zmq
 
+from common import curve
 from common import protocol as P
 from common.config import Config
 from ingest.decode import Decoder, Unit
@@ -112,8 +113,10 @@ class ZmqSource:
     name = "zmq"
 
     def __init__(self, ctx: zmq.Context, endpoint: str, decoder: Decoder, stats,
-                 max_request_bytes: int) -> None:
+                 max_request_bytes: int, curve_dir: str | None = None) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
+        if curve_dir:
+            curve.serve(self.sock, curve_dir)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # an ack to a vanished producer is dropped
         self.sock.setsockopt(zmq.RCVHWM, RCVHWM)  # unread requests wait in the producers' queues
@@ -153,7 +156,11 @@ class ZmqSource:
                 self._refuse(ident, requests, frame, writer)
                 continue
             for req in requests:
-                self._handle(ident, req, writer)
+                try:
+                    self._handle(ident, req, writer)
+                except Exception:  # no request a producer sends may stop the source
+                    log.exception("zmq source: request %s failed", P.shown(P.id_of(req)))
+                    self._reply(ident, P.error(None, P.INTERNAL, "internal error in ingest"))
 
     def _refuse(self, ident: bytes, requests: list, frame: bytes, writer: ShardWriter) -> None:
         """An over-size message: each request in it is rejected, dead-lettered and answered."""
@@ -161,7 +168,7 @@ class ZmqSource:
         for req in requests:
             req_id = P.id_of(req) if type(req) is dict else None
             unit = Unit((ident, req_id))
-            self.decoder.reject(unit, f"zmq:{req_id}", reason, frame[:1024])
+            self.decoder.reject(unit, f"zmq:{P.shown(req_id)}", reason, frame[:1024])
             writer.add(unit)  # answered in order with the others, once released
 
     def _handle(self, ident: bytes, req, writer: ShardWriter) -> None:
@@ -169,22 +176,23 @@ class ZmqSource:
             self._reply(ident, P.error(None, P.MALFORMED, "a request must be a map"))
             return
         kind, req_id = P.kind_of(req), P.id_of(req)
+        label = P.shown(req_id)  # names its events in dead letters
         if kind == P.STATS:
             self._reply(ident, P.stats_reply(req_id, self.stats()))
         elif kind == P.PING:
             self._reply(ident, P.ping_reply(req_id, source=self.name))
         elif kind != P.EVENTS:
-            self._reply(ident, P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {kind!r}"))
+            self._reply(ident, P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {P.shown(kind)}"))
         elif isinstance(req.get(P.JSON_LINES), (bytes, str)):
             unit = Unit((ident, req_id))
             payload = req[P.JSON_LINES]
             lines = (payload.encode("utf-8", "surrogatepass") if type(payload) is str else payload).split(b"\n")
-            self.decoder.add_lines(unit, lines, lambda i: f"zmq:{req_id}:{i + 1}")
+            self.decoder.add_lines(unit, lines, lambda i: f"zmq:{label}:{i + 1}")
             writer.add(unit)
         elif type(req.get(P.EVENT_MAPS)) is list:
             unit = Unit((ident, req_id))
             for i, obj in enumerate(req[P.EVENT_MAPS]):
-                self.decoder.add_object(unit, obj, lambda i: f"zmq:{req_id}:[{i}]", i)
+                self.decoder.add_object(unit, obj, lambda i: f"zmq:{label}:[{i}]", i)
             writer.add(unit)
         else:
             self._reply(ident, P.error(req_id, P.BAD_REQUEST,

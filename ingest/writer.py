@@ -93,6 +93,8 @@ class ShardWriter:
         self.ack_timeout_s = cfg.ingest_ack_timeout_s
         self.retry_max_s = cfg.ingest_retry_max_s
         self.dead = dead
+        if cfg.curve_dir:
+            connect = partial(connect, curve_dir=cfg.curve_dir)
         self.links = [ShardBacklog(i, connect(ctx, e)) for i, e in enumerate(cfg.endpoints())]
         self.poller = zmq.Poller()
         self._by_sock = {}

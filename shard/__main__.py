@@ -8,8 +8,7 @@ import sys
 
 import zmq
 
-from common import config, logs
-from shard.freshness import Freshness
+from common import config, curve, logs
 from shard.handlers import ShardState
 from shard.persistence import Journal, RecoveryError, SyncError
 from shard.server import POLL_MS, Server, bind
@@ -59,18 +58,25 @@ def cluster(cfg, state: ShardState, ctx, endpoint):
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "shard")
     logs.setup(cfg, "shard", cfg.shard_index)
-    state = ShardState(cfg.shard_index, Store.from_config(cfg),
-                       freshness=Freshness(cfg.freshness_sample_every if cfg.metrics else 0))
+    state = ShardState.from_config(cfg, Store.from_config(cfg))
     endpoint = cfg.shard_endpoint()
     ctx = zmq.Context()
+    try:
+        guard = curve.start_authenticator(ctx, cfg.curve_dir)  # before any socket binds
+    except curve.CurveError as exc:
+        print(f"shard {cfg.shard_index}: cannot start: {exc}", file=sys.stderr, flush=True)
+        ctx.destroy(0)
+        return 2
     try:
         chores, commit, close, poll_ms, what = (cluster if cfg.cluster_kafka else embedded)(cfg, state, ctx, endpoint)
     except StartError as exc:
         print(f"shard {cfg.shard_index}: {exc}", file=sys.stderr, flush=True)
+        if guard is not None:
+            guard.stop()
         ctx.destroy(0)
         return 2
     # bound only once recovered: a shard that answers a ping is ready
-    sock = bind(ctx, endpoint)
+    sock = bind(ctx, endpoint, cfg.curve_dir, cfg.max_frame_bytes)
     server = Server(state, sock, chores=chores, make_durable=commit, poll_ms=poll_ms)
     server.install_signal_handlers()
     if state.cluster is not None:  # hand the partitions over first, then stop
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         sock.close()
     if close is not None:
         close()
+    if guard is not None:
+        guard.stop()
     ctx.term()
     log.info("shard %d stopped", cfg.shard_index)
     return 0

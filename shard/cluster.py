@@ -291,9 +291,9 @@ def answer_pdump(parts: Partitions, req: dict) -> dict:
     return P.dump_reply(req_id, token, offset, eids, blobs, next_at)
 
 
-def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int) -> tuple[int, list, list]:
+def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int, curve_dir: str | None = None) -> tuple[int, list, list]:
     """A peer's copy of partition ``p``: (next offset, eids, blobs); raises on failure."""
-    sock = connect_dealer(ctx, endpoint, immediate=False)  # the first request waits for the connection
+    sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir)  # the first request waits for the connection
     try:
         eids: list = []
         blobs: list = []
@@ -332,6 +332,7 @@ class Tail:
         self.changed = changed
         self.tail_records = tail_records
         self.topic = cfg.cluster_topic
+        self.curve_dir = cfg.curve_dir  # FS_CURVE_DIR: the DEALER to a peer uses it
         self.sources: dict[int, str] = {}  # where each partition was bootstrapped from (stats, tests)
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
         self.consumer = Consumer({
@@ -390,7 +391,7 @@ class Tail:
                 continue
             try:
                 t0 = time.monotonic()
-                offset, eids, blobs = fetch_from_peer(self.ctx, endpoint, p)
+                offset, eids, blobs = fetch_from_peer(self.ctx, endpoint, p, self.curve_dir)
             except (TimeoutError, RuntimeError, zmq.ZMQError, KeyError, IndexError, P.ProtocolError) as exc:
                 log.warning("partition %d: bootstrap from %s failed: %s", p, endpoint, exc)
                 self._unreachable[endpoint] = time.monotonic() + UNREACHABLE_S

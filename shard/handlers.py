@@ -10,16 +10,25 @@ import os
 from typing import Any, Callable
 
 from common import protocol as P
+from common.events import EventError, Limits, TooLarge, check_writes
 from shard.aggregate import AggregateRefused
 from shard.cluster import answer_pdump
 from shard.freshness import Freshness
-from shard.store import NOT_FOUND_DETAIL, Store
+from shard.store import NOT_FOUND_DETAIL, Store, TooWide
 
 log = logging.getLogger("shard")
 
 
 class BadRequest(Exception):
-    """A request whose fields are missing or mistyped."""
+    """A request whose fields are missing or mistyped; ``code`` says which kind of refusal."""
+
+    code = P.BAD_REQUEST
+
+
+class TooLargeRequest(BadRequest):
+    """A value, an entity or a message over its limit."""
+
+    code = P.TOO_LARGE
 
 
 class Refused(Exception):
@@ -43,13 +52,23 @@ class ShardState:
     """
 
     def __init__(self, index: int, store: Store | None = None, journal=None, owner=None,
-                 freshness: Freshness | None = None) -> None:
+                 freshness: Freshness | None = None, limits: Limits | None = None,
+                 max_features: int | None = None, max_frame_requests: int = 4096) -> None:
         self.index = index
         self.store = store if store is not None else Store()
         self.journal = journal
         self.owner = owner
         self.cluster = None
         self.freshness = freshness if freshness is not None else Freshness()
+        self.limits = limits or Limits()  # what a stored value may be (the front end's limits)
+        self.max_features = max_features  # FS_MAX_FEATURES_PER_ENTITY
+        self.max_frame_requests = max_frame_requests  # FS_MAX_FRAME_REQUESTS
+
+    @classmethod
+    def from_config(cls, cfg, store: Store) -> "ShardState":
+        return cls(cfg.shard_index, store, freshness=Freshness(cfg.freshness_sample_every if cfg.metrics else 0),
+                   limits=Limits.from_config(cfg), max_features=cfg.max_features_per_entity,
+                   max_frame_requests=cfg.max_frame_requests)
 
     def served(self, eids: list[str], names: list[str] | None, live: bool = True) -> None:
         """Count the ages of the values a read served, for one entity in ``freshness.sample_every``."""
@@ -167,13 +186,21 @@ def handle_write(shard: ShardState, req: dict) -> dict:
 
     The items are checked while the store works out the writes (:meth:`Store.prepare`, which
     changes nothing), then logged, then installed: a bad item anywhere refuses the whole request
-    with nothing logged or applied."""
+    with nothing logged or applied. Every item is validated as the front end validates a write
+    (type, size, event time): whatever the shard stores, it can serve."""
     writes = _field(req, P.WRITES, list)
     if shard.cluster is not None:
         return P.error(P.id_of(req), P.NOT_OWNER, "cluster mode: writes go to the Kafka topic, not to a shard")
     meta = _write_meta(req, len(writes))
     try:
-        prepared = shard.store.prepare(writes, meta)
+        check_writes(writes, shard.limits, P.WRITES)
+        prepared = shard.store.prepare(writes, meta, shard.max_features)
+    except TooLarge as exc:
+        raise TooLargeRequest(exc.detail) from None
+    except EventError as exc:
+        raise BadRequest(exc.detail) from None
+    except TooWide as exc:
+        raise TooLargeRequest(str(exc)) from None
     except AggregateRefused as exc:
         raise BadRequest(str(exc)) from None
     except (TypeError, ValueError):
@@ -260,29 +287,49 @@ HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
 
 
 def dispatch(shard: ShardState, req: Any) -> dict:
-    """Run one request through its handler; every failure becomes an error reply."""
+    """Run one request through its handler; every failure, whatever the request holds (a map
+    where the type belongs, an id nested 1,000 deep), becomes an error reply."""
     if type(req) is not dict:
         return P.error(None, P.MALFORMED, "a request must be a map")
-    req_id, kind = P.id_of(req), P.kind_of(req)
-    handler = HANDLERS.get(kind)
-    if handler is None:
-        return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    req_id = P.id_of(req)
     try:
+        kind = P.kind_of(req)
+        handler = HANDLERS.get(kind) if type(kind) is str else None
+        if handler is None:
+            return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {P.shown(kind)}")
         return handler(shard, req)
     except BadRequest as exc:
-        return P.error(req_id, P.BAD_REQUEST, str(exc))
+        return P.error(req_id, exc.code, str(exc))
     except Refused as exc:
         return P.error(req_id, exc.code, exc.reason)
     except Exception:
-        log.exception("shard %d: handler %r failed", shard.index, kind)
+        log.exception("shard %d: handler %s failed", shard.index, P.shown(req.get(P.TYPE)))
         return P.error(req_id, P.INTERNAL, "internal error in shard")
 
 
 def handle_frame(shard: ShardState, frame: bytes) -> bytes:
-    """Decode a frame of requests, dispatch each, and encode the frame of replies."""
+    """Decode a frame of requests, dispatch each, and encode the frame of replies: one per
+    request, in order, whatever the frame holds."""
     try:
         requests = P.decode(frame)
     except P.ProtocolError as exc:
         log.warning("shard %d: answered %r to a malformed frame: %s", shard.index, P.MALFORMED, exc)
         return P.encode([P.error(None, P.MALFORMED, str(exc))])
-    return P.encode([dispatch(shard, req) for req in requests])
+    if len(requests) > shard.max_frame_requests:
+        reason = (f"a message holds {len(requests)} requests; the limit is {shard.max_frame_requests} "
+                  "(FS_MAX_FRAME_REQUESTS)")
+        replies = [P.error(P.id_of(r) if type(r) is dict else None, P.TOO_LARGE, reason) for r in requests]
+    else:
+        replies = [dispatch(shard, req) for req in requests]
+    try:
+        return P.encode(replies)
+    except Exception:  # an id the encoder cannot write back (nested too deeply): answered without it
+        return P.encode([_encodable(r) for r in replies])
+
+
+def _encodable(reply: dict) -> dict:
+    try:
+        P.encode([reply])
+        return reply
+    except Exception:
+        return P.error(None, P.BAD_REQUEST, "the request id cannot be echoed")

@@ -6,6 +6,7 @@ import signal
 
 import zmq
 
+from common import curve
 from shard.handlers import ShardState, handle_frame
 
 log = logging.getLogger("shard")
@@ -14,11 +15,16 @@ POLL_MS = 100  # the longest a chore waits when no message arrives
 MAX_PASS = 1000  # messages answered per pass before the chores run again
 
 
-def bind(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """The shard's ROUTER socket, bound to ``endpoint``."""
+def bind(ctx: zmq.Context, endpoint: str, curve_dir: str | None = None, max_frame_bytes: int = -1) -> zmq.Socket:
+    """The shard's ROUTER socket, bound to ``endpoint``; with ``curve_dir``, encrypted and open
+    only to the client key (the process runs :func:`common.curve.start_authenticator`). A peer
+    sending a message over ``max_frame_bytes`` is disconnected before it is buffered whole."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a vanished client is dropped
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    if curve_dir:
+        curve.serve(sock, curve_dir)
     sock.bind(endpoint)
     return sock
 

@@ -75,6 +75,10 @@ def _to_us(seconds: float | None) -> int | None:
     return None if seconds is None or seconds <= 0 else int(seconds * 1_000_000)
 
 
+class TooWide(ValueError):
+    """A write would give an entity more features than its limit."""
+
+
 class Store:
     """Entities of one shard, with last-write-wins writes, TTLs and rendered reads.
 
@@ -326,7 +330,8 @@ class Store:
         :meth:`prepare`)."""
         return self.install(self.prepare(writes, meta))
 
-    def prepare(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None) -> Prepared:
+    def prepare(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
+                max_features: int | None = None) -> Prepared:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
@@ -334,7 +339,8 @@ class Store:
         that changed is encoded once. :meth:`install` then puts the result in place, so the journal
         can log the writes between the two. Raises ValueError or TypeError on a malformed item
         (see :meth:`apply`), :class:`~shard.aggregate.AggregateRefused` on a write the
-        aggregations cannot take; nothing is changed then.
+        aggregations cannot take, and :class:`TooWide` when an entity would hold more than
+        ``max_features`` features; nothing is changed then.
 
         ``meta`` ``[clock_us, event_ids, source, positions]`` (each may be None) goes with the
         writes to the aggregations, and comes back in :attr:`Prepared.aggregate` with the clock
@@ -371,6 +377,11 @@ class Store:
             written += 1
         if written != mark:
             changed[last] = feats
+        if max_features is not None and added:
+            for eid, f in changed.items():
+                if len(f) > max_features:
+                    raise TooWide(f"entity {eid[:100]!r} would hold {len(f)} features; the limit is "
+                                  f"{max_features} (FS_MAX_FEATURES_PER_ENTITY)")
         pack = self._pack
         aggregate = None
         if self.aggs:

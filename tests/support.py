@@ -100,10 +100,10 @@ def base_env(**fs: object) -> dict:
     return env
 
 
-def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000) -> list[dict]:
+def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000, curve_dir=None) -> list[dict]:
     """Send one frame of requests to a shard's ROUTER and return its replies."""
     ctx = zmq.Context.instance()
-    sock = connect_dealer(ctx, endpoint, immediate=False)
+    sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir and str(curve_dir))
     try:
         sock.send(P.encode(requests))
         if not sock.poll(timeout_ms):
@@ -113,13 +113,13 @@ def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000) -> lis
         sock.close()
 
 
-def wait_answering(proc: Proc, endpoint: str, timeout: float, what: str) -> None:
+def wait_answering(proc: Proc, endpoint: str, timeout: float, what: str, curve_dir=None) -> None:
     """Wait until the shard ``proc`` answers a ping at ``endpoint``; fail at once if it exits."""
 
     def ready():
         if not proc.alive():
             raise AssertionError(f"{what} exited:\n{proc.output()}")
-        return P.is_ok(zmq_call(endpoint, [P.ping(1)], 200)[0])
+        return P.is_ok(zmq_call(endpoint, [P.ping(1)], 200, curve_dir)[0])
 
     poll_for(ready, timeout, what=what)
 
@@ -184,7 +184,8 @@ class Cluster:
         return proc
 
     def wait_shard(self, index: int, timeout: float = 15.0) -> None:
-        wait_answering(self.shards[index], self.endpoints[index], timeout, f"shard {index}")
+        wait_answering(self.shards[index], self.endpoints[index], timeout, f"shard {index}",
+                       self.fs.get("curve_dir"))
 
     def start_frontend(self, **extra) -> Proc:
         self.frontend = Proc([sys.executable, "-m", "frontend"], self.env(**extra), self.tmp / "frontend.log")

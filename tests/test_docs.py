@@ -13,7 +13,8 @@ from tests.support import quote, request
 
 # a body that each described POST accepts
 BODIES = {
-    "/features": {"entity_id": "docs:e", "name": "v:f", "value": 1},
+    "/features": [{"entity_id": "docs:e", "name": "v:f", "value": 1},
+                  {"entity_id": "batch", "name": "v:f", "value": 1}],  # GET/DELETE /features/batch: an entity
     "/features/batch": {"entity_ids": ["docs:e"]},
     "/get-online-features": {"entities": {"docs_id": ["e"]}, "features": ["v:f"]},
     "/write-to-online-store": {"feature_view_name": "v", "df": {"docs_id": ["e2"], "f": [1]}},

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from common import timefmt
-from common.events import EventError, Limits, parse_body
+from common.events import EventError, Limits, TooLarge, loads_json, parse_body
 
 L = Limits()
 NOW = 1_700_000_000_000_000
@@ -142,3 +142,40 @@ def test_loads_json_reparses_exactly_when_there_is_a_run_of_19_digits(text, exac
         assert events.loads_json(raw) == json.loads(bytes(raw))
     assert len(calls) == (2 if exact else 0)
     assert events.loads_json(memoryview(b"[1, 2]")) == [1, 2]  # as before: orjson reads a view
+
+
+DEEP = 1000  # deeper than the stdlib parser's recursion allows, shallower than orjson's 1024
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" * DEEP + b"1234567890123456789" + b"]" * DEEP,  # re-parsed by the stdlib: RecursionError
+    b'{"a":' * DEEP + b"12345678901234567890" + b"}" * DEEP,
+    b"[" * 5000 + b"]" * 5000,  # past orjson's depth limit
+    b"\xff\xfe",
+    b"",
+    "text, not bytes".encode()[:-1] + b"\x00",
+])
+def test_loads_json_raises_only_value_error(raw):
+    with pytest.raises(ValueError):
+        loads_json(raw)
+
+
+def test_loads_json_refuses_what_is_not_a_document():
+    with pytest.raises(ValueError):
+        loads_json(12345)  # a TypeError inside: still a ValueError to the caller
+
+
+def test_loads_json_keeps_long_integers_exact():
+    assert loads_json(b'{"v": 184467440737095516150}') == {"v": 184467440737095516150}
+
+
+def test_a_value_over_its_size_limit_is_too_large_413_and_a_bad_value_is_400():
+    small = Limits(max_value_bytes=8)
+    with pytest.raises(TooLarge) as big:
+        parse_body({"entity_id": "a", "name": "x", "value": "123456789"}, small, NOW)
+    assert big.value.status == 413 and "FS_MAX_VALUE_BYTES" in big.value.detail
+    with pytest.raises(TooLarge):
+        parse_body({"entity_id": "a", "features": {"x": [1] * 20}}, small, NOW)
+    with pytest.raises(EventError) as bad:
+        parse_body({"entity_id": "a", "name": "x", "value": math.nan}, small, NOW)
+    assert bad.value.status == 400 and not isinstance(bad.value, TooLarge)

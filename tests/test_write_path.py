@@ -10,7 +10,6 @@ from shard.handlers import ShardState, handle_frame
 from shard.persistence import Journal
 from shard.store import Store
 
-REASON = "field 'w' must hold [entity_id, name, value, event_us] items"
 
 
 def model_apply(state: dict, writes) -> tuple[int, int]:
@@ -96,12 +95,14 @@ def test_a_bad_item_among_good_ones_refuses_the_request_and_changes_nothing(tmp_
     good = [["u", "x", 1, 5], ["w", "y", 2, 5], ["u", "z", 3, 5]]
     items = {"first": [bad, *good], "middle": [good[0], bad, *good[1:]], "last": [*good, bad]}[where]
     before = (dict(shard.store.data), shard.store.stats(), shard.journal.size)
+    index = items.index(bad)
     (alone,) = P.decode(handle_frame(shard, P.encode([P.write(items, 3)])))
-    assert alone == P.error(3, P.BAD_REQUEST, REASON)
+    assert (P.id_of(alone), P.code_of(alone)) == (3, P.BAD_REQUEST)
+    assert P.reason_of(alone).startswith(f"w[{index}]")  # the shard names the bad item
     assert (shard.store.data, shard.store.stats(), shard.journal.size) == before  # nothing logged
     frame = P.encode([P.write(items, 4), P.write(good, 5)])
     bad_reply, ok_reply = P.decode(handle_frame(shard, frame))
-    assert bad_reply == P.error(4, P.BAD_REQUEST, REASON)
+    assert bad_reply == P.error(4, P.BAD_REQUEST, P.reason_of(alone))
     assert ok_reply == P.write_reply(5, 3, 0)  # the next request is served
     assert shard.store.features("u") == {"x": [1, 5], "z": [3, 5]}
     # only the good requests reached the log: a replay gives the same state

@@ -73,7 +73,7 @@ def entity_ids(keys: list[str], columns: list[list], limits: Limits) -> list[str
     try:
         return check_entity_ids(eids, limits, f"entity row ({'+'.join(keys)})")
     except EventError as exc:
-        raise FeastFailure(400, "FeastError", exc.detail) from None
+        raise FeastFailure(exc.status, "FeastError", exc.detail) from None
 
 
 def join_keys_of(view: FeatureView, columns, where: str) -> list[str]:

@@ -27,8 +27,12 @@ class ShapeError(APIError):
             item["input"] = value
         try:
             self.body = orjson.dumps({"detail": [item]}, default=str)
-        except TypeError:  # the input echoed back holds an integer orjson cannot write
-            self.body = json.dumps({"detail": [item]}, default=str).encode()
+        except TypeError:  # the input echoed back holds an integer orjson cannot write, or is deep
+            try:
+                self.body = json.dumps({"detail": [item]}, default=str).encode()
+            except RecursionError:  # too deep to echo back: the error says where it is without it
+                item.pop("input", None)
+                self.body = orjson.dumps({"detail": [item]})
 
 
 def failure_reply(exc: APIError) -> Reply:

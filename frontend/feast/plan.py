@@ -105,7 +105,7 @@ def resolve_refs(catalog: Catalog, features: list, full: bool, limits: Limits) -
         try:
             check_name(ref, limits, f"feature reference {ref!r}")
         except EventError as exc:
-            raise FeastFailure(400, "FeastError", exc.detail) from None
+            raise FeastFailure(exc.status, "FeastError", exc.detail) from None
         if view_name not in by_view:
             by_view[view_name] = len(views)
             views.append((catalog.view(view_name), []))
@@ -149,7 +149,7 @@ def df_writes(view: FeatureView, df: dict, n: int, limits: Limits, now_us: int) 
             for i in range(n):
                 out.append((eids[i], name, check_value(col[i], limits, f"df.{feat}[{i}]"), times[i]))
     except EventError as exc:
-        raise FeastFailure(400, "FeastError", exc.detail) from None
+        raise FeastFailure(exc.status, "FeastError", exc.detail) from None
     return out
 
 
