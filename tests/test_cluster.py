@@ -241,3 +241,13 @@ def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
     assert honcho.returncode in (0, 130), text
     for line in ("shard 0 stopped", "shard 3 stopped", "front end stopped", "ingest.1 stopped"):
         assert line in text, text
+
+
+def test_every_procfile_line_execs_its_process():
+    """honcho runs each line with ``sh -c``; without ``exec`` the shell stays the parent, and a
+    signal to it (a killed honcho's group aside) never reaches the Python process."""
+    from tests.support import ROOT
+
+    for name in ("Procfile", "Procfile.cluster"):
+        lines = [ln for ln in (ROOT / name).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        assert lines and all(ln.split(":", 1)[1].split()[0] == "exec" for ln in lines), (name, lines)
