@@ -94,11 +94,12 @@ SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
 PARTITION = "p"  # cluster mode: a partition of the cluster topic
-DUMP = "dump"  # pdump: the token of a frozen partition copy
+DUMP = "dump"  # pdump: the token of a transfer (the partition's entity list when it began)
 AT = "at"  # pdump: the position of the first entity wanted
-OFFSET = "o"  # pdump: the partition's next offset when it was frozen
-BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es``
+OFFSET = "o"  # pdump: the partition's next offset when the transfer began (replay from it)
+CHUNK = "chunk"  # pdump: msgpack ``[e, blob, e, blob, ...]``, as a snapshot's records hold them
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
+AFTER = "after"  # get, get1: answer only once the entity's partition has applied this offset
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
@@ -221,7 +222,7 @@ def events_maps(events: list, req_id: Any = None) -> dict:
 
 
 def pdump(partition: int, dump: Any = None, at: int = 0, req_id: Any = None) -> dict:
-    """``pdump``: a chunk of a peer's frozen copy of ``partition`` (no ``dump``: freeze one now)."""
+    """``pdump``: a chunk of a peer's copy of ``partition`` (no ``dump``: begin a transfer)."""
     return _request(PDUMP, req_id, {PARTITION: partition, DUMP: dump, AT: at})
 
 
@@ -321,9 +322,9 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
     return ok(req_id, **{SHARD: shard})
 
 
-def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
-    """Reply to ``pdump``: entity ids (``es``) and their blobs, from position ``at`` on."""
-    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, NEXT: next_at})
+def dump_reply(req_id: Any, dump: Any, offset: int, chunk: bytes, next_at: int | None) -> dict:
+    """Reply to ``pdump``: the packed entities and blobs from position ``at`` on."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, CHUNK: chunk, NEXT: next_at})
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:

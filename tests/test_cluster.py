@@ -123,8 +123,9 @@ def test_a_restarted_shard_loads_its_snapshot_and_reads_the_tail(cluster):
     b0 = cluster.endpoints["b0"]
     poll_for(lambda: all(up for _, up in cluster.held("b0").values()), 10, what="b0 to serve")
     before = cluster.held("b0")
-    snapshot = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}" / "partitions.snap"
-    poll_for(snapshot.exists, 10, what="b0's snapshot")
+    data = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}"
+    poll_for(lambda: list(data.glob("snapshot-*.snap")), 10, what="b0's snapshot (written by a forked child)")
+    assert "started in child" in cluster.shards["b0"].output()
     cluster.shards["b0"].kill()
     for i in range(30):  # the tail b0 has to read after its snapshot
         status, _, body = request("POST", cluster.url + "/features", {"entity_id": f"tail:{i}", "name": "t", "value": i})
