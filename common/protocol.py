@@ -89,6 +89,7 @@ STALE = "stale"
 REJECTED = "rejected"
 ERRORS = "errors"
 DELETED = "deleted"
+APPLIED = "applied"  # cluster mode, a write's or delete's reply: [[partition, offset], ...] of its records
 SHARD = "shard"
 SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
@@ -206,6 +207,18 @@ def write_origin(req: dict) -> tuple[Any, Any, Any]:
     return req.get(EVENT_IDS), req.get(ORIGIN), req.get(POSITIONS)
 
 
+def read_after(request: dict, offset: int) -> dict:
+    """``request`` (``get``, ``get1``), answered only by a replica whose copy of the entity's
+    partition has applied ``offset`` (cluster mode: read-your-writes across front ends)."""
+    request[AFTER] = offset
+    return request
+
+
+def after_of(req: dict) -> int | None:
+    """The offset a read must see applied (:func:`read_after`), or None."""
+    return req.get(AFTER)
+
+
 def delete(eid: str, name: str | None = None, req_id: Any = None) -> dict:
     """``del``: one feature, or the whole entity when ``name`` is None."""
     return _request(DELETE, req_id, {ENTITY: eid, NAME: name})
@@ -285,9 +298,16 @@ def rows_reply(req_id: Any, values: list, statuses: list, times: list) -> dict:
     return ok(req_id, **{VALUES: values, STATUSES: statuses, TIMES: times})
 
 
-def write_reply(req_id: Any, written: int, stale: int) -> dict:
-    """Reply to ``write``."""
-    return ok(req_id, **{WRITTEN: written, STALE: stale})
+def write_reply(req_id: Any, written: int, stale: int, applied: list | None = None) -> dict:
+    """Reply to ``write``; in cluster mode, with the ``(partition, offset)`` of its records."""
+    if applied is None:
+        return ok(req_id, **{WRITTEN: written, STALE: stale})
+    return ok(req_id, **{WRITTEN: written, STALE: stale, APPLIED: applied})
+
+
+def applied_of(reply: dict) -> list:
+    """The ``(partition, offset)`` pairs of a cluster-mode write's or delete's records ([] else)."""
+    return reply.get(APPLIED) or []
 
 
 def events_reply(req_id: Any, written: int, stale: int, rejected: int, errors: list) -> dict:
@@ -305,9 +325,11 @@ def counters_of(reply: dict) -> dict:
     return {k: v for k, v in reply.items() if k != ID and k != OK}
 
 
-def delete_reply(req_id: Any, deleted: int) -> dict:
-    """Reply to ``del``."""
-    return ok(req_id, **{DELETED: deleted})
+def delete_reply(req_id: Any, deleted: int, applied: list | None = None) -> dict:
+    """Reply to ``del``; in cluster mode, with the ``(partition, offset)`` of its record."""
+    if applied is None:
+        return ok(req_id, **{DELETED: deleted})
+    return ok(req_id, **{DELETED: deleted, APPLIED: applied})
 
 
 def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,

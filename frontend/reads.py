@@ -16,6 +16,7 @@ from typing import Callable
 
 from common import protocol as P
 from frontend.access import admit
+from frontend.cluster_writes import READ_AFTER, position_in
 from frontend.errors import INTERNAL, APIError, Reply, error_reply, reply_failure
 from frontend.metrics import counted
 
@@ -42,10 +43,14 @@ class Read:
             if not admitted:  # a RequestHandler's prepare() has admitted it already
                 admit(ctx.cfg, False, headers)
             eid, request = self.parse(args)
+            shard = ctx.partitioner.shard_for(eid)
+            if READ_AFTER in headers and ctx.cfg.cluster_kafka:  # a shard here is a partition
+                offset = position_in(headers[READ_AFTER], shard)
+                if offset is not None:
+                    P.read_after(request, offset)
         except APIError as exc:
             done(error_reply(exc))
             return
-        shard = ctx.partitioner.shard_for(eid)
         ctx.client.send(shard, request, partial(_answer, ctx.cfg, shard, done))
 
 
