@@ -67,7 +67,7 @@ class Partitions:
         self.applied = 0  # records applied
         self.changes = 0  # bumped by every change of the held data (snapshots are skipped without)
         self.assigned_once = False  # until Kafka assigned something, a loaded snapshot is kept whole
-        self._dumps: dict[int, list] = {}  # token -> [p, offset, eids, last asked]
+        self._dumps: dict[int, list] = {}  # token -> [p, offset, eids, last asked, Held]
         self._tokens = itertools.count(1)
         self._warned = 0.0
 
@@ -172,17 +172,19 @@ class Partitions:
         offset; each chunk packs their blobs as they are when it is asked for (no copy of the
         data is kept). The receiver reads the partition from that offset on: replaying records
         that a chunk already reflects changes nothing (last write wins by event time, and a
-        delete replayed before its later writes is undone by them again). None: unknown token."""
+        delete replayed before its later writes is undone by them again). None: unknown token,
+        or the partition was freed or replaced since the transfer began (its copy is gone)."""
         now = time.monotonic()
         if token is None:
             h = self.held[p]
             token = next(self._tokens)
             self._dumps = {t: d for t, d in self._dumps.items() if now - d[3] < DUMP_KEEP_S}
-            self._dumps[token] = [p, h.next, list(h.entities), now]
+            self._dumps[token] = [p, h.next, list(h.entities), now, h]
         dump = self._dumps.get(token)
-        if dump is None or dump[0] != p:
+        if dump is None or dump[0] != p or self.held.get(p) is not dump[4] or dump[4].loading:
+            self._dumps.pop(token, None)
             return None
-        _, offset, eids, _ = dump
+        _, offset, eids, _, _ = dump
         dump[3] = now
         end = at + DUMP_CHUNK
         get = self.store.data.get

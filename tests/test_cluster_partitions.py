@@ -136,6 +136,9 @@ def test_a_partition_streams_in_chunks_and_the_replay_from_its_offset_converges(
     assert not P.is_ok(answer_pdump(src, P.pdump(2, req_id=3)))  # not held
     assert P.code_of(answer_pdump(src, P.pdump(3, 999, 0, req_id=4))) == P.BAD_REQUEST
     assert P.code_of(answer_pdump(dst, P.pdump(3, req_id=5))) == P.NOT_OWNER  # still loading
+    reply = answer_pdump(src, P.pdump(3, req_id=6))
+    src.free(3)  # taken over meanwhile: the rest of the copy is gone, the transfer fails
+    assert P.code_of(answer_pdump(src, P.pdump(3, reply[P.DUMP], reply[P.NEXT], req_id=7))) == P.BAD_REQUEST
 
 
 def test_snapshot_keeps_offsets_and_refuses_another_topic(tmp_path):
