@@ -136,6 +136,12 @@ def bench_bootstrap(broker: Broker, tmp: Path, n: int) -> None:
         print(f"bootstrap of one partition, {n} entities x {FEATURES} values: from a peer "
               f"{values / best / 1e6:.2f}M values/s ({best:.2f} s, best of 3); rebuild from the topic "
               f"{values / replay / 1e6:.2f}M values/s ({replay:.2f} s); ratio {ratio(replay, best):.1f}x", flush=True)
+        c.start_shard("b0")  # another replica set: Kafka gives it the partition, it takes it from s0
+        poll_for(lambda: caught_up(c, "b0", n), 120, interval=0.1, what="b0 to take the partition from s0")
+        line = next(ln for ln in c.shards["b0"].output().splitlines() if "entities from" in ln)
+        took = float(line.rsplit(" in ", 1)[1].split()[0])
+        print(f"  the same inside a shard's loop (b0 from s0, chunks stepped between its other work): "
+              f"{values / took / 1e6:.2f}M values/s ({took:.2f} s)", flush=True)
     finally:
         c.stop()
 

@@ -18,6 +18,7 @@ from shard.persistence import files, snapshot as snapshots
 log = logging.getLogger("shard")
 
 CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
+TRANSFER_POLL_MS = 1  # the same while a partition arrives from a peer (its chunks do not wake the loop)
 CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
 LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
 
@@ -56,6 +57,10 @@ class ClusterShard:
         self.reader.poll(0)
         return [(m.endpoint, m.partitions[p][0]) for m in self.reader.view.owners(p)
                 if m.endpoint != self.advertise]
+
+    def poll_ms(self) -> int:
+        """How long the loop may wait for a request before :meth:`tick` runs again."""
+        return TRANSFER_POLL_MS if self.tail.transfers else CLUSTER_POLL_MS
 
     def publish(self) -> None:
         """Tell the membership topic what this shard holds now."""
