@@ -27,12 +27,14 @@ def cluster(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster-mode")
     c = KafkaCluster(broker, tmp, PARTITIONS, data_dir=tmp / "data", snapshot_interval_s=0.5)
     try:
+        for name in ("a0", "a1", "b0"):  # started together, then waited for
+            c.start_shard(name, wait=False)
         for name in ("a0", "a1", "b0"):
-            c.start_shard(name)
+            c.wait_bound(name)
         c.start_frontend()
-        for i, eid in enumerate(ENTITIES):  # a base every test reads
-            status, _, body = request("POST", c.url + "/features", {"entity_id": eid, "features": {"n": i}})
-            assert status == 200, body
+        status, _, body = request("POST", c.url + "/features",  # a base every test reads, in one write
+                                  [{"entity_id": eid, "features": {"n": i}} for i, eid in enumerate(ENTITIES)])
+        assert status == 200 and body["written"] == len(ENTITIES), body
         yield c
     finally:
         c.stop()
