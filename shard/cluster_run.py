@@ -166,7 +166,9 @@ class ClusterShard:
     def stats(self) -> dict:
         return {"cluster_partitions": {str(p): [o, up] for p, (o, up) in self.parts.states().items()},
                 "cluster_records": self.parts.applied, "misrouted": self.parts.misrouted,
-                "rejected_records": self.parts.rejected, "bootstrapped_from": dict(map(
+                "rejected_records": self.parts.rejected, "snapshotting": self.child is not None,
+                "cluster_arriving": {str(p): [t.endpoint, t.entities] for p, t in self.tail.transfers.items()},
+                "bootstrapped_from": dict(map(
                     lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}
 
     def close(self) -> None:
