@@ -59,9 +59,9 @@ def start(tmp: Path, metrics: int, entities: int, features: int) -> tuple[Cluste
         cluster.start_shard(i)
     load_entities(cluster.endpoints, entities, features)
     cluster.start_frontend()  # the default engine (FS_HTTP_ENGINE)
-    url2 = start_frontend(cluster, "fast", 2)
+    url2, pid2 = start_frontend(cluster, "fast", 2)
     shards = [p.pid for p in cluster.shards]
-    return cluster, {1: (cluster.url + "/", [cluster.frontend.pid, *shards]), 2: (url2, [cluster.others[-1].pid, *shards])}
+    return cluster, {1: (cluster.url + "/", [cluster.frontend.pid, *shards]), 2: (url2, [pid2, *shards])}
 
 
 _MICRO = r"""
