@@ -401,8 +401,9 @@ class Tail:
             else:
                 self._begin_transfer(p, plan)
         consumer.incremental_assign(ready)  # the others once their transfer ends
-        log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
-                 ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
+        if tps:
+            log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
+                     ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
         self.changed()
 
     def _revoked(self, consumer, tps) -> None:

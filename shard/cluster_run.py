@@ -83,6 +83,8 @@ class ClusterShard:
             return
         self._chores_at = now + CHORES_S
         self.reader.poll(0)
+        if self.child is not None:
+            self._reap(os.WNOHANG)
         if self.leaving is not None:
             self._hand_over(now)
             return
@@ -90,9 +92,7 @@ class ClusterShard:
             self.publish()
         if self.parts.free_released(self._taken):
             self.publish()
-        if self.child is not None:
-            self._reap(os.WNOHANG)
-        elif (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
+        if (self.child is None and self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
                 and self.parts.changes != self._snapshot_changes):
             self.snapshot()
 
