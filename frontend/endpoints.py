@@ -90,21 +90,33 @@ def run_coroutine(coro, done: Callable[[Any, Exception | None], None]) -> None:
     step runs now, each later one from the done-callback of the future the coroutine waits on.
     A Task (its creation, its registration in a WeakSet, a loop iteration for its own done
     callback) costs more per request than the rest of a hot POST's Python (bench_http)."""
-    def step(_waited=None) -> None:
+    _Steps(coro, done)()
+
+
+class _Steps:
+    """The steps of one :func:`run_coroutine`. (An object, not a closure that names itself: that
+    would be a reference cycle, and every request's objects would wait for the garbage collector.)"""
+
+    __slots__ = ("coro", "done")
+
+    def __init__(self, coro, done) -> None:
+        self.coro = coro
+        self.done = done
+
+    def __call__(self, _waited=None) -> None:
         try:
-            waited = coro.send(None)
+            waited = self.coro.send(None)
         except StopIteration as stop:
-            done(stop.value, None)
+            self.done(stop.value, None)
             return
         except Exception as exc:
-            done(None, exc)
+            self.done(None, exc)
             return
         if waited is None:  # a bare yield (asyncio.sleep(0)): go on at the next iteration
-            asyncio.get_running_loop().call_soon(step)
+            asyncio.get_running_loop().call_soon(self)
         else:
             waited._asyncio_future_blocking = False  # taken over, as Task.__step does
-            waited.add_done_callback(step)
-    step()
+            waited.add_done_callback(self)
 
 
 async def write(ctx, body: bytes, size: int | None = None) -> Reply:

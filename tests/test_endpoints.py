@@ -60,3 +60,25 @@ def test_the_coroutine_runs_on_the_running_loop(delay):
         return asyncio.get_running_loop()
     result, exc = outcome_of(which_loop)
     assert exc is None and isinstance(result, asyncio.AbstractEventLoop)
+
+
+def test_a_finished_coroutine_leaves_no_garbage_for_the_collector():
+    import gc
+
+    async def waits():
+        fut = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(fut.set_result, 1)
+        return await fut
+
+    async def main():
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                got = asyncio.get_running_loop().create_future()
+                run_coroutine(waits(), lambda result, exc, got=got: got.set_result(result))
+                assert await got == 1
+            return gc.collect()
+        finally:
+            gc.enable()
+    assert asyncio.run(main()) == 0  # everything was freed by reference counting
