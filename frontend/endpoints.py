@@ -70,53 +70,19 @@ class Endpoint:
         except APIError as exc:
             done(error_reply(exc))
             return
-        run_coroutine(self.run(ctx, body), partial(self._finished, done))
+        asyncio.ensure_future(self.run(ctx, body)).add_done_callback(partial(self._finished, done))
 
-    def _finished(self, done: Callable[[Reply], None], reply: Reply | None, exc: Exception | None) -> None:
-        if isinstance(exc, APIError):  # as BaseHandler's log_exception and write_error
+    def _finished(self, done: Callable[[Reply], None], task: asyncio.Task) -> None:
+        try:
+            reply = task.result()
+        except APIError as exc:  # as BaseHandler's log_exception and write_error
             if exc.status_code >= 500:
                 log.warning("%s: %d %s", self.handler_name, exc.status_code, exc.detail)
             reply = self.error_reply(exc)
-        elif exc is not None:
-            log.error("%s failed", self.handler_name, exc_info=exc)
+        except Exception:
+            log.exception("%s failed", self.handler_name)
             reply = INTERNAL
         done(reply)
-
-
-def run_coroutine(coro, done: Callable[[Any, Exception | None], None]) -> None:
-    """Run ``coro`` on the running loop and call ``done(result, None)`` or ``done(None, exception)``.
-
-    What a Task does for a coroutine that awaits only asyncio futures, without a Task: the first
-    step runs now, each later one from the done-callback of the future the coroutine waits on.
-    A Task (its creation, its registration in a WeakSet, a loop iteration for its own done
-    callback) costs more per request than the rest of a hot POST's Python (bench_http)."""
-    _Steps(coro, done)()
-
-
-class _Steps:
-    """The steps of one :func:`run_coroutine`. (An object, not a closure that names itself: that
-    would be a reference cycle, and every request's objects would wait for the garbage collector.)"""
-
-    __slots__ = ("coro", "done")
-
-    def __init__(self, coro, done) -> None:
-        self.coro = coro
-        self.done = done
-
-    def __call__(self, _waited=None) -> None:
-        try:
-            waited = self.coro.send(None)
-        except StopIteration as stop:
-            self.done(stop.value, None)
-            return
-        except Exception as exc:
-            self.done(None, exc)
-            return
-        if waited is None:  # a bare yield (asyncio.sleep(0)): go on at the next iteration
-            asyncio.get_running_loop().call_soon(self)
-        else:
-            waited._asyncio_future_blocking = False  # taken over, as Task.__step does
-            waited.add_done_callback(self)
 
 
 async def write(ctx, body: bytes, size: int | None = None) -> Reply:
