@@ -115,4 +115,6 @@ class Hot:
 
 
 def _segments(m: re.Match) -> tuple:
-    return tuple((unquote_to_bytes(g) if b"%" in g else g).decode("utf-8") for g in m.groups())
+    """The path arguments, percent-decoded (only when there is a ``%``), as UTF-8 strings."""
+    groups = m.groups()
+    return tuple(map(bytes.decode, map(unquote_to_bytes, groups) if b"%" in m.string else groups))
