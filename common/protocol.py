@@ -284,8 +284,8 @@ def error(req_id: Any, code: str, reason: str) -> dict:
 
 
 def body_reply(req_id: Any, body: bytes) -> dict:
-    """Reply to ``get``/``get1``."""
-    return ok(req_id, **{BODY: body})
+    """Reply to ``get``/``get1`` (what ``ok(req_id, body=...)`` builds, without its keywords)."""
+    return {BODY: body, ID: req_id, OK: True}
 
 
 def parts_reply(req_id: Any, parts: list) -> dict:

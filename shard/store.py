@@ -26,6 +26,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
@@ -515,7 +516,7 @@ def _render_one(eid: str, name: str, vt) -> bytes:
 
 def _render(eid: str, feats: dict) -> bytes:
     """The native JSON of an entity with live values ``feats`` (not empty)."""
-    last = max(vt[1] for vt in feats.values())
+    last = max(map(_event_us, feats.values()))
     return orjson.dumps(
         {
             "entity_id": eid,
@@ -523,3 +524,6 @@ def _render(eid: str, feats: dict) -> bytes:
             "last_updated": timefmt.render(last),
         }
     )
+
+
+_event_us = itemgetter(1)  # of a [value, event_us] pair
