@@ -1,11 +1,12 @@
 """Cluster mode end to end: a real Kafka-protocol broker (Tansu), shards of two replica sets,
-a front end, as real processes. One cluster is shared by the module and its topology changes
+two front ends, as real processes. One cluster is shared by the module and its topology changes
 as the tests go (in file order): external producer, writes, failover, restart from snapshot,
 scale-out, then the loss of a whole replica set."""
 from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 import uuid
 
@@ -16,7 +17,7 @@ from common import protocol as P
 from common.murmur2 import partition_of
 from ingest.producer import Producer
 from tests.cluster_support import FAST, KafkaCluster
-from tests.support import Honcho, base_env, free_port, poll_for, quote, request, zmq_call
+from tests.support import Honcho, Proc, base_env, free_port, poll_for, quote, request, zmq_call
 
 PARTITIONS = 8
 ENTITIES = [f"user:{i}" for i in range(60)]
@@ -31,6 +32,9 @@ def cluster(broker, tmp_path_factory):
             c.start_shard(name, wait=False)
         for name in ("a0", "a1", "b0"):
             c.wait_bound(name)
+        c.second_port = free_port()  # another front end, started alongside the first
+        c.others.append(Proc([sys.executable, "-m", "frontend"], c.env(http_port=c.second_port),
+                             tmp / "frontend2.log"))
         c.start_frontend()
         status, _, body = request("POST", c.url + "/features",  # a base every test reads, in one write
                                   [{"entity_id": eid, "features": {"n": i}} for i, eid in enumerate(ENTITIES)])
@@ -112,8 +116,11 @@ def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster
     status, headers, _ = request("POST", cluster.url + "/features", {"entity_id": eid, "features": {"a": 1, "b": 2}})
     p, offset = map(int, headers["X-Read-After"].split(":"))
     assert status == 200 and p == partition_of(eid, PARTITIONS), headers
-    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": f"{p}:{offset}"})
-    assert status == 200 and body["features"] == {"a": 1, "b": 2}, body
+    second = f"http://127.0.0.1:{cluster.second_port}"  # a front end that did not take the write
+    poll_for(lambda: request("GET", second + "/readyz")[0] == 200, 20, what="the second front end")
+    for url in (cluster.url, second):
+        status, _, body = request("GET", url + "/features/" + eid, headers={"X-Read-After": f"{p}:{offset}"})
+        assert status == 200 and body["features"] == {"a": 1, "b": 2}, (url, body)
     for name in ("a0", "a1", "b0"):  # straight to the shards: those that hold p check the offset
         if cluster.held(name).get(p, (0, False))[1]:
             far = zmq_call(cluster.endpoints[name], [P.read_after(P.get(eid, req_id=1), 10**9)], 1000)[0]
@@ -124,7 +131,7 @@ def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster
     assert status == 400 and "partition:offset" in body["detail"], body
     status, headers, body = request("DELETE", cluster.url + f"/features/{eid}/a")  # a record through Kafka
     assert (status, body) == (200, {"message": "feature deleted", "entity_id": eid, "deleted": 1, "name": "a"})
-    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": headers["X-Read-After"]})
+    status, _, body = request("GET", second + "/features/" + eid, headers={"X-Read-After": headers["X-Read-After"]})
     assert status == 200 and body["features"] == {"b": 2}, body
     status, _, body = request("DELETE", cluster.url + f"/features/{eid}/a")
     assert (status, body["detail"]) == (404, "Feature not found")
