@@ -45,6 +45,16 @@ def _decode(blob: bytes) -> dict:
     return msgpack.unpackb(blob, raw=False)
 
 
+def values_in(blob: bytes) -> int:
+    """The number of values in a stored blob (a msgpack map), from its header alone."""
+    first = blob[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(blob[1:3], "big")
+    return int.from_bytes(blob[1:5], "big")
+
+
 _packer = msgpack.Packer(use_bin_type=True)
 
 
