@@ -565,6 +565,24 @@ def test_an_idle_front_end_uses_no_cpu(engine, engines):
         raw.close()
 
 
+def wake_ups(pid: int) -> int:
+    """Context switches of process ``pid``'s main thread so far (each wake-up from its loop's wait is one)."""
+    with open(f"/proc/{pid}/task/{pid}/status") as fh:
+        return sum(int(line.split()[1]) for line in fh if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_idle_front_end_does_not_wake_up(engine, engines):
+    port, proc = engines[engine]
+    raw = Raw(port)
+    assert raw.send(req("GET", "/features/d1")).response().status == 200  # the shards were called
+    raw.close()
+    before = wake_ups(proc.pid)
+    select.select([], [], [], 1.0)  # a measurement window: no connection, no request in flight
+    woken = wake_ups(proc.pid) - before
+    assert woken <= 3, f"{engine}: the main thread woke {woken} times in 1 s while idle"  # (20 with a 20/s timer)
+
+
 def test_the_engine_setting_is_checked():
     assert config.load([], {"FS_HTTP_ENGINE": "fast"}).http_engine == "fast"
     with pytest.raises(config.ConfigError, match="FS_HTTP_ENGINE"):
