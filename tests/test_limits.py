@@ -9,7 +9,6 @@ import threading
 import msgpack
 import pytest
 
-from common import config
 from common import protocol as P
 from common.events import Limits
 from shard.handlers import ShardState, handle_frame
@@ -75,12 +74,7 @@ def test_a_map_or_list_where_the_type_belongs_is_an_error_reply_and_the_pass_goe
 
 
 # ---- HTTP, over a real front end
-DEFAULT_ENGINE = config.Config().http_engine
-ENGINES = sorted({"tornado", DEFAULT_ENGINE})
-# connection-level limits the fast engine (frontend/engine.py, issue 9) does not implement yet: its
-# tests are expected to fail there, strictly, so they fail loudly (XPASS) once it does
-NOT_IN_FAST = {"request line and headers: FS_HTTP_MAX_REQUEST_LINE_BYTES / FS_HTTP_MAX_HEADER_BYTES",
-               "FS_HTTP_MAX_CONCURRENT_REQUESTS", "FS_HTTP_MAX_CONNECTIONS"}
+ENGINES = ("fast", "tornado")
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -90,18 +84,6 @@ def small(request, tmp_path_factory):
                  http_header_timeout_s=1.0, http_engine=request.param) as c:
         c.engine = request.param
         yield c
-
-
-@pytest.fixture
-def node(request):
-    return request.node
-
-
-def engine_must(node, cluster, limit: str) -> None:
-    """Expect the running test to fail (strictly: a pass fails it) on an engine that does not
-    enforce ``limit`` yet."""
-    if cluster.engine == "fast" and limit in NOT_IN_FAST:
-        node.add_marker(pytest.mark.xfail(strict=True, reason=f"the fast engine does not enforce {limit} yet"))
 
 
 def test_a_value_over_its_limit_is_413_and_a_bad_value_400(small):
@@ -115,8 +97,7 @@ def test_a_value_over_its_limit_is_413_and_a_bad_value_400(small):
     assert request("POST", small.url + "/write-to-online-store", feast)[0] == 413
 
 
-def test_an_over_long_request_line_is_414_and_over_large_headers_431(small, node):
-    engine_must(node, small, "request line and headers: FS_HTTP_MAX_REQUEST_LINE_BYTES / FS_HTTP_MAX_HEADER_BYTES")
+def test_an_over_long_request_line_is_414_and_over_large_headers_431(small):
     status, headers, body = request("GET", small.url + "/features/" + "a" * 300)
     assert status == 414 and "FS_HTTP_MAX_REQUEST_LINE_BYTES" in body["detail"]
     status, _, body = request("GET", small.url + "/healthz", headers={f"X-{i}": "v" * 50 for i in range(30)})
@@ -158,8 +139,7 @@ def _concurrent_gets(url: str, n: int) -> list:
     return out
 
 
-def test_past_the_concurrent_request_cap_a_request_is_503_not_queued(small, node):
-    engine_must(node, small, "FS_HTTP_MAX_CONCURRENT_REQUESTS")
+def test_past_the_concurrent_request_cap_a_request_is_503_not_queued(small):
     small.shards[0].signal(signal.SIGSTOP)  # its reads now wait for the shard timeout (1 s)
     try:
         eid = next(f"c{i}" for i in range(100) if small_partition(small, f"c{i}") == 0)
@@ -177,8 +157,7 @@ def small_partition(cluster, eid: str) -> int:
     return Partitioner(len(cluster.shards)).shard_for(eid)
 
 
-def test_past_the_connection_cap_a_new_connection_is_closed(small, node):
-    engine_must(node, small, "FS_HTTP_MAX_CONNECTIONS")
+def test_past_the_connection_cap_a_new_connection_is_closed(small):
     held = [socket.create_connection(("127.0.0.1", small.http_port)) for _ in range(20)]
     try:
         def refused():
