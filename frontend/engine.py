@@ -144,11 +144,12 @@ class HTTPServer:
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Accept connections on already-bound listening sockets (``SO_REUSEPORT`` ones too)."""
         loop = asyncio.get_running_loop()
-        accept.quiet_accept_failures(loop, self.exhaustion)
+        accept.quiet_accept_failures(loop)
         self.ready = loop.create_future()
         self.ready.set_result(None)  # what a write returns while the socket takes more
         for sock in sockets:
-            self._servers.append(await loop.create_server(lambda: Connection(self), sock=sock,
+            self._servers.append(await loop.create_server(lambda: Connection(self),
+                                                          sock=accept.watched(sock, self.exhaustion),
                                                           backlog=BACKLOG))
 
     def stop(self) -> None:
@@ -193,8 +194,6 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         server = self.server
-        if server.exhaustion.failures:
-            server.exhaustion.accepted()
         if len(server.connections) >= server.max_connections:
             self.closed = self.refused = True
             transport.close()

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from common import config
-from tests.support import Cluster, free_port, poll_for, request
+from tests.support import Cluster, cpu_s, free_port, poll_for, request
 
 LIMIT = 2000  # FS_MAX_BODY_BYTES of these front ends
 IDLE_S = 1.0  # FS_HTTP_IDLE_TIMEOUT_S and FS_HTTP_HEADER_TIMEOUT_S of these front ends
@@ -543,12 +543,6 @@ def cpu_idle(pid: int, window_s: float) -> bool:
     before = cpu_s(pid)
     select.select([], [], [], window_s)
     return cpu_s(pid) == before
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("engine", ENGINES)

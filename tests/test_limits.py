@@ -1,10 +1,16 @@
 """Every resource a client can grow is bounded, with a clear answer: on the shard (socket-free)
-and over real HTTP (engine-agnostic: they run against whatever ``FS_HTTP_ENGINE`` is default)."""
+and over real HTTP, on both engines (``FS_HTTP_ENGINE`` fast and tornado), which must agree."""
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import resource
 import signal
 import socket
+import sys
 import threading
+import time
 
 import msgpack
 import pytest
@@ -12,7 +18,7 @@ import pytest
 from common import protocol as P
 from common.events import Limits
 from shard.handlers import ShardState, handle_frame
-from tests.support import Cluster, poll_for, request
+from tests.support import Cluster, Proc, cpu_s, free_port, poll_for, request
 
 US = 1_767_225_600 * 10**6
 
@@ -190,3 +196,63 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(small):
         assert data == b"" and time.monotonic() - t0 < 6  # FS_HTTP_HEADER_TIMEOUT_S is 1 s here
     finally:
         sock.close()
+
+
+# ---- out of file descriptors
+NOFILE = 100  # the front end's RLIMIT_NOFILE: it starts with about 30 open
+SATURATED_S = 2.0  # how long CPU and log are watched while accept() fails
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_recovers(small):
+    """accept() failing with EMFILE must neither spin (Tornado's own accept handler retries at
+    once, forever) nor log each failure (asyncio logs a traceback a second): CPU stays low, the log
+    gets a line when it starts and one when it ends, connections already open are served, and
+    once connections close, new ones are accepted again."""
+    port = free_port()
+    env = small.env(http_port=port, http_engine=small.engine, http_idle_timeout_s=60, http_header_timeout_s=60,
+                    http_max_connections=1000)
+    proc = Proc([sys.executable, "-m", "frontend"], env, small.tmp / f"frontend-nofile-{small.engine}.log",
+                preexec_fn=_limit_open_files)
+    held: list[socket.socket] = []
+    try:
+        poll_for(lambda: proc.alive() and request("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200, 15,
+                 what="the front end with few file descriptors")
+        served = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # open before the descriptors run out
+        served.request("GET", "/healthz")
+        response = served.getresponse()
+        assert (response.status, bool(response.read())) == (200, True)
+        before = len(proc.output().splitlines())
+        for _ in range(NOFILE):  # more than it can accept; the rest wait in the listen backlog
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        poll_for(lambda: "cannot accept connections" in proc.output(), 10, what="accept() to run out")
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) >= NOFILE - 2
+
+        cpu_before, start = cpu_s(proc.pid), time.monotonic()
+        served.request("GET", "/features/nobody")  # a connection it holds is still served
+        response = served.getresponse()
+        assert (response.status, json.loads(response.read())["detail"]) == (404, "No features found for entity")
+        poll_for(lambda: time.monotonic() - start >= SATURATED_S, SATURATED_S + 5, interval=0.1,
+                 what="the watch over a saturated front end")
+        used = cpu_s(proc.pid) - cpu_before
+        assert used < 0.25 * SATURATED_S, f"{used:.2f} s of CPU in {SATURATED_S} s out of descriptors"
+        saturated_log = proc.output().splitlines()[before:]
+        assert len(saturated_log) <= 2 and "Traceback" not in proc.output(), "\n".join(saturated_log[:20])
+
+        for sock in held:
+            sock.close()
+        held.clear()
+        served.close()
+        poll_for(lambda: request("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)[0] == 200, 10,
+                 what="new connections to be accepted again")
+        poll_for(lambda: "accepting connections again" in proc.output(), 5, what="the recovery line")
+        new_log = proc.output().splitlines()[before:]
+        assert len(new_log) <= 4, "\n".join(new_log[:20])
+        assert proc.alive()
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stop()
