@@ -50,12 +50,12 @@ class Router(tornado.routing.Router):
     def __init__(self, app: tornado.web.Application, ctx: Context) -> None:
         self.app = app
         self.ctx = ctx
+        self.gate = admission.Gate(ctx)
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs):
-        refusal = admission.request_refusal(self.ctx, request)
-        if refusal is not None:
+        refusal = self.gate.admit_request(request)  # entered in ctx.active until it is answered,
+        if refusal is not None:  # or its connection closes
             return _Answer(self.ctx, request, refusal)
-        self.ctx.active.enter(request)  # until it is answered, or its connection closes
         if request.method == "GET" and not request.query and "If-None-Match" not in request.headers:
             read = self._read(request)
             if read is not None:

@@ -67,18 +67,16 @@ class Hot:
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
+        self.gate = admission.Gate(ctx)
         self.posts = {b"/features": endpoints.WRITE, b"/features/batch": endpoints.BATCH,
                       b"/get-online-features": online_features_endpoint(Catalog.from_config(ctx.cfg))}
 
     def admit(self, ex):
         """None, with ``ex`` entered in ``ctx.active``; or what answers its refusal."""
         fields = ex.fields_bytes
-        refused = admission.refusal(self.ctx, len(ex.method) + len(ex.url) + len(ex.version) + 2,
-                                    admission.header_bytes(ex.raw_headers) if fields is None else fields)
-        if refused is not None:
-            return partial(self._refused, refused)
-        self.ctx.active.enter(ex)
-        return None
+        refused = self.gate.admit(ex, len(ex.method) + len(ex.url) + len(ex.version) + 2,
+                                  admission.header_bytes(ex.raw_headers) if fields is None else fields)
+        return None if refused is None else partial(self._refused, refused)
 
     def __call__(self, ex):
         if ex.version == "HTTP/1.1" and ex.header(b"host") is None:

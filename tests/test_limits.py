@@ -79,6 +79,31 @@ def test_a_map_or_list_where_the_type_belongs_is_an_error_reply_and_the_pass_goe
     assert P.is_ok(replies[0]) and P.code_of(replies[1]) == P.UNKNOWN_TYPE and P.is_ok(replies[2])
 
 
+# ---- admission, without sockets
+def test_admission_counts_each_request_in_progress_once_and_refuses_past_the_cap(caplog):
+    from types import SimpleNamespace
+
+    from common.config import Config
+    from frontend.admission import Gate, InFlight
+
+    ctx = SimpleNamespace(cfg=Config(http_max_concurrent_requests=2, http_max_request_line_bytes=100,
+                                     http_max_header_bytes=300), active=InFlight())
+    gate, a, b, c = Gate(ctx), SimpleNamespace(), SimpleNamespace(), SimpleNamespace()
+    assert gate.admit(a, 100, 300) is None and gate.admit(b, 10, 10) is None and ctx.active.n == 2
+    status, headers, body = gate.admit(c, 10, 10)
+    assert (status, headers) == (503, {"Retry-After": "1"}) and b"FS_HTTP_MAX_CONCURRENT_REQUESTS" in body
+    for _ in range(50):
+        gate.admit(c, 10, 10)
+    assert len([r for r in caplog.records if "refused (503)" in r.getMessage()]) == 1  # not one per refusal
+    ctx.active.leave(a)
+    ctx.active.leave(a)  # its end reported twice (answered, connection closed): counted once
+    ctx.active.leave(c)  # never admitted
+    assert ctx.active.n == 1 and gate.admit(c, 10, 10) is None
+    assert gate.admit(SimpleNamespace(), 101, 10)[:2] == (414, {"Connection": "close"})
+    assert gate.admit(SimpleNamespace(), 10, 301)[:2] == (431, {"Connection": "close"})
+    assert ctx.active.n == 2
+
+
 # ---- HTTP, over a real front end
 ENGINES = ("fast", "tornado")
 
