@@ -26,6 +26,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
@@ -42,6 +43,16 @@ _UNSET = object()
 
 def _decode(blob: bytes) -> dict:
     return msgpack.unpackb(blob, raw=False)
+
+
+def values_in(blob: bytes) -> int:
+    """The number of values in a stored blob (a msgpack map), from its header alone."""
+    first = blob[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(blob[1:3], "big")
+    return int.from_bytes(blob[1:5], "big")
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -505,7 +516,7 @@ def _render_one(eid: str, name: str, vt) -> bytes:
 
 def _render(eid: str, feats: dict) -> bytes:
     """The native JSON of an entity with live values ``feats`` (not empty)."""
-    last = max(vt[1] for vt in feats.values())
+    last = max(map(_event_us, feats.values()))
     return orjson.dumps(
         {
             "entity_id": eid,
@@ -513,3 +524,6 @@ def _render(eid: str, feats: dict) -> bytes:
             "last_updated": timefmt.render(last),
         }
     )
+
+
+_event_us = itemgetter(1)  # of a [value, event_us] pair
