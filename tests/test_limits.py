@@ -232,15 +232,20 @@ def _limit_open_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
 
-def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_recovers(small):
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_recovers(small, event_loop):
     """accept() failing with EMFILE must neither spin (Tornado's own accept handler retries at
-    once, forever) nor log each failure (asyncio logs a traceback a second): CPU stays low, the log
-    gets a line when it starts and one when it ends, connections already open are served, and
-    once connections close, new ones are accepted again."""
+    once, forever) nor log each failure (asyncio logs a traceback each time): CPU stays low, the
+    log gets a line when it starts and one when it ends, connections already open are served, and
+    once connections close, new ones are accepted again. (The fast engine on uvloop: libuv accepts
+    and closes the queued connections itself, with a descriptor it keeps in reserve, and says
+    nothing.)"""
+    pytest.importorskip(event_loop)
+    silent = (small.engine, event_loop) == ("fast", "uvloop")
     port = free_port()
     env = small.env(http_port=port, http_engine=small.engine, http_idle_timeout_s=60, http_header_timeout_s=60,
-                    http_max_connections=1000)
-    proc = Proc([sys.executable, "-m", "frontend"], env, small.tmp / f"frontend-nofile-{small.engine}.log",
+                    http_max_connections=1000, event_loop=event_loop)
+    proc = Proc([sys.executable, "-m", "frontend"], env, small.tmp / f"frontend-nofile-{small.engine}-{event_loop}.log",
                 preexec_fn=_limit_open_files)
     held: list[socket.socket] = []
     try:
@@ -266,7 +271,7 @@ def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_reco
         assert used < 0.25 * SATURATED_S, f"{used:.2f} s of CPU in {SATURATED_S} s out of descriptors"
         saturated_log = proc.output().splitlines()[before:]
         assert len(saturated_log) <= 2 and "Traceback" not in proc.output(), "\n".join(saturated_log[:20])
-        assert "cannot accept connections (Too many open files)" in saturated_log[0]
+        assert silent or "cannot accept connections (Too many open files)" in saturated_log[0]
 
         for sock in held:
             sock.close()
@@ -274,7 +279,8 @@ def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_reco
         served.close()
         poll_for(lambda: request("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)[0] == 200, 10,
                  what="new connections to be accepted again")
-        poll_for(lambda: "accepting connections again" in proc.output(), 5, what="the recovery line")
+        if not silent:
+            poll_for(lambda: "accepting connections again" in proc.output(), 5, what="the recovery line")
         new_log = proc.output().splitlines()[before:]
         assert len(new_log) <= 4, "\n".join(new_log[:20])
         assert proc.alive()
