@@ -19,7 +19,7 @@ import msgpack
 import zmq
 
 from common import protocol as P
-from common.events import EventError, Limits
+from common.events import Limits
 from common.link import connect_dealer
 from common.murmur2 import partition_of
 from common.records import read_record
@@ -56,10 +56,12 @@ class Held:
 class Partitions:
     """The partitions of one shard, over one :class:`Store`."""
 
-    def __init__(self, store: Store, n_partitions: int, limits: Limits, topic: str = "") -> None:
+    def __init__(self, store: Store, n_partitions: int, limits: Limits, topic: str = "",
+                 max_features: int | None = None) -> None:
         self.store = store
         self.n = n_partitions
         self.limits = limits
+        self.max_features = max_features  # FS_MAX_FEATURES_PER_ENTITY
         self.topic = topic
         self.held: dict[int, Held] = {}
         self.misrouted = 0  # events whose entity is not of the record's partition
@@ -92,9 +94,14 @@ class Partitions:
     # ---- records
     def apply(self, records: Iterable[tuple[int, int, bytes | None, bytes | None, int]]) -> int:
         """Apply ``(partition, offset, key, value, timestamp_ms)`` records in order; records at
-        an offset already applied are skipped. Return how many were applied."""
-        pending: list = []
-        touched: list[tuple[Held, set]] = []
+        an offset already applied are skipped. Return how many were applied.
+
+        A record is untrusted input (any producer may write to the topic): its events are
+        checked as an HTTP write's are (:func:`common.records.read_record`), then as the shard
+        checks every write (:meth:`Store.prepare`: features per entity, aggregations). A record
+        refused anywhere is skipped whole, counted in ``rejected`` and logged (a line a second at
+        most); it never stops the shard, which would meet it again on every restart."""
+        pending: list[tuple[Held, str, list]] = []  # (held, where, writes) of records not in the store yet
         count = 0
         for part, offset, key, value, ts_ms in records:
             h = self.held.get(part)
@@ -104,22 +111,21 @@ class Partitions:
             count += 1
             if value is None:  # a tombstone deletes the entity of its key
                 if key:
-                    self._delete(pending, touched, h, key.decode("utf-8", "replace"), None)
+                    self._delete(pending, h, key.decode("utf-8", "replace"), None)
                 continue
             new, deletes = self._read(part, value, ts_ms * 1000, offset)
             if deletes is not None:
-                self._delete(pending, touched, h, *deletes)
+                self._delete(pending, h, *deletes)
             elif new:
-                pending.extend(new)
-                touched.append((h, {w[0] for w in new}))
-        self._flush(pending, touched)
+                pending.append((h, f"{self.topic}[{part}]@{offset}", new))
+        self._flush(pending)
         self.applied += count
         self.changes += count
         return count
 
-    def _delete(self, pending: list, touched: list, h: Held, eid: str, names: list | None) -> None:
+    def _delete(self, pending: list, h: Held, eid: str, names: list | None) -> None:
         """Delete the entity (``names`` None) or those features of it, after the writes before."""
-        self._flush(pending, touched)
+        self._flush(pending)
         delete = self.store.delete
         for name in names or (None,):
             delete(eid, name)
@@ -129,7 +135,7 @@ class Partitions:
     def _read(self, part: int, value: bytes, default_us: int, offset: int) -> tuple[list, tuple | None]:
         try:
             writes, deletes = read_record(value, self.limits, default_us)
-        except (ValueError, EventError, RecursionError) as exc:
+        except Exception as exc:  # EventError, ValueError; anything else is a bug, not a reason to die
             self.rejected += 1
             self._warn(f"record {self.topic}[{part}]@{offset} not applied: {getattr(exc, 'detail', exc)}")
             return [], None
@@ -144,13 +150,30 @@ class Partitions:
                        f"of other partitions not applied (key records by entity id)")
         return good, None
 
-    def _flush(self, pending: list, touched: list) -> None:
-        if pending:
-            self.store.apply(pending)
-            pending.clear()
-        for h, eids in touched:
-            h.entities |= eids
-        touched.clear()
+    def _flush(self, pending: list) -> None:
+        """Put the writes of the ``pending`` records in the store: at once, or, if that is refused,
+        record by record, skipping each record refused."""
+        if not pending:
+            return
+        try:
+            self._install([w for _, _, writes in pending for w in writes])
+        except Exception:
+            for h, where, writes in pending:
+                try:
+                    self._install(writes)
+                except Exception as exc:  # TooWide, AggregateRefused, a malformed write
+                    self.rejected += 1
+                    self._warn(f"record {where} not applied: {exc}")
+                else:
+                    h.entities.update(w[0] for w in writes)
+        else:
+            for h, _, writes in pending:
+                h.entities.update(w[0] for w in writes)
+        pending.clear()
+
+    def _install(self, writes: list) -> None:
+        store = self.store
+        store.install(store.prepare(writes, None, self.max_features))  # prepare changes nothing
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()

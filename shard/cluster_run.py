@@ -32,7 +32,7 @@ class ClusterShard:
         n = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
         membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
                                 {"cleanup.policy": "compact"})
-        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic)
+        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic, cfg.max_features_per_entity)
         where = endpoint.split("://")[-1].replace(":", "-").replace("/", "_").replace("*", "any")
         self.dir = os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{where}") if cfg.data_dir else None
         if self.dir:

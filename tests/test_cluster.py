@@ -97,6 +97,32 @@ def test_an_external_producer_keyed_by_entity_feeds_the_store(cluster, broker):
                       "last_updated": "2026-01-02T03:04:05Z"}
 
 
+def test_bad_records_from_a_producer_are_skipped_and_the_shards_go_on(cluster, broker):
+    """Records from a user's producer are untrusted input: not JSON, JSON 1,000 levels deep with a
+    19-digit number, a wrong type, an entity past FS_MAX_FEATURES_PER_ENTITY (10,000). Each is
+    skipped and logged; every shard stays up and a good record after them is applied."""
+    from confluent_kafka import Producer
+
+    def rejected() -> int:
+        return sum(P.counters_of(cluster.stats(name)).get("rejected_records", 0) for name in cluster.shards)
+
+    before = rejected()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    eid = f"bad/{uuid.uuid4().hex[:6]}"
+    wide = {"entity_id": eid, "features": {f"f{i}": i for i in range(10_001)}}
+    for value in (b"not json", b"[" * 1000 + b"1234567890123456789" + b"]" * 1000,
+                  orjson.dumps({"entity_id": eid, "name": ["n"], "value": 1}), orjson.dumps(wide)):
+        producer.produce(cluster.topic, value, key=eid.encode())
+    producer.produce(cluster.topic, orjson.dumps({"entity_id": eid, "name": "ok", "value": 1}), key=eid.encode())
+    assert producer.flush(10) == 0
+    got = poll_for(lambda: (lambda r: r[0] == 200 and r)(read(cluster, eid)), 10, what="the good record")
+    assert got[2]["features"] == {"ok": 1}  # and not the wide entity's 10,001
+    assert all(proc.alive() for proc in cluster.shards.values())
+    # 4 records, skipped by a shard of each of the 2 replica sets
+    poll_for(lambda: rejected() - before == 4 * 2, 10, what="every replica to skip the 4 bad records")
+    assert "Traceback" not in "".join(proc.output() for proc in cluster.shards.values())
+
+
 def test_a_write_gets_200_and_reads_back_at_once(cluster):
     for i in range(20):
         eid = f"rw:{i}"

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from common import config
-from tests.support import Cluster, free_port, poll_for, request
+from tests.support import Cluster, cpu_s, free_port, poll_for, request
 
 LIMIT = 2000  # FS_MAX_BODY_BYTES of these front ends
 IDLE_S = 1.0  # FS_HTTP_IDLE_TIMEOUT_S and FS_HTTP_HEADER_TIMEOUT_S of these front ends
@@ -415,6 +415,32 @@ def test_headers_over_the_limit_are_431(engines):
         assert response.status == 431 and closed and "headers" in json.loads(response.body)["detail"], engine
 
 
+@pytest.mark.parametrize("path", ["/features/" + "a" * 9000, "/healthz?x=" + "a" * 9000,
+                                  "/features/" + "a" * 9000 + "/n"])
+def test_an_over_long_request_line_is_414_and_closed(engines, path):
+    """Past FS_HTTP_MAX_REQUEST_LINE_BYTES (8 KiB by default): 414 on the hot paths too."""
+    got = both(engines, lambda raw: (raw.send(req("GET", path)).response().key(), raw.closed()))
+    assert got["fast"] == got["tornado"]
+    (status, headers, body, _), closed = got["fast"]
+    assert (status, headers["connection"], closed) == (414, "close", True)
+    assert "FS_HTTP_MAX_REQUEST_LINE_BYTES" in json.loads(body)["detail"]
+
+
+def test_a_request_line_far_over_the_limit_is_414_while_it_arrives(engines):
+    """Past twice the head limits (request line and headers) nothing more is read.
+
+    Tornado: closes the connection without a word; fast answers 414."""
+    def scenario(raw):
+        raw.send(b"GET /features/" + b"a" * 200_000)
+        try:
+            return raw.response().status, raw.closed()
+        except EOFError:
+            return None, raw.eof
+
+    got = both(engines, scenario)
+    assert got["fast"] == (414, True) and got["tornado"] == (None, True)
+
+
 def test_many_headers_within_the_limit_are_fine(engines):
     headers = {f"X_H{i}": "v" * 100 for i in range(200)}  # about 22 KB
     got = both(engines, lambda raw: raw.send(req("GET", "/features/d1", **headers)).response().key())
@@ -543,12 +569,6 @@ def cpu_idle(pid: int, window_s: float) -> bool:
     before = cpu_s(pid)
     select.select([], [], [], window_s)
     return cpu_s(pid) == before
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("engine", ENGINES)
