@@ -21,6 +21,7 @@ snapshot and the log); an update needs no other state, so events may arrive in a
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -70,21 +71,22 @@ class WindowState:
     """Tiles, the N latest events and the seen event ids of one (entity, aggregated feature).
 
     A tile is a tuple ``(count, sum, min, max)`` (None for a column no function needs) keyed by
-    its start in seconds; the N latest events are two parallel lists, event times (sorted) and
-    values. Few objects per state keep the garbage collector's passes short.
+    its start in seconds; the N latest events are ``(event_us, value)`` tuples, oldest first.
+    Tuples of numbers are not tracked by the garbage collector: few objects per state keep its
+    passes short.
 
     :arg spec: the feature's :class:`~common.aggregations.Aggregation`.
     """
 
-    __slots__ = ("spec", "horizon", "tiles", "times", "values", "seen", "newest", "_layout")
+    __slots__ = ("spec", "horizon", "tiles", "last", "seen", "newest", "_layout")
 
     def __init__(self, spec: Aggregation, horizon: int = 0, tiles: dict | None = None,
                  last: list | None = None, seen: dict | None = None, newest: int = 0) -> None:
         self.spec = spec
         self.horizon = horizon  # the latest clock reading the tiles are laid out for
         self.tiles: dict[int, tuple] = {} if tiles is None else tiles  # start in s -> tile
-        self.times: list[int] = [item[0] for item in last] if last else []  # of the N latest, oldest first
-        self.values: list = [item[1] for item in last] if last else []
+        # the N latest events, oldest first (no list at all for a spec without last_N)
+        self.last: list[tuple] | tuple = [(ts, v) for ts, v in last] if last else [] if spec.last_n else ()
         self.seen: dict[Any, int] = {} if seen is None else seen  # event id -> event_us
         self.newest = newest  # the latest event time counted: the aggregates' event time
         self._layout: tuple | None = None  # layout_at(horizon), once worked out
@@ -136,10 +138,9 @@ class WindowState:
         self.tiles = tiles
         if self.seen:
             self.seen = {eid: ts for eid, ts in self.seen.items() if ts >= late}
-        times = self.times
-        if times and times[0] < late:
-            cut = bisect_left(times, late)
-            del times[:cut], self.values[:cut]
+        last = self.last
+        if last and last[0][0] < late:
+            del last[:bisect_left(last, late, key=_TIME)]
 
     # ---- writes
     def apply(self, value: Any, ts: int, now: int, event_id: Any = None, layout: tuple | None = None) -> str:
@@ -150,7 +151,10 @@ class WindowState:
         change nothing. Numeric functions need :func:`is_number` values; the caller checks that."""
         spec = self.spec
         if now > self.horizon:
-            self.advance(now, layout)
+            if layout is not None and layout is self._layout:
+                self.horizon = now
+            else:
+                self.advance(now, layout)
         layout = self._layout
         if layout is None:
             layout = self._layout = layout_at(spec, self.horizon)
@@ -185,16 +189,13 @@ class WindowState:
             tiles[key] = (count + 1, total, low, high)
         n = spec.last_n
         if n:
-            times = self.times
-            if not times or ts >= times[-1]:  # the usual case: the latest so far
-                times.append(ts)
-                self.values.append(value)
-            elif len(times) < n or ts >= times[0]:
-                at = bisect_right(times, ts)
-                times.insert(at, ts)
-                self.values.insert(at, value)
-            if len(times) > n:
-                del times[0], self.values[0]
+            last = self.last
+            if not last or ts >= last[-1][0]:  # the usual case: the latest so far
+                last.append((ts, value))
+            elif len(last) < n or ts >= last[0][0]:
+                last.insert(bisect_right(last, ts, key=_TIME), (ts, value))
+            if len(last) > n:
+                del last[0]
         if ts > self.newest:
             self.newest = ts
         return APPLIED
@@ -212,12 +213,12 @@ class WindowState:
         layout = self._layout_for(max(now, self.horizon))
         starts = [_edge(now, w, layout) for w in spec.window_us]
         totals, ahead = self._window_totals(now, starts)
-        times, values = self.times, self.values
+        last = self.last
         out: dict[str, Any] = {}
         for name, fn, n, i in spec.plan:
             if fn == "last":
-                lo, hi = bisect_left(times, now - spec.window_us[i]), bisect_left(times, now)
-                out[name] = values[max(lo, hi - n):hi]
+                lo, hi = bisect_left(last, now - spec.window_us[i], key=_TIME), bisect_left(last, now, key=_TIME)
+                out[name] = [value for _, value in last[max(lo, hi - n):hi]]
                 continue
             count, total, low, high = totals[i]
             if fn == "count":
@@ -235,14 +236,14 @@ class WindowState:
         until = min(start + size + w for start, w, size in starts)
         if ahead is not None and ahead * US + 1 < until:
             until = ahead * US + 1
-        if times:
-            at = bisect_right(times, now - 1)
-            if at < len(times) and times[at] + 1 < until:
-                until = times[at] + 1
+        if last:
+            at = bisect_right(last, now - 1, key=_TIME)
+            if at < len(last) and last[at][0] + 1 < until:
+                until = last[at][0] + 1
             for w in spec.window_us:
-                at = bisect_right(times, now - w - 1)  # the first event still in the window
-                if at < len(times) and times[at] + w + 1 < until:
-                    until = times[at] + w + 1
+                at = bisect_right(last, now - w - 1, key=_TIME)  # the first event still in the window
+                if at < len(last) and last[at][0] + w + 1 < until:
+                    until = last[at][0] + w + 1
         return out, until
 
     def _window_totals(self, now: int, starts: list) -> tuple[list, int | None]:
@@ -287,7 +288,7 @@ class WindowState:
     # ---- encoding
     def to_obj(self) -> list:
         """The state as msgpack-friendly lists and maps (maps with integer keys)."""
-        return [self.horizon, self.tiles, list(map(list, zip(self.times, self.values))), self.seen, self.newest]
+        return [self.horizon, self.tiles, self.last, self.seen, self.newest]
 
     @classmethod
     def from_obj(cls, spec: Aggregation, obj: list) -> "WindowState":
@@ -311,6 +312,7 @@ def _edge(now: int, window_us: int, layout: tuple) -> tuple[int, int, int]:
     return edge // size * size, window_us, size
 
 
+_TIME = itemgetter(0)  # the event time of a last_N item
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
