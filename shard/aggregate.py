@@ -249,14 +249,14 @@ class WindowState:
     def _window_totals(self, now: int, starts: list) -> tuple[list, int | None]:
         """``[count, sum, min, max]`` of each window (one pass over the tiles, newest first), and
         the start in seconds of the first tile ahead of ``now`` (None if none)."""
-        tiles = self.tiles
         totals: list = []
         count, total, low, high = 0, None, None, None
         ahead = None
         i, last = 0, len(starts)
         edge = starts[0][0] // US
-        for key in sorted(tiles, reverse=True):
-            if key * US >= now:
+        cut = -(-now // US)  # the tiles from this start on begin at or after now
+        for key, tile in sorted(self.tiles.items(), reverse=True):
+            if key >= cut:
                 ahead = key
                 continue
             while key < edge:
@@ -265,7 +265,6 @@ class WindowState:
                 if i == last:
                     return totals, ahead
                 edge = starts[i][0] // US
-            tile = tiles[key]
             if not count:
                 count, total, low, high = tile
                 continue
