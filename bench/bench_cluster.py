@@ -108,9 +108,9 @@ def bench_bootstrap(broker: Broker, tmp: Path, n: int) -> None:
         peer = []
         for _ in range(3):
             t0 = time.perf_counter()
-            offset, eids, blobs = fetch_from_peer(ctx, c.endpoints["s0"], 0)
+            offset, eids, blobs, states = fetch_from_peer(ctx, c.endpoints["s0"], 0)
             parts = Partitions(Store(), 1, Limits(), c.topic)
-            parts.load(0, offset, eids, blobs)
+            parts.load(0, offset, eids, blobs, states)
             peer.append(time.perf_counter() - t0)
             assert parts.store.values == n * FEATURES, (len(eids), parts.store.values, offset)
         from confluent_kafka import Consumer, TopicPartition

@@ -97,7 +97,8 @@ PARTITION = "p"  # cluster mode: a partition of the cluster topic
 DUMP = "dump"  # pdump: the token of a frozen partition copy
 AT = "at"  # pdump: the position of the first entity wanted
 OFFSET = "o"  # pdump: the partition's next offset when it was frozen
-BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es``
+BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es`` (nil: none)
+STATES = "states"  # pdump: the packed window states of each entity id of ``es`` (nil: none)
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
@@ -321,9 +322,11 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
     return ok(req_id, **{SHARD: shard})
 
 
-def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None) -> dict:
-    """Reply to ``pdump``: entity ids (``es``) and their blobs, from position ``at`` on."""
-    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, NEXT: next_at})
+def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None,
+               states: list | None = None) -> dict:
+    """Reply to ``pdump``: entity ids (``es``), their blobs and their window states (parallel
+    lists), from position ``at`` on."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, STATES: states, NEXT: next_at})
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:

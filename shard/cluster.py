@@ -157,39 +157,47 @@ class Partitions:
             h = self.held[p] = Held()
         return h
 
-    def freeze(self, p: int) -> tuple[int, int, list, list]:
-        """Freeze the partition's current copy for a peer: (token, next offset, eids, blobs).
-        Blobs are immutable bytes: the lists hold the copy as it is now, whatever comes next."""
-        h = self.held[p]
-        data = self.store.data
-        eids = [e for e in h.entities if e in data]
-        blobs = list(map(data.__getitem__, eids))
+    def copy(self, p: int) -> tuple[list, list, list]:
+        """The partition's entities as they are now: (eids, blobs, packed window states), parallel
+        lists (None where an entity has no blob or no states). Both are immutable bytes: the
+        lists hold the copy, whatever comes next."""
+        data, aggs = self.store.data, self.store.aggs
+        eids = [e for e in self.held[p].entities if e in data or aggs.has(e)]
+        return eids, [data.get(e) for e in eids], [aggs.packed_of(e) for e in eids]
+
+    def freeze(self, p: int) -> tuple[int, int, list, list, list]:
+        """Freeze the partition's current copy for a peer: (token, next offset, eids, blobs, states)."""
+        eids, blobs, states = self.copy(p)
         token = next(self._tokens)
         now = time.monotonic()
-        self._dumps = {t: d for t, d in self._dumps.items() if now - d[4] < DUMP_KEEP_S}
-        self._dumps[token] = (p, h.next, eids, blobs, now)
-        return token, h.next, eids, blobs
+        self._dumps = {t: d for t, d in self._dumps.items() if now - d[5] < DUMP_KEEP_S}
+        self._dumps[token] = (p, self.held[p].next, eids, blobs, states, now)
+        return token, self.held[p].next, eids, blobs, states
 
-    def chunk(self, token: int, at: int) -> tuple[int, list, list, int | None] | None:
-        """The frozen copy ``token`` from entity ``at`` on: (offset, eids, blobs, next position)."""
+    def chunk(self, token: int, at: int) -> tuple[int, list, list, list, int | None] | None:
+        """The frozen copy ``token`` from entity ``at`` on: (offset, eids, blobs, states, next position)."""
         dump = self._dumps.get(token)
         if dump is None:
             return None
-        _, offset, eids, blobs, _ = dump
+        _, offset, eids, blobs, states, _ = dump
         end = at + DUMP_CHUNK
         if end >= len(eids):
             del self._dumps[token]
-            return offset, eids[at:], blobs[at:], None
-        self._dumps[token] = dump[:4] + (time.monotonic(),)
-        return offset, eids[at:end], blobs[at:end], end
+            return offset, eids[at:], blobs[at:], states[at:], None
+        self._dumps[token] = dump[:5] + (time.monotonic(),)
+        return offset, eids[at:end], blobs[at:end], states[at:end], end
 
-    def load(self, p: int, offset: int, eids: list, blobs: list) -> None:
-        """Replace the partition's copy with a peer's (``eids[i]`` holds ``blobs[i]``) at ``offset``."""
+    def load(self, p: int, offset: int, eids: list, blobs: list, states: list | None = None) -> None:
+        """Replace the partition's copy with a peer's (``eids[i]`` holds ``blobs[i]`` and the window
+        states ``states[i]``, either None for none) at ``offset``."""
         self.free(p)
         h = self.require(p)
         store = self.store
-        store.data.update(zip(eids, blobs))
-        store.values += sum(map(values_in, blobs))
+        store.data.update((e, b) for e, b in zip(eids, blobs) if b is not None)
+        store.values += sum(values_in(b) for b in blobs if b is not None)
+        for eid, packed in zip(eids, states or ()):
+            if packed is not None:
+                store.aggs.install(eid, packed)
         h.entities = set(eids)
         h.next = offset
         self.changes += 1
@@ -234,13 +242,11 @@ class Partitions:
         final = os.path.join(directory, SNAPSHOT_FILE)
         tmp = final + ".tmp"
         pack = msgpack.Packer(use_bin_type=True).pack
-        data = self.store.data
         with open(tmp, "wb", buffering=1 << 20) as fh:
             fh.write(frame(pack({"topic": self.topic, "partitions": self.n,
                                  "offsets": {p: h.next for p, h in self.held.items()}})))
-            for p, h in self.held.items():
-                eids = [e for e in h.entities if e in data]
-                fh.write(frame(pack([p, eids, list(map(data.__getitem__, eids))])))
+            for p in self.held:
+                fh.write(frame(pack([p, *self.copy(p)])))
             fh.write(frame(pack({"end": len(self.held)})))
             fh.flush()
             os.fsync(fh.fileno())
@@ -268,8 +274,8 @@ class Partitions:
         if len(records) != len(head["offsets"]) + 2 or records[-1].get("end") != len(head["offsets"]):
             raise SnapshotMismatch(f"{path} is not complete")
         now = time.monotonic()
-        for p, eids, blobs in records[1:-1]:
-            self.load(p, head["offsets"][p], eids, blobs)
+        for p, eids, blobs, *states in records[1:-1]:  # [p, eids, blobs, states]; no states before issue 12
+            self.load(p, head["offsets"][p], eids, blobs, states[0] if states else None)
             self.held[p].released_at = now
         return {p: h.next for p, h in self.held.items()}
 
@@ -287,16 +293,18 @@ def answer_pdump(parts: Partitions, req: dict) -> dict:
     got = parts.chunk(token, at) if type(at) is int else None
     if got is None:
         return P.error(req_id, P.BAD_REQUEST, f"no frozen copy {token!r} (expired?)")
-    offset, eids, blobs, next_at = got
-    return P.dump_reply(req_id, token, offset, eids, blobs, next_at)
+    offset, eids, blobs, states, next_at = got
+    return P.dump_reply(req_id, token, offset, eids, blobs, next_at, states)
 
 
-def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int, curve_dir: str | None = None) -> tuple[int, list, list]:
-    """A peer's copy of partition ``p``: (next offset, eids, blobs); raises on failure."""
+def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int,
+                    curve_dir: str | None = None) -> tuple[int, list, list, list]:
+    """A peer's copy of partition ``p``: (next offset, eids, blobs, window states); raises on failure."""
     sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir)  # the first request waits for the connection
     try:
         eids: list = []
         blobs: list = []
+        states: list = []
         token, at, offset = None, 0, 0
         while at is not None:
             sock.send(P.encode([P.pdump(p, token, at, req_id=1)]))
@@ -308,7 +316,8 @@ def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int, curve_dir: str | No
             token, offset, at = reply[P.DUMP], reply[P.OFFSET], reply[P.NEXT]
             eids.extend(reply[P.ENTITIES])
             blobs.extend(reply[P.BLOBS])
-        return offset, eids, blobs
+            states.extend(reply.get(P.STATES) or [None] * len(reply[P.ENTITIES]))  # none from an older peer
+        return offset, eids, blobs, states
     finally:
         sock.close()
 
@@ -391,12 +400,12 @@ class Tail:
                 continue
             try:
                 t0 = time.monotonic()
-                offset, eids, blobs = fetch_from_peer(self.ctx, endpoint, p, self.curve_dir)
+                offset, eids, blobs, states = fetch_from_peer(self.ctx, endpoint, p, self.curve_dir)
             except (TimeoutError, RuntimeError, zmq.ZMQError, KeyError, IndexError, P.ProtocolError) as exc:
                 log.warning("partition %d: bootstrap from %s failed: %s", p, endpoint, exc)
                 self._unreachable[endpoint] = time.monotonic() + UNREACHABLE_S
                 continue
-            self.parts.load(p, offset, eids, blobs)
+            self.parts.load(p, offset, eids, blobs, states)
             self.sources[p] = f"peer {endpoint} at {offset}"
             log.info("partition %d: %d entities from %s in %.3f s", p, len(eids), endpoint,
                      time.monotonic() - t0)

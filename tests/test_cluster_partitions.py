@@ -2,10 +2,13 @@
 last write wins, misrouted events, tombstones, frozen copies for peers, snapshots with offsets."""
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
 from common import protocol as P
+from common.aggregations import parse_aggregations
 from common.events import Limits
 from common.murmur2 import partition_of
 from shard.cluster import Partitions, SnapshotMismatch, answer_pdump
@@ -137,3 +140,36 @@ def test_free_drops_only_that_partition():
     assert parts.free_released(lambda p: p == 0) == [0]
     assert entity(parts.store, a) is None and entity(parts.store, b) == {"x": 1, "y": 2}
     assert parts.store.values == 2 and 0 not in parts.held
+
+
+AGG = parse_aggregations([{"feature": "clicks", "functions": ["count", "sum", "last_2"], "windows": ["1h", "1d"]}])
+
+
+def test_a_frozen_copy_and_a_snapshot_carry_the_window_states(monkeypatch, tmp_path):
+    """A partition handed to a peer, or written to a snapshot, reads back with its aggregates:
+    the new copy counts the events it never saw itself."""
+    import shard.cluster as C
+
+    monkeypatch.setattr(C, "DUMP_CHUNK", 4)
+    now_s = time.time()
+    src = serving(Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t"), 1)
+    ids = ids_of(1, 9)
+    src.apply([rec(1, k, eid, {"clicks": k, "n": 1}, ts=now_s - 60 * k) for k, eid in enumerate(ids * 2)])
+    want = {eid: entity(src.store, eid) for eid in ids}
+    assert want[ids[1]]["clicks_count_1h"] == 2 and want[ids[1]]["clicks_sum_1d"] == 1 + 10
+    reply = answer_pdump(src, P.pdump(1, req_id=1))
+    eids, blobs, states = list(reply[P.ENTITIES]), list(reply[P.BLOBS]), list(reply[P.STATES])
+    while reply[P.NEXT] is not None:
+        reply = answer_pdump(src, P.pdump(1, reply[P.DUMP], reply[P.NEXT], req_id=2))
+        eids += reply[P.ENTITIES]
+        blobs += reply[P.BLOBS]
+        states += reply[P.STATES]
+    dst = Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t")
+    dst.load(1, reply[P.OFFSET], eids, blobs, states)
+    assert {eid: entity(dst.store, eid) for eid in ids} == want
+    src.write_snapshot(str(tmp_path))
+    back = Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t")
+    back.load_snapshot(str(tmp_path))
+    assert {eid: entity(back.store, eid) for eid in ids} == want
+    back.apply([rec(1, 18, ids[0], {"clicks": 5}, ts=now_s - 1)])  # the tail adds to the carried windows
+    assert entity(back.store, ids[0])["clicks_count_1h"] == want[ids[0]]["clicks_count_1h"] + 1
