@@ -464,29 +464,32 @@ class Aggregator:
         :meth:`pick` of ``writes``, if known) at the clock reading ``now``; return the entities
         whose state changed. ``event_ids`` and ``positions`` run parallel to ``writes``; a write
         at a position of ``source`` at or before the last one applied is a redelivery and is skipped."""
-        specs, hot, counts = self.specs, self.hot, self.counts
+        hot, counts = self.hot, self.counts
         applied = -1 if source is None else self.positions.last.get(source, -1)
         touched: dict[str, dict] = {}
-        layouts: dict[str, tuple] = {}
+        plans: dict[str, tuple] = {}  # feature -> (spec, layout at now), for this call
         done = 0
+        last_eid, states = None, None
         for i in self.pick(writes) if picked is None else picked:
             eid, name, value, ts = writes[i]
-            spec = specs.get(name)
-            if spec is None:
-                continue
+            plan = plans.get(name)
+            if plan is None:
+                if name not in self.specs:
+                    continue
+                plan = plans[name] = self.specs[name], self._layout(name, now)
             if positions is not None and positions[i] <= applied:
                 counts["redelivered"] += 1
                 continue
-            states = touched.get(eid)
-            if states is None:
-                states = hot.pop(eid, None)
+            if eid != last_eid:  # ingest sends an entity's writes in runs
+                states = touched.get(eid)
                 if states is None:
-                    blob = self.states.pop(eid, None)
-                    states = {} if blob is None else self._states_of(blob)
-                hot[eid] = touched[eid] = states
-            layout = layouts.get(name)
-            if layout is None:
-                layout = layouts[name] = self._layout(name, now)
+                    states = hot.pop(eid, None)
+                    if states is None:
+                        blob = self.states.pop(eid, None)
+                        states = {} if blob is None else self._states_of(blob)
+                    hot[eid] = touched[eid] = states
+                last_eid = eid
+            spec, layout = plan
             state = states.get(name)
             if state is None:
                 state = states[name] = WindowState(spec, now)
