@@ -6,7 +6,8 @@ scale-out, all on one machine with a Tansu broker, every process real, figures f
 - ``writes``: ``POST /features`` of one value at 64 and 1 connections; cluster (through Kafka,
   200 once applied) vs embedded (straight to a shard).
 - ``bootstrap``: one partition of N entities x 10 values held by a shard; the values/s of a peer
-  transfer (``pdump`` over ZeroMQ plus loading it) vs a rebuild from the topic's start.
+  transfer (``pdump`` chunks over ZeroMQ, each loaded as it arrives: the shard's
+  :class:`~shard.cluster.Transfer`) vs a rebuild from the topic's start.
 - ``failover``: 4 reader threads over every entity while one shard of replica set a (of two) is
   SIGKILLed: reads failed, and the time from the kill to the last failed read.
 - ``scaleout``: req/s (wrk, 64 connections) before, during and after a new shard joins replica set a.
@@ -31,7 +32,7 @@ from common import protocol as P  # noqa: E402
 from common.events import Limits  # noqa: E402
 from common.membership import ensure_topic  # noqa: E402
 from common.records import records  # noqa: E402
-from shard.cluster import Partitions, fetch_from_peer  # noqa: E402
+from shard.cluster import Partitions, Transfer  # noqa: E402
 from shard.store import Store  # noqa: E402
 from tests.cluster_support import KafkaCluster  # noqa: E402
 from tests.ingest_support import Broker  # noqa: E402
@@ -108,11 +109,13 @@ def bench_bootstrap(broker: Broker, tmp: Path, n: int) -> None:
         peer = []
         for _ in range(3):
             t0 = time.perf_counter()
-            offset, eids, blobs, states = fetch_from_peer(ctx, c.endpoints["s0"], 0)
             parts = Partitions(Store(), 1, Limits(), c.topic)
-            parts.load(0, offset, eids, blobs, states)
+            transfer = Transfer(ctx, 0, c.endpoints["s0"])
+            while not transfer.step(parts):  # as the shard's loop steps it, without the waits between
+                transfer.sock.poll(2000)
+            transfer.close()
             peer.append(time.perf_counter() - t0)
-            assert parts.store.values == n * FEATURES, (len(eids), parts.store.values, offset)
+            assert parts.store.values == n * FEATURES, (transfer.entities, parts.store.values, transfer.offset)
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": uuid.uuid4().hex,
@@ -133,6 +136,12 @@ def bench_bootstrap(broker: Broker, tmp: Path, n: int) -> None:
         print(f"bootstrap of one partition, {n} entities x {FEATURES} values: from a peer "
               f"{values / best / 1e6:.2f}M values/s ({best:.2f} s, best of 3); rebuild from the topic "
               f"{values / replay / 1e6:.2f}M values/s ({replay:.2f} s); ratio {ratio(replay, best):.1f}x", flush=True)
+        c.start_shard("b0")  # another replica set: Kafka gives it the partition, it takes it from s0
+        poll_for(lambda: caught_up(c, "b0", n), 120, interval=0.1, what="b0 to take the partition from s0")
+        line = next(ln for ln in c.shards["b0"].output().splitlines() if "entities from" in ln)
+        took = float(line.rsplit(" in ", 1)[1].split()[0])
+        print(f"  the same inside a shard's loop (b0 from s0, chunks stepped between its other work): "
+              f"{values / took / 1e6:.2f}M values/s ({took:.2f} s)", flush=True)
     finally:
         c.stop()
 

@@ -72,6 +72,8 @@ class Config:
                                       at_least=1)
     http_engine: str = setting("fast", "the HTTP/1.1 connection layer (fast: httptools; tornado: "
                                "Tornado's HTTPServer)", [F], choices=["fast", "tornado"])
+    event_loop: str = setting("uvloop", "the front end's asyncio loop (uvloop falls back to asyncio when "
+                              "not installed)", [F], choices=["uvloop", "asyncio"])
     http_idle_timeout_s: float = setting(75.0, "close a connection idle this long", [F], above=0)
     http_header_timeout_s: float = setting(10.0, "a request's line and headers must arrive within this",
                                            [F], above=0)

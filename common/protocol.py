@@ -89,17 +89,20 @@ STALE = "stale"
 REJECTED = "rejected"
 ERRORS = "errors"
 DELETED = "deleted"
+APPLIED = "applied"  # cluster mode, a write's or delete's reply: [[partition, offset], ...] of its records
 SHARD = "shard"
 SOURCE = "source"
 JSON_LINES = "json"  # events: JSON lines of events, as bytes
 EVENT_MAPS = "ev"  # events: an array of event maps
 PARTITION = "p"  # cluster mode: a partition of the cluster topic
-DUMP = "dump"  # pdump: the token of a frozen partition copy
+DUMP = "dump"  # pdump: the token of a transfer (the partition's entity list when it began)
 AT = "at"  # pdump: the position of the first entity wanted
-OFFSET = "o"  # pdump: the partition's next offset when it was frozen
-BLOBS = "blobs"  # pdump: the stored blob of each entity id of ``es`` (nil: none)
-STATES = "states"  # pdump: the packed window states of each entity id of ``es`` (nil: none)
+OFFSET = "o"  # pdump: the partition's next offset when the transfer began (replay from it)
+CHUNK = "chunk"  # pdump: msgpack ``[e, blob, e, blob, ...]``, as a snapshot's records hold them
+STATES = "states"  # pdump: msgpack ``[e, window states, ...]`` of the chunk's entities that have some
+STATES_AT = "sat"  # pdump: the partition's next offset when the chunk was packed (its states count up to it)
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
+AFTER = "after"  # get, get1: answer only once the entity's partition has applied this offset
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
@@ -206,6 +209,18 @@ def write_origin(req: dict) -> tuple[Any, Any, Any]:
     return req.get(EVENT_IDS), req.get(ORIGIN), req.get(POSITIONS)
 
 
+def read_after(request: dict, offset: int) -> dict:
+    """``request`` (``get``, ``get1``), answered only by a replica whose copy of the entity's
+    partition has applied ``offset`` (cluster mode: read-your-writes across front ends)."""
+    request[AFTER] = offset
+    return request
+
+
+def after_of(req: dict) -> int | None:
+    """The offset a read must see applied (:func:`read_after`), or None."""
+    return req.get(AFTER)
+
+
 def delete(eid: str, name: str | None = None, req_id: Any = None) -> dict:
     """``del``: one feature, or the whole entity when ``name`` is None."""
     return _request(DELETE, req_id, {ENTITY: eid, NAME: name})
@@ -222,7 +237,7 @@ def events_maps(events: list, req_id: Any = None) -> dict:
 
 
 def pdump(partition: int, dump: Any = None, at: int = 0, req_id: Any = None) -> dict:
-    """``pdump``: a chunk of a peer's frozen copy of ``partition`` (no ``dump``: freeze one now)."""
+    """``pdump``: a chunk of a peer's copy of ``partition`` (no ``dump``: begin a transfer)."""
     return _request(PDUMP, req_id, {PARTITION: partition, DUMP: dump, AT: at})
 
 
@@ -271,8 +286,8 @@ def error(req_id: Any, code: str, reason: str) -> dict:
 
 
 def body_reply(req_id: Any, body: bytes) -> dict:
-    """Reply to ``get``/``get1``."""
-    return ok(req_id, **{BODY: body})
+    """Reply to ``get``/``get1`` (what ``ok(req_id, body=...)`` builds, without its keywords)."""
+    return {BODY: body, ID: req_id, OK: True}
 
 
 def parts_reply(req_id: Any, parts: list) -> dict:
@@ -285,9 +300,16 @@ def rows_reply(req_id: Any, values: list, statuses: list, times: list) -> dict:
     return ok(req_id, **{VALUES: values, STATUSES: statuses, TIMES: times})
 
 
-def write_reply(req_id: Any, written: int, stale: int) -> dict:
-    """Reply to ``write``."""
-    return ok(req_id, **{WRITTEN: written, STALE: stale})
+def write_reply(req_id: Any, written: int, stale: int, applied: list | None = None) -> dict:
+    """Reply to ``write``; in cluster mode, with the ``(partition, offset)`` of its records."""
+    if applied is None:
+        return ok(req_id, **{WRITTEN: written, STALE: stale})
+    return ok(req_id, **{WRITTEN: written, STALE: stale, APPLIED: applied})
+
+
+def applied_of(reply: dict) -> list:
+    """The ``(partition, offset)`` pairs of a cluster-mode write's or delete's records ([] else)."""
+    return reply.get(APPLIED) or []
 
 
 def events_reply(req_id: Any, written: int, stale: int, rejected: int, errors: list) -> dict:
@@ -305,9 +327,11 @@ def counters_of(reply: dict) -> dict:
     return {k: v for k, v in reply.items() if k != ID and k != OK}
 
 
-def delete_reply(req_id: Any, deleted: int) -> dict:
-    """Reply to ``del``."""
-    return ok(req_id, **{DELETED: deleted})
+def delete_reply(req_id: Any, deleted: int, applied: list | None = None) -> dict:
+    """Reply to ``del``; in cluster mode, with the ``(partition, offset)`` of its record."""
+    if applied is None:
+        return ok(req_id, **{DELETED: deleted})
+    return ok(req_id, **{DELETED: deleted, APPLIED: applied})
 
 
 def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
@@ -322,11 +346,12 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
     return ok(req_id, **{SHARD: shard})
 
 
-def dump_reply(req_id: Any, dump: Any, offset: int, eids: list, blobs: list, next_at: int | None,
-               states: list | None = None) -> dict:
-    """Reply to ``pdump``: entity ids (``es``), their blobs and their window states (parallel
-    lists), from position ``at`` on."""
-    return ok(req_id, **{DUMP: dump, OFFSET: offset, ENTITIES: eids, BLOBS: blobs, STATES: states, NEXT: next_at})
+def dump_reply(req_id: Any, dump: Any, offset: int, chunk: bytes, next_at: int | None,
+               states: bytes | None = None, states_at: int | None = None) -> dict:
+    """Reply to ``pdump``: the packed entities and blobs from position ``at`` on, and their
+    window states as of offset ``states_at`` (aggregations)."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, CHUNK: chunk, NEXT: next_at, STATES: states,
+                         STATES_AT: states_at})
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:

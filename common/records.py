@@ -2,7 +2,8 @@
 
 A record is keyed by entity id (its UTF-8 bytes, so Kafka's default partitioner puts it in
 ``common.murmur2.partition_of(entity_id)``) and its value is the ingest event JSON: one event
-object or an array of them. A null value (a tombstone) deletes the entity. See docs/CLUSTER.md.
+object or an array of them. A null value (a tombstone) deletes the entity; the value
+``{"entity_id": E, "delete": [name, ...]}`` deletes those features of it. See docs/CLUSTER.md.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Iterable
 import orjson
 
 from common import timefmt
-from common.events import EventError, Limits, loads_json, parse_event
+from common.events import EventError, Limits, check_entity_id, check_name, loads_json, parse_event
+
+DELETE = "delete"  # the field of a record value that names the features to delete
 
 
 def records(writes: Iterable) -> list[tuple[bytes, bytes]]:
@@ -27,10 +30,37 @@ def records(writes: Iterable) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def writes_of(value: bytes, limits: Limits, default_us: int) -> list:
-    """The write tuples of a record's value; an event without a time gets ``default_us`` (the
-    record's timestamp, the same on every replica). Raises :class:`EventError` or ValueError."""
+def delete_record(eid: str, names: list[str]) -> tuple[bytes, bytes]:
+    """The record that deletes features ``names`` of entity ``eid`` (not a tombstone: the
+    entity's other features stay, in the log and after compaction)."""
+    return eid.encode(), orjson.dumps({"entity_id": eid, DELETE: names})
+
+
+def deletes_of(doc: dict, limits: Limits) -> tuple[str, list[str]]:
+    """``(entity id, names)`` of a delete record's value. Raises :class:`EventError`."""
+    if doc.keys() != {"entity_id", DELETE}:
+        raise EventError(f"a delete record holds entity_id and {DELETE} only")
+    eid = check_entity_id(doc["entity_id"], limits, "entity_id")
+    names = doc[DELETE]
+    if type(names) is not list or not names:
+        raise EventError(f"{DELETE} must be a non-empty list of feature names")
+    for name in names:
+        check_name(name, limits, f"{DELETE} name")
+    return eid, names
+
+
+def read_record(value: bytes, limits: Limits, default_us: int) -> tuple[list, tuple[str, list] | None]:
+    """``(writes, None)`` for a record of events, ``([], (entity id, names))`` for a delete
+    record. Raises :class:`EventError` or ValueError."""
     doc = loads_json(value)
+    if type(doc) is dict and DELETE in doc:
+        return [], deletes_of(doc, limits)
+    return _writes(doc, limits, default_us), None
+
+
+def _writes(doc, limits: Limits, default_us: int) -> list:
+    """The write tuples of a record's events; an event without a time gets ``default_us`` (the
+    record's timestamp, the same on every replica)."""
     if type(doc) is not list:
         return parse_event(doc, limits, default_us)
     if not doc:

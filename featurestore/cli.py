@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 not found; 2 usage or input the store refused (400, 413, 4
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from featurestore import errors
 from featurestore import loader as L
+from featurestore import loadtest
 from featurestore.client import DEFAULT_URL, Client
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"  # the benchmarks of a source checkout
@@ -217,23 +219,71 @@ def _number(v: Any) -> str:
     return "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name", required=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(name: str | None, args: tuple[str, ...]) -> None:
-    """Run benchmark NAME of bench/ with ARGS (its --help lists them); without NAME, list them.
-    Each benchmark starts its own store on free ports (no --url), and prints ratios to a reference."""
+def _checkout_benchmarks() -> dict[str, Path]:
+    """``{short name: path}`` of the benchmarks in a source checkout's bench/ (none when installed)."""
     if not BENCH_DIR.is_dir():
-        raise click.UsageError(f"the benchmarks are in a source checkout's bench/; there is none at {BENCH_DIR}")
-    found = {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
-    if name is None:
-        for short, path in found.items():
-            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-            click.echo(f"{short:14} {doc.splitlines()[0] if doc else ''}")
-        return
-    if name not in found:
-        raise click.UsageError(f"no benchmark {name!r}; there are: {', '.join(found)}")
-    sys.exit(subprocess.call([sys.executable, "-m", f"bench.bench_{name}", *args], cwd=BENCH_DIR.parent))
+        return {}
+    return {p.stem.removeprefix("bench_"): p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
+
+
+class _Benchmarks(_Group):
+    """``bench store`` measures a running store; every other name runs a benchmark of bench/."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.commands, *_checkout_benchmarks()]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        path = _checkout_benchmarks().get(name)
+        if path is None:
+            return None
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+
+        def run_it(args: tuple[str, ...]) -> None:
+            sys.exit(subprocess.call([sys.executable, "-m", f"bench.bench_{name}", *args], cwd=BENCH_DIR.parent))
+        return click.Command(name, callback=run_it, help=doc, short_help=doc.splitlines()[0] if doc else "",
+                             add_help_option=False,  # --help goes to the benchmark itself
+                             params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                             context_settings={"ignore_unknown_options": True})
+
+
+@main.group(cls=_Benchmarks, invoke_without_command=True)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks: ``store`` against a running store at --url, or NAME of a source checkout's bench/
+    (each starts its own store on free ports and prints ratios to a reference; ``bench NAME --help``)."""
+    if ctx.invoked_subcommand is None:
+        for name in ctx.command.list_commands(ctx):
+            cmd = ctx.command.get_command(ctx, name)
+            click.echo(f"{name:14} {cmd.get_short_help_str(limit=70)}")
+
+
+@bench.command("store")
+@click.option("--seconds", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True, help="per phase")
+@click.option("--connections", type=click.IntRange(1, 1000), default=16, show_default=True,
+              help="requests in flight")
+@click.option("--entity", "entity_ids", multiple=True, metavar="ID",
+              help="read these entities (repeatable); default: write fs-bench-N entities, delete them after")
+@click.option("--entities", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="entities to write when no --entity is given")
+@click.option("--features", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="features per written entity")
+@store_options
+def bench_store(client: Client, seconds: float, connections: int, entity_ids: tuple[str, ...],
+                entities: int, features: int) -> None:
+    """Whole-entity GETs against the store at --url, with GET /healthz in the same run as the reference."""
+    reads, reference = asyncio.run(loadtest.run(client.url, client.token, list(entity_ids), entities,
+                                                features, connections, seconds))
+    table = Table(title=f"{client.url}: {connections} connections, {seconds:g} s a phase")
+    for col in ["request", "req/s", "p50 ms", "p99 ms", "errors", "vs /healthz"]:
+        table.add_column(col, justify="left" if col == "request" else "right")
+    for f in (reference, reads):
+        ratio = f"{f.rate / reference.rate:.2f}x" if reference.rate else "-"
+        table.add_row(f.name, f"{f.rate:,.0f}", f"{f.p50_ms:.3f}", f"{f.p99_ms:.3f}", f"{f.errors:,}", ratio)
+    Console().print(table)
+    if reads.errors or reference.errors:
+        sys.exit(REFUSED)
 
 
 if __name__ == "__main__":

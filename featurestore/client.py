@@ -51,11 +51,12 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None  # an HTTP date: the store never sends one
 
 
-def _options(url: str, token: str | None, timeout_s: float) -> dict[str, Any]:
+def _options(url: str, token: str | None, timeout_s: float, connections: int = 20) -> dict[str, Any]:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return {"base_url": url.rstrip("/"), "headers": headers, "timeout": timeout_s}
+    return {"base_url": url.rstrip("/"), "headers": headers, "timeout": timeout_s,
+            "limits": httpx.Limits(max_connections=max(connections, 100), max_keepalive_connections=connections)}
 
 
 def _unreachable(url: str, exc: httpx.TransportError) -> Unreachable:
@@ -67,7 +68,7 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout_s: float = 10.0,
                  retries: int = 3, max_retry_wait_s: float = 5.0, transport: httpx.BaseTransport | None = None):
-        self.url, self.timeout_s = url, timeout_s
+        self.url, self.token, self.timeout_s = url, token, timeout_s
         self._http = httpx.Client(**_options(url, token, timeout_s), transport=transport)
         self._retry = _Retry(retries, max_retry_wait_s)
 
@@ -172,9 +173,9 @@ class AsyncClient:
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout_s: float = 10.0,
                  retries: int = 3, max_retry_wait_s: float = 5.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
-        self.url, self.timeout_s = url, timeout_s
-        self._http = httpx.AsyncClient(**_options(url, token, timeout_s), transport=transport)
+                 transport: httpx.AsyncBaseTransport | None = None, connections: int = 20):
+        self.url, self.token, self.timeout_s = url, token, timeout_s
+        self._http = httpx.AsyncClient(**_options(url, token, timeout_s, connections), transport=transport)
         self._retry = _Retry(retries, max_retry_wait_s)
 
     async def _run(self, call: C.Call) -> Any:

@@ -81,13 +81,27 @@ def fresh_metrics_dir(cfg: config.Config) -> tuple[config.Config, str | None]:
     return cfg, None
 
 
+def run_loop(cfg: config.Config, main) -> None:
+    """``asyncio.run(main)`` on the loop ``FS_EVENT_LOOP`` names; uvloop only if it is installed."""
+    if cfg.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("FS_EVENT_LOOP=uvloop but uvloop is not installed: running on asyncio's loop")
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main)
+            return
+    asyncio.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config.load_or_exit(argv, "frontend")
     several = cfg.frontend_processes > 1
     logs.setup(cfg, "frontend", None if several else 0)
     sockets = tornado.netutil.bind_sockets(cfg.http_port, cfg.http_host, reuse_port=several)
     if not several:
-        asyncio.run(serve(dataclasses.replace(cfg, metrics_dir=None), sockets))  # counts stay in memory
+        run_loop(cfg, serve(dataclasses.replace(cfg, metrics_dir=None), sockets))  # counts stay in memory
         return 0
     # Each process listens on a socket of its own, bound with SO_REUSEPORT, so that the kernel
     # spreads new connections evenly. On one shared socket, whichever process wakes first
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_child(task_id: int) -> int:
         logs.setup(cfg, "frontend", task_id)
         log.info("front-end process %d (pid %d)", task_id, os.getpid())
-        asyncio.run(serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True)))
+        run_loop(cfg, serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True)))
         return 0
 
     try:

@@ -21,7 +21,7 @@ import orjson
 
 from common import membership
 from common import protocol as P
-from common.records import records
+from common.records import delete_record, records
 from frontend.cluster_router import Router
 from frontend.cluster_writes import AppliedWatch, KafkaRefused, Writer
 from frontend.shard_client import ShardUnavailable, _settle
@@ -129,32 +129,33 @@ class ClusterClient:
 
     async def _write(self, p: int, writes: list) -> dict:
         """Produce the records of ``writes`` (all of partition ``p``) and wait for an owner."""
-        failed = await self._produce(p, records(writes))
-        return failed or P.write_reply(None, len(writes), 0)
+        failed, acked = await self._produce(p, records(writes))
+        return failed or P.write_reply(None, len(writes), 0, acked)
 
     async def _delete(self, p: int, eid: str, name: str | None) -> dict:
-        """An entity's delete is a tombstone record; its reply counts the values read just before."""
-        if name is not None:
-            return P.error(None, P.BAD_REQUEST, "cluster mode deletes whole entities only (a Kafka "
-                                                "tombstone); write null to clear one feature")
-        reply = await self.submit(p, P.get(eid))
+        """A delete is a record: a tombstone for the entity, a delete record for one feature (its
+        other features stay). Its reply counts the values read just before."""
+        reply = await self.submit(p, P.get(eid) if name is None else P.get1(eid, name))
         if not P.is_ok(reply):
             return reply
-        failed = await self._produce(p, [(eid.encode(), None)])
-        return failed or P.delete_reply(None, len(orjson.loads(reply[P.BODY])["features"]))
+        rec = (eid.encode(), None) if name is None else delete_record(eid, [name])
+        failed, acked = await self._produce(p, [rec])
+        deleted = len(orjson.loads(reply[P.BODY])["features"]) if name is None else 1
+        return failed or P.delete_reply(None, deleted, acked)
 
-    async def _produce(self, p: int, recs: list) -> dict | None:
-        """Produce ``recs`` and wait until an owner applied each; an error reply when not."""
+    async def _produce(self, p: int, recs: list) -> tuple[dict | None, list]:
+        """Produce ``recs`` and wait until an owner applied each: (an error reply or None, the
+        ``[partition, offset]`` of each record)."""
         try:
             acked = await self.writer.send(recs)
         except KafkaRefused as exc:
-            return P.error(None, P.UNAVAILABLE, f"Kafka did not acknowledge the write: {exc}")
+            return P.error(None, P.UNAVAILABLE, f"Kafka did not acknowledge the write: {exc}"), []
         apply_s = self.cfg.cluster_apply_timeout_s
         results = await asyncio.gather(*(self.watch.applied(part, offset, apply_s) for part, offset in acked))
         if not all(results):
             return P.error(None, P.NOT_APPLIED, f"the write is durable in Kafka but no owner of partition "
-                                                f"{p} applied it within {apply_s:g} s; it will be applied")
-        return None
+                                                f"{p} applied it within {apply_s:g} s; it will be applied"), []
+        return None, [list(a) for a in acked]
 
     # ---- readiness
     def readiness(self) -> tuple[bool, str, dict]:

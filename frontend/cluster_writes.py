@@ -11,8 +11,12 @@ import logging
 
 from common import protocol as P
 from frontend.cluster_router import Router
+from frontend.errors import APIError
 
 log = logging.getLogger("frontend.cluster")
+
+READ_AFTER = "X-Read-After"  # a write's reply: where its records are; sent back on a read, that read
+# is served only by a replica that has applied them (read-your-writes through any front end)
 
 PUMP_S = 0.001  # how often delivery reports are collected while records are in flight
 WATCH_S = 0.002  # how often owners are asked for their offsets while a write waits
@@ -146,3 +150,25 @@ class AppliedWatch:
                     self.router.wrote(p, endpoint)
                 elif next_offset > offset:
                     self.router.confirmed(p, endpoint)
+
+
+def render_positions(applied: list) -> str:
+    """The ``X-Read-After`` value of a write's records: ``partition:offset`` pairs, the highest
+    offset of each partition."""
+    top: dict[int, int] = {}
+    for p, offset in applied:
+        top[p] = max(offset, top.get(p, -1))
+    return ",".join(f"{p}:{o}" for p, o in sorted(top.items()))
+
+
+def position_in(value: str, p: int) -> int | None:
+    """The offset an ``X-Read-After`` value names for partition ``p`` (None: none); 400 when
+    it is not ``partition:offset`` pairs."""
+    found = None
+    for pair in value.split(","):
+        part, _, offset = pair.strip().partition(":")
+        if not (part.isdigit() and offset.isdigit()):
+            raise APIError(400, f"{READ_AFTER} must be partition:offset pairs, as a write's reply gives them")
+        if int(part) == p:
+            found = max(int(offset), found if found is not None else -1)
+    return found

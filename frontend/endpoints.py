@@ -24,6 +24,7 @@ import orjson
 from common import timefmt
 from common.events import EventError, check_entity_ids, check_name, loads_json, parse_body
 from frontend import fanout
+from frontend.cluster_writes import READ_AFTER, render_positions
 from frontend.access import admit, too_large
 from frontend.errors import INTERNAL, APIError, Reply, error_reply
 from frontend.metrics import counted
@@ -94,8 +95,9 @@ async def write(ctx, body: bytes, size: int | None = None) -> Reply:
         raise APIError(exc.status, exc.detail) from None
     if ids is not None and all(i is None for i in ids):
         ids = None
-    written, stale = await fanout.write_all(ctx, writes, ids)
-    return 200, {}, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
+    written, stale, applied = await fanout.write_all(ctx, writes, ids)
+    headers = {READ_AFTER: render_positions(applied)} if applied else {}
+    return 200, headers, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
 
 
 async def batch(ctx, body: bytes, size: int | None = None) -> Reply:

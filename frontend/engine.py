@@ -440,11 +440,15 @@ class Exchange(httputil.HTTPConnection):
         self.raw_headers = raw_headers
         self.keep_alive = keep_alive
         self.max_body_size = conn.server.max_body_size
+        fields = self.fields = {}  # lower-case name -> the first value of that header
         for name, value in raw_headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                self.content_length = int(value)  # httptools has checked it is a number
-            elif len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
-                self.expect_continue = True
+            fields.setdefault(name.lower(), value)
+        length = fields.get(b"content-length")
+        if length is not None:
+            self.content_length = int(length)  # httptools has checked it is a number (and not repeated)
+        expect = fields.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            self.expect_continue = True
 
     # ---- the request, from the Connection
     def headers(self) -> httputil.HTTPHeaders:
@@ -534,11 +538,8 @@ class Exchange(httputil.HTTPConnection):
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def header(self, name: bytes) -> bytes | None:
-        """The value of the request header ``name`` (lower case), or None."""
-        for key, value in self.raw_headers:
-            if len(key) == len(name) and key.lower() == name:
-                return value
-        return None
+        """The (first) value of the request header ``name`` (lower case), or None."""
+        return self.fields.get(name)
 
     def _feed(self) -> None:
         """Give the delegate the body read so far, as fast as it takes it, then ``finish``."""
@@ -669,8 +670,10 @@ class Exchange(httputil.HTTPConnection):
             return
         self.response_started = True
         if type(headers) is not bytes:
-            headers = b"".join(b"%s: %s\r\n" % (_header_name(name), str(value).encode("latin1"))
-                               for name, value in headers.items())
+            lines = b""
+            for name, value in headers.items():
+                lines += b"%s: %s\r\n" % (_names.get(name) or _header_name(name), str(value).encode("latin1"))
+            headers = lines
         if self.version == "HTTP/1.1":
             if not (self.keep_alive and self.complete):
                 headers += b"Connection: close\r\n"

@@ -45,14 +45,15 @@ async def call(ctx, shard: int, request: dict) -> dict:
     return await ok_reply(ctx, shard, ctx.client.submit(shard, request))
 
 
-async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, int]:
+async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, int, list]:
     """Send write tuples (and their event ids, parallel, if given) to their shards
-    concurrently; return (written, stale). Every shard's reply is awaited before the first
-    failure is raised."""
+    concurrently; return (written, stale, the records' ``[partition, offset]`` in cluster mode).
+    Every shard's reply is awaited before the first failure is raised."""
     calls = submit(ctx, [w[0] for w in writes], lambda pos: P.write(
         [writes[p] for p in pos], event_ids=None if ids is None else [ids[p] for p in pos]))
     written = stale = 0
     failure = None
+    applied: list = []
     for shard, _, fut in calls:
         reply = await outcome(ctx, shard, fut)
         if isinstance(reply, APIError):
@@ -60,11 +61,12 @@ async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, in
             continue
         written += reply[P.WRITTEN]
         stale += reply[P.STALE]
+        applied.extend(P.applied_of(reply))
     if failure is not None:
         if len(calls) > 1:
             failure.detail += " (writes to the other shards were applied; retrying is safe)"
         raise failure
-    return written, stale
+    return written, stale, applied
 
 
 async def read_parts(ctx, eids: list, names: list | None) -> list[bytes]:

@@ -28,10 +28,20 @@ from frontend import endpoints, reads
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.handlers import online_features_endpoint
-from frontend.ops import log_request
+from frontend.ops import log_request, logged
 
 _ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
 _FEATURE = re.compile(rb"/features/([^/?]+)/([^/?]+)\Z")
+
+
+_KEYS: dict[str, bytes] = {}  # a header name as the endpoint logic spells it -> its lower-case bytes
+
+
+def _key(name: str) -> bytes:
+    key = name.lower().encode("latin1")
+    if len(_KEYS) < 256:
+        _KEYS[name] = key
+    return key
 
 
 class Headers:
@@ -44,11 +54,11 @@ class Headers:
         self.exchange = exchange
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        value = self.exchange.header(name.lower().encode("latin1"))
+        value = self.exchange.header(_KEYS.get(name) or _key(name))
         return default if value is None else value.decode("latin1")
 
     def __contains__(self, name: str) -> bool:
-        return self.exchange.header(name.lower().encode("latin1")) is not None
+        return self.exchange.header(_KEYS.get(name) or _key(name)) is not None
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -99,9 +109,12 @@ class Hot:
     def _answer(self, ex, started: float, reply: Reply) -> None:
         status, headers, body = reply
         ex.respond(status, headers, body)
-        log_request(self.ctx, ex.method, ex.url.decode("latin1"), ex.context.remote_ip, status,
-                    time.perf_counter() - started)
+        if logged(self.ctx.cfg, status):  # (before building log_request's arguments)
+            log_request(self.ctx, ex.method, ex.url.decode("latin1"), ex.context.remote_ip, status,
+                        time.perf_counter() - started)
 
 
 def _segments(m: re.Match) -> tuple:
-    return tuple(unquote_to_bytes(g).decode("utf-8") for g in m.groups())
+    """The path arguments, percent-decoded (only when there is a ``%``), as UTF-8 strings."""
+    groups = m.groups()
+    return tuple(map(bytes.decode, map(unquote_to_bytes, groups) if b"%" in m.string else groups))

@@ -11,6 +11,7 @@ from common.events import EventError, check_entity_id, check_name
 from common.partition import mismatch
 from frontend import endpoints, fanout, reads
 from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.cluster_writes import READ_AFTER, render_positions
 from frontend.ingest_stats import ingest_stats
 
 
@@ -24,6 +25,8 @@ class EntityReads(BaseHandler):
                 "deleted": reply[P.DELETED]}
         if name is not None:
             body["name"] = name
+        if P.applied_of(reply):
+            self.set_header(READ_AFTER, render_positions(P.applied_of(reply)))
         self.finish(orjson.dumps(body))
 
     def _check(self, eid: str, name: str | None = None) -> None:

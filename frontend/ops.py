@@ -25,10 +25,15 @@ MAX_VIEWS = 50  # freshness labels across shards: beyond, "other"
 log = logging.getLogger("frontend")
 
 
+def logged(cfg, status: int) -> bool:
+    """Whether the access log has a line for a response of ``status``: 5xx, or all with FS_ACCESS_LOG."""
+    return status >= 500 or cfg.access_log
+
+
 def log_request(ctx, method: str, uri: str, remote_ip: str, status: int, seconds: float) -> None:
     """Log a request served without a ``RequestHandler`` (a fast path) as the application's access
-    log does: only 5xx, or every one with FS_ACCESS_LOG. (It counted itself: reads.py, endpoints.py.)"""
-    if status >= 500 or ctx.cfg.access_log:
+    log does (:func:`logged`). (It counted itself: reads.py, endpoints.py.)"""
+    if logged(ctx.cfg, status):
         log.info("%d %s %s (%s) %.2fms", status, method, uri, remote_ip, 1000 * seconds)
 
 

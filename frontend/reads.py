@@ -16,6 +16,7 @@ from typing import Callable
 
 from common import protocol as P
 from frontend.access import admit
+from frontend.cluster_writes import READ_AFTER, position_in
 from frontend.errors import INTERNAL, APIError, Reply, error_reply, reply_failure
 from frontend.metrics import counted
 
@@ -37,25 +38,28 @@ class Read:
         returns. The request is counted in ``ctx.metrics``, from ``started`` (the
         ``time.perf_counter()`` of its arrival; now when not given), before ``done`` writes it:
         whatever serves the connection, a client that saw the response finds it counted."""
-        done = partial(counted, ctx.metrics, self.route, "GET", started or time.perf_counter(), done)
+        started = started or time.perf_counter()
         try:
             if not admitted:  # a RequestHandler's prepare() has admitted it already
                 admit(ctx.cfg, False, headers)
             eid, request = self.parse(args)
+            shard = ctx.partitioner.shard_for(eid)
+            if ctx.cfg.cluster_kafka and READ_AFTER in headers:  # a shard here is a partition
+                offset = position_in(headers[READ_AFTER], shard)
+                if offset is not None:
+                    P.read_after(request, offset)
         except APIError as exc:
-            done(error_reply(exc))
+            counted(ctx.metrics, self.route, "GET", started, done, error_reply(exc))
             return
-        shard = ctx.partitioner.shard_for(eid)
-        ctx.client.send(shard, request, partial(_answer, ctx.cfg, shard, done))
+        ctx.client.send(shard, request, partial(self._answer, ctx, shard, started, done))
 
-
-def _answer(cfg, shard: int, done: Callable[[Reply], None], reply) -> None:
-    try:
-        rendered = render(cfg, shard, reply)
-    except Exception:
-        log.exception("rendering a read of shard %d failed", shard)
-        rendered = INTERNAL
-    done(rendered)
+    def _answer(self, ctx, shard: int, started: float, done: Callable[[Reply], None], reply) -> None:
+        try:
+            rendered = render(ctx.cfg, shard, reply)
+        except Exception:
+            log.exception("rendering a read of shard %d failed", shard)
+            rendered = INTERNAL
+        counted(ctx.metrics, self.route, "GET", started, done, rendered)
 
 
 def render(cfg, shard: int, reply) -> Reply:

@@ -25,7 +25,7 @@ from common.link import connect_dealer, drain
 
 log = logging.getLogger("frontend.shards")
 
-SWEEP_S = 0.05  # how often expired calls are failed
+SWEEP_S = 0.05  # how often expired calls are failed, while any call is in flight
 HWM = 100_000  # messages queued per socket and direction before a send fails
 
 
@@ -114,7 +114,6 @@ class ShardClient:
         self._loop = loop or asyncio.get_running_loop()
         for link in self.links:
             self._loop.add_reader(link.sock.getsockopt(zmq.FD), self._drain, link)
-        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -136,6 +135,8 @@ class ShardClient:
         returns when the shard is not connected. ``timeout_s`` (default: the client's) bounds it."""
         req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
+        if self._sweeper is None:  # the sweep sleeps while nothing is in flight
+            self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         self.pending[req_id] = (done, deadline, shard)
         if timeout_s is not None and timeout_s < self.timeout_s:  # out of deadline order
@@ -218,7 +219,10 @@ class ShardClient:
                 if not timed:  # the first request of the frame: sent at its deadline - timeout
                     timed = True
                     self.on_roundtrip(entry[2], time.monotonic() - entry[1] + self.timeout_s)
-                _run(entry[0], reply)
+                try:  # (what _run does, without a call per reply)
+                    entry[0](reply)
+                except Exception:
+                    log.exception("a shard reply callback failed")
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -236,7 +240,7 @@ class ShardClient:
                     entry = pending.pop(req_id, None)
                     if entry is not None:
                         _run(entry[0], ShardUnavailable(entry[2], "did not answer in time"))
-        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
+        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep) if pending else None
 
 
 def _run(done: Callable, outcome) -> None:

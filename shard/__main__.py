@@ -44,14 +44,14 @@ def cluster(cfg, state: ShardState, ctx, endpoint):
     """Partitions from Kafka, membership, snapshots: (chores, commit, close, poll_ms, description)."""
     from confluent_kafka import KafkaException
 
-    from shard.cluster_run import CLUSTER_POLL_MS, ClusterShard, SnapshotMismatch
+    from shard.cluster_run import ClusterShard, SnapshotMismatch
 
     try:
         state.cluster = ClusterShard(cfg, state.store, ctx, endpoint)
     except (SnapshotMismatch, KafkaException, OSError) as exc:
         raise StartError(str(exc)) from None
     state.owner = state.cluster.parts
-    return ([state.store.sweep, state.cluster.tick], None, state.cluster.close, CLUSTER_POLL_MS,
+    return ([state.store.sweep, state.cluster.tick], None, state.cluster.close, state.cluster.poll_ms,
             f"replica set {cfg.replica} of topic {cfg.cluster_topic} ({state.cluster.parts.n} partitions), "
             f"advertised as {state.cluster.advertise}")
 

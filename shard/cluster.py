@@ -1,10 +1,11 @@
 """A cluster-mode shard: an in-memory view of the topic partitions Kafka assigns it.
 
 :class:`Partitions` is the socket-free core: per partition the next offset to apply, the entities
-held and whether the copy serves reads; it applies records, freezes a partition for a peer
+held and whether the copy serves reads; it applies records, hands a partition to a peer in chunks
 (``pdump``), loads one from a peer, and snapshots with per-partition offsets. :class:`Tail` is
-the Kafka consumer (one group per replica set) that feeds it, and bootstraps a partition it is
-given from a peer or its snapshot before reading on. See docs/CLUSTER.md.
+the Kafka consumer (one group per replica set, cooperative-sticky) that feeds it; it fills a
+partition it is given from a peer (:class:`Transfer`, a few chunks per loop pass, so the loop
+keeps serving) or its snapshot before reading on. See docs/CLUSTER.md.
 """
 from __future__ import annotations
 
@@ -12,26 +13,26 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import msgpack
 import zmq
 
 from common import protocol as P
-from common.link import connect_dealer
 from common.events import EventError, Limits
+from common.link import connect_dealer
 from common.murmur2 import partition_of
-from common.records import writes_of
-from shard.store import Store
+from common.records import read_record
+from shard.store import Store, values_in
 
 log = logging.getLogger("shard.cluster")
 
-DUMP_CHUNK = 10000  # entities per pdump reply (about 2 MB with 10 values each)
-DUMP_KEEP_S = 120.0  # a frozen copy no peer asked for in this long is dropped
+DUMP_CHUNK = 4000  # entities per pdump reply (about 0.8 MB with 10 values each; ~5 ms to pack)
+DUMP_KEEP_S = 120.0  # a transfer no peer asked on for this long is dropped
 RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if no peer took it
-PEER_TIMEOUT_MS = 2000  # one pdump round trip longer than this: try another source
+PEER_TIMEOUT_S = 2.0  # a pdump reply later than this: try another source
 UNREACHABLE_S = 30.0  # a peer that failed a transfer is not asked again for this long
-SNAPSHOT_FILE = "partitions.snap"
+TRANSFER_PASS_S = 0.01  # the longest one loop pass spends loading chunks
 
 
 class SnapshotMismatch(Exception):
@@ -41,24 +42,19 @@ class SnapshotMismatch(Exception):
 class Held:
     """One partition held by this shard."""
 
-    __slots__ = ("next", "serving", "assigned", "entities", "released_at")
+    __slots__ = ("next", "serving", "assigned", "loading", "entities", "released_at", "counted", "counted_until")
 
     def __init__(self, next_offset: int = 0) -> None:
         self.next = next_offset  # the next offset to apply
-        self.serving = False  # caught up (once), and not released since
+        self.serving = False  # caught up (once), and not taken over since
         self.assigned = False  # Kafka gave it to this shard's consumer
+        self.loading = False  # a peer's copy is arriving: incomplete until the transfer ends
         self.entities: set[str] = set()
         self.released_at: float | None = None  # monotonic time it stopped being assigned
-
-
-def values_in(blob: bytes) -> int:
-    """The number of values in a store blob (a msgpack map), from its header alone."""
-    first = blob[0]
-    if 0x80 <= first <= 0x8F:
-        return first & 0x0F
-    if first == 0xDE:
-        return int.from_bytes(blob[1:3], "big")
-    return int.from_bytes(blob[1:5], "big")
+        # entity -> the offset its window states came counting up to, from a peer: the replay
+        # from the transfer's offset does not count those records again
+        self.counted: dict[str, int] = {}
+        self.counted_until = 0  # the largest of them
 
 
 class Partitions:
@@ -75,23 +71,26 @@ class Partitions:
         self.applied = 0  # records applied
         self.changes = 0  # bumped by every change of the held data (snapshots are skipped without)
         self.assigned_once = False  # until Kafka assigned something, a loaded snapshot is kept whole
-        self._dumps: dict[int, tuple] = {}  # token -> (p, offset, eids, blobs, last asked)
+        self._dumps: dict[int, list] = {}  # token -> [p, offset, eids, last asked, Held]
         self._tokens = itertools.count(1)
         self._warned = 0.0
 
     # ---- reads
-    def refusal(self, eid: str) -> str | None:
-        """Why this shard may not answer for ``eid`` (None: it may)."""
+    def refusal(self, eid: str, after: int | None = None) -> str | None:
+        """Why this shard may not answer for ``eid`` (None: it may); with ``after``, also until
+        its copy of the entity's partition has applied that offset."""
         p = partition_of(eid, self.n)
         h = self.held.get(p)
         if h is not None and h.serving:
-            return None
+            if after is None or h.next > after:
+                return None
+            return f"partition {p} of entity {eid!r} has applied offsets below {h.next} here, not yet {after}"
         state = "is not held here" if h is None else "has not caught up here"
         return f"partition {p} of entity {eid!r} {state}"
 
     def states(self) -> dict[int, tuple[int, bool]]:
         """``{partition: (next offset, serving)}`` of the partitions assigned to this shard, or
-        still served in a rebalance window."""
+        still served while they move."""
         return {p: (h.next, h.serving) for p, h in sorted(self.held.items()) if h.assigned or h.serving}
 
     # ---- records
@@ -108,41 +107,70 @@ class Partitions:
             h.next = offset + 1
             count += 1
             if value is None:  # a tombstone deletes the entity of its key
-                self._flush(pending)
                 if key:
-                    eid = key.decode("utf-8", "replace")
-                    self.store.delete(eid)
-                    h.entities.discard(eid)
+                    self._delete(pending, touched, h, key.decode("utf-8", "replace"), None)
                 continue
-            new = self._writes(part, value, ts_ms * 1000, offset)
-            if new:
+            new, deletes = self._read(part, value, ts_ms * 1000, offset)
+            if deletes is not None:
+                self._delete(pending, touched, h, *deletes)
+            elif new and h.counted:
+                self._replay(pending, touched, h, offset, new)
+            elif new:
                 pending.extend(new)
                 touched.append((h, {w[0] for w in new}))
-        self._flush(pending)
-        for h, eids in touched:
-            h.entities |= eids
+        self._flush(pending, touched)
         self.applied += count
         self.changes += count
         return count
 
-    def _writes(self, part: int, value: bytes, default_us: int, offset: int) -> list:
+    def _replay(self, pending: list, touched: list, h: Held, offset: int, new: list) -> None:
+        """A record a peer's window states may already count (see :attr:`Held.counted`): its
+        writes of those entities are applied without entering their windows again."""
+        counted = h.counted
+        again = [w for w in new if offset < counted.get(w[0], -1)]
+        if again:
+            self._flush(pending, touched)
+            self.store.apply(again, aggregate=False)
+            new = [w for w in new if offset >= counted.get(w[0], -1)]
+        pending.extend(new)
+        touched.append((h, {w[0] for w in again + new}))
+        if offset + 1 >= h.counted_until:
+            h.counted = {}
+
+    def _delete(self, pending: list, touched: list, h: Held, eid: str, names: list | None) -> None:
+        """Delete the entity (``names`` None) or those features of it, after the writes before."""
+        self._flush(pending, touched)
+        delete = self.store.delete
+        for name in names or (None,):
+            delete(eid, name)
+        if eid not in self.store.data:
+            h.entities.discard(eid)
+
+    def _read(self, part: int, value: bytes, default_us: int, offset: int) -> tuple[list, tuple | None]:
         try:
-            writes = writes_of(value, self.limits, default_us)
+            writes, deletes = read_record(value, self.limits, default_us)
         except (ValueError, EventError, RecursionError) as exc:
             self.rejected += 1
             self._warn(f"record {self.topic}[{part}]@{offset} not applied: {getattr(exc, 'detail', exc)}")
-            return []
+            return [], None
+        if deletes is not None:
+            if partition_of(deletes[0], self.n) == part:
+                return [], deletes
+            writes = [deletes]  # counted as misrouted below
         good = [w for w in writes if partition_of(w[0], self.n) == part]
         if len(good) != len(writes):
             self.misrouted += len(writes) - len(good)
             self._warn(f"record {self.topic}[{part}]@{offset}: {len(writes) - len(good)} values of entities "
                        f"of other partitions not applied (key records by entity id)")
-        return good
+        return good, None
 
-    def _flush(self, pending: list) -> None:
+    def _flush(self, pending: list, touched: list) -> None:
         if pending:
             self.store.apply(pending)
             pending.clear()
+        for h, eids in touched:
+            h.entities |= eids
+        touched.clear()
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()
@@ -150,75 +178,104 @@ class Partitions:
             self._warned = now
             log.warning("%s", text)
 
-    # ---- moving partitions
+    # ---- moving partitions: the peer side
     def require(self, p: int) -> Held:
         h = self.held.get(p)
         if h is None:
             h = self.held[p] = Held()
         return h
 
-    def copy(self, p: int) -> tuple[list, list, list]:
-        """The partition's entities as they are now: (eids, blobs, packed window states), parallel
-        lists (None where an entity has no blob or no states). Both are immutable bytes: the
-        lists hold the copy, whatever comes next."""
-        data, aggs = self.store.data, self.store.aggs
-        eids = [e for e in self.held[p].entities if e in data or aggs.has(e)]
-        return eids, [data.get(e) for e in eids], [aggs.packed_of(e) for e in eids]
+    def dump(self, p: int, token: int | None, at: int) -> tuple[int, int, bytes, int | None] | None:
+        """A chunk of partition ``p`` for a peer: (token, offset, packed chunk, next position).
 
-    def freeze(self, p: int) -> tuple[int, int, list, list, list]:
-        """Freeze the partition's current copy for a peer: (token, next offset, eids, blobs, states)."""
-        eids, blobs, states = self.copy(p)
-        token = next(self._tokens)
+        The first request (no token) takes the list of the partition's entities and its next
+        offset; each chunk packs their blobs as they are when it is asked for (no copy of the
+        data is kept). The receiver reads the partition from that offset on: replaying records
+        that a chunk already reflects changes nothing (last write wins by event time, and a
+        delete replayed before its later writes is undone by them again). None: unknown token,
+        or the partition was freed or replaced since the transfer began (its copy is gone)."""
         now = time.monotonic()
-        self._dumps = {t: d for t, d in self._dumps.items() if now - d[5] < DUMP_KEEP_S}
-        self._dumps[token] = (p, self.held[p].next, eids, blobs, states, now)
-        return token, self.held[p].next, eids, blobs, states
-
-    def chunk(self, token: int, at: int) -> tuple[int, list, list, list, int | None] | None:
-        """The frozen copy ``token`` from entity ``at`` on: (offset, eids, blobs, states, next position)."""
+        if token is None:
+            h = self.held[p]
+            token = next(self._tokens)
+            self._dumps = {t: d for t, d in self._dumps.items() if now - d[3] < DUMP_KEEP_S}
+            self._dumps[token] = [p, h.next, list(h.entities), now, h]
         dump = self._dumps.get(token)
-        if dump is None:
+        if dump is None or dump[0] != p or self.held.get(p) is not dump[4] or dump[4].loading:
+            self._dumps.pop(token, None)
             return None
-        _, offset, eids, blobs, states, _ = dump
+        _, offset, eids, _, _ = dump
+        dump[3] = now
         end = at + DUMP_CHUNK
+        get, packed_of = self.store.data.get, self.store.aggs.packed_of
+        flat: list = []
+        states: list = []  # [e, packed window states, ...]: they count every record below dump[4].next
+        for eid in eids[at:end]:
+            blob = get(eid)
+            if blob is not None:  # deleted since: the replay deletes it again anyway
+                flat.append(eid)
+                flat.append(blob)
+            if self.store.aggs:
+                packed = packed_of(eid)
+                if packed is not None:
+                    states.append(eid)
+                    states.append(packed)
         if end >= len(eids):
             del self._dumps[token]
-            return offset, eids[at:], blobs[at:], states[at:], None
-        self._dumps[token] = dump[:5] + (time.monotonic(),)
-        return offset, eids[at:end], blobs[at:end], states[at:end], end
+            end = None
+        pack = msgpack.packb
+        if not self.store.aggs:
+            return token, offset, pack(flat, use_bin_type=True), end
+        return token, offset, pack(flat, use_bin_type=True), end, pack(states, use_bin_type=True), dump[4].next
 
-    def load(self, p: int, offset: int, eids: list, blobs: list, states: list | None = None) -> None:
-        """Replace the partition's copy with a peer's (``eids[i]`` holds ``blobs[i]`` and the window
-        states ``states[i]``, either None for none) at ``offset``."""
-        self.free(p)
+    # ---- moving partitions: the receiving side
+    def receive(self, p: int, offset: int, chunk: bytes, first: bool, states: bytes | None = None,
+                states_at: int | None = None) -> int:
+        """Load a peer's chunk of ``p`` (the first one replaces this shard's copy, and sets the
+        offset to read on from), with its entities' window states counting the records below
+        ``states_at``; return the entities it held."""
         h = self.require(p)
-        store = self.store
-        store.data.update((e, b) for e, b in zip(eids, blobs) if b is not None)
-        store.values += sum(values_in(b) for b in blobs if b is not None)
-        for eid, packed in zip(eids, states or ()):
-            if packed is not None:
-                store.aggs.install(eid, packed)
-        h.entities = set(eids)
-        h.next = offset
+        if first:
+            self._drop(h)
+            h.next, h.loading, h.serving, h.counted = offset, True, False, {}
+        flat = msgpack.unpackb(chunk, raw=False)
+        it = iter(flat)
+        self.store.data.update(zip(it, it))
+        h.entities.update(flat[::2])
+        self.store.values += sum(map(values_in, flat[1::2]))
+        if states is not None and self.store.aggs:
+            pairs = msgpack.unpackb(states, raw=False)
+            it = iter(pairs)
+            for eid, packed in zip(it, it):
+                self.store.aggs.install(eid, packed)
+            h.entities.update(pairs[::2])
+            h.counted.update(dict.fromkeys(flat[::2], states_at))
+            h.counted.update(dict.fromkeys(pairs[::2], states_at))
+            h.counted_until = max(h.counted_until, states_at)
         self.changes += 1
+        return len(flat) // 2
 
     def release(self, p: int) -> None:
-        """Kafka took the partition away: stop serving it, keep it for peers for a while."""
+        """Kafka took the partition away: it stops being read; it is still served (a copy as of
+        now) and kept for peers until another shard of the replica set serves it."""
         h = self.held.get(p)
         if h is not None:
-            h.assigned = h.serving = False
+            h.assigned = False
             if h.released_at is None:
                 h.released_at = time.monotonic()
 
     def free(self, p: int) -> None:
         """Drop the partition's entities from memory."""
         h = self.held.pop(p, None)
-        if h is None:
-            return
+        if h is not None:
+            self._drop(h)
+
+    def _drop(self, h: Held) -> None:
         self.changes += 1
         delete = self.store.delete
         for eid in h.entities:
             delete(eid)
+        h.entities = set()
 
     def free_released(self, taken: Callable[[int], bool]) -> list[int]:
         """Free released partitions that ``taken(p)`` says another member serves, or that were
@@ -232,98 +289,109 @@ class Partitions:
             self.free(p)
         return gone
 
-    # ---- snapshots
-    def write_snapshot(self, directory: str) -> str:
-        """Every held partition with its next offset, to ``directory`` (temp file, fsync, rename)."""
-        from shard.persistence import frame
-        from shard.persistence.files import fsync_dir
-
-        os.makedirs(directory, exist_ok=True)
-        final = os.path.join(directory, SNAPSHOT_FILE)
-        tmp = final + ".tmp"
-        pack = msgpack.Packer(use_bin_type=True).pack
-        with open(tmp, "wb", buffering=1 << 20) as fh:
-            fh.write(frame(pack({"topic": self.topic, "partitions": self.n,
-                                 "offsets": {p: h.next for p, h in self.held.items()}})))
-            for p in self.held:
-                fh.write(frame(pack([p, *self.copy(p)])))
-            fh.write(frame(pack({"end": len(self.held)})))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, final)
-        fsync_dir(directory)
-        return final
+    # ---- snapshots (the embedded mode's files, one group of entities per partition)
+    def snapshot_args(self) -> tuple[Callable, dict]:
+        """``(groups, meta)`` for :func:`shard.persistence.snapshot.write_snapshot`: every
+        complete partition's entities (listed by the writer, in a forked child) and offsets."""
+        complete = {p: h for p, h in self.held.items() if not h.loading}
+        meta = {"topic": self.topic, "partitions": self.n, "offsets": {p: h.next for p, h in complete.items()}}
+        return (lambda: ((p, h.entities) for p, h in complete.items())), meta
 
     def load_snapshot(self, directory: str) -> dict[int, int]:
-        """Load ``directory``'s snapshot, if any, as held (not assigned) partitions; return
-        their offsets. :class:`SnapshotMismatch` if it is of another topic or partition count."""
-        from shard.persistence import scan
+        """Load the newest snapshot of ``directory`` that reads back whole, as held (not
+        assigned) partitions; return their offsets. :class:`SnapshotMismatch` if it is of
+        another topic or partition count."""
+        from shard.persistence import RecoveryError, files, snapshot  # persistence imports the handlers
 
-        path = os.path.join(directory, SNAPSHOT_FILE)
-        try:
-            with open(path, "rb") as fh:
-                buf = fh.read()
-        except FileNotFoundError:
-            return {}
-        records = [msgpack.unpackb(r, raw=False, strict_map_key=False)
-                   for r in scan(buf, path, last=False, skip=False).payloads]
-        head = records[0]
-        if head.get("topic") != self.topic or head.get("partitions") != self.n:
-            raise SnapshotMismatch(f"{path} holds topic {head.get('topic')!r} with {head.get('partitions')} "
-                                   f"partitions, not {self.topic!r} with {self.n}")
-        if len(records) != len(head["offsets"]) + 2 or records[-1].get("end") != len(head["offsets"]):
-            raise SnapshotMismatch(f"{path} is not complete")
-        now = time.monotonic()
-        for p, eids, blobs, *states in records[1:-1]:  # [p, eids, blobs, states]; no states before issue 12
-            self.load(p, head["offsets"][p], eids, blobs, states[0] if states else None)
-            self.held[p].released_at = now
+        snaps = files.generations(directory)[0] if os.path.isdir(directory) else []
+        for gen in reversed(snaps):
+            path = files.path(directory, "snapshot", gen)
+            try:
+                loaded = snapshot.read_snapshot(path, self.store)
+            except RecoveryError as exc:
+                log.error("%s; trying an older snapshot (Kafka and the peers hold everything)", exc)
+                self.store.data.clear()
+                continue
+            head = loaded.header
+            if head.get("topic") != self.topic or head.get("partitions") != self.n:
+                raise SnapshotMismatch(f"{path} holds topic {head.get('topic')!r} with {head.get('partitions')} "
+                                       f"partitions, not {self.topic!r} with {self.n}")
+            now = time.monotonic()
+            for p, eids in loaded.groups.items():
+                h = self.require(p)
+                h.entities, h.next, h.released_at = set(eids), head["offsets"][p], now
+            break
         return {p: h.next for p, h in self.held.items()}
 
 
-# ---- the peer side and the Kafka side
+# ---- the peer side and the receiving side of a transfer
 def answer_pdump(parts: Partitions, req: dict) -> dict:
-    """``{p, dump?, at}`` -> ``{dump, o, es, blobs, next}``: a chunk of the frozen copy of ``p``."""
+    """``{p, dump?, at}`` -> ``{dump, o, chunk, next}``: a chunk of this shard's copy of ``p``."""
     p, token, at = req.get(P.PARTITION), req.get(P.DUMP), req.get(P.AT) or 0
     req_id = P.id_of(req)
     if token is None:
         h = parts.held.get(p) if type(p) is int else None
-        if h is None or not (h.serving or h.released_at is not None):
+        if h is None or h.loading or not (h.serving or h.released_at is not None):
             return P.error(req_id, P.NOT_OWNER, f"partition {p!r} is not held here")
-        token = parts.freeze(p)[0]
-    got = parts.chunk(token, at) if type(at) is int else None
+    got = parts.dump(p, token, at) if type(at) is int and at >= 0 else None
     if got is None:
-        return P.error(req_id, P.BAD_REQUEST, f"no frozen copy {token!r} (expired?)")
-    offset, eids, blobs, states, next_at = got
-    return P.dump_reply(req_id, token, offset, eids, blobs, next_at, states)
+        return P.error(req_id, P.BAD_REQUEST, f"no transfer {token!r} of partition {p!r} (expired?)")
+    return P.dump_reply(req_id, *got)
 
 
-def fetch_from_peer(ctx: zmq.Context, endpoint: str, p: int,
-                    curve_dir: str | None = None) -> tuple[int, list, list, list]:
-    """A peer's copy of partition ``p``: (next offset, eids, blobs, window states); raises on failure."""
-    sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir)  # the first request waits for the connection
-    try:
-        eids: list = []
-        blobs: list = []
-        states: list = []
-        token, at, offset = None, 0, 0
-        while at is not None:
-            sock.send(P.encode([P.pdump(p, token, at, req_id=1)]))
-            if not sock.poll(PEER_TIMEOUT_MS):
-                raise TimeoutError(f"{endpoint} did not answer pdump in {PEER_TIMEOUT_MS} ms")
-            reply = P.decode(sock.recv())[0]
+class TransferFailed(Exception):
+    """A peer did not answer a pdump in time, or refused it."""
+
+
+class Transfer:
+    """A partition arriving from a peer: one pdump in flight, stepped from the shard's loop."""
+
+    def __init__(self, ctx: zmq.Context, p: int, endpoint: str, curve_dir: str | None = None) -> None:
+        self.p = p
+        self.endpoint = endpoint
+        self.sock = connect_dealer(ctx, endpoint, immediate=False, curve_dir=curve_dir)  # waits to connect
+        self.token = None
+        self.at: int | None = 0
+        self.offset = 0
+        self.entities = 0
+        self.started = time.monotonic()
+        self._send()
+
+    def _send(self) -> None:
+        self.sock.send(P.encode([P.pdump(self.p, self.token, self.at, req_id=1)]))
+        self.sent = time.monotonic()
+
+    def step(self, parts: Partitions) -> bool:
+        """Load the next chunk if it has arrived (asking for the one after it first); whether
+        the transfer is complete. Raises :class:`TransferFailed`."""
+        if not self.sock.poll(0):
+            if time.monotonic() - self.sent > PEER_TIMEOUT_S:
+                raise TransferFailed(f"{self.endpoint} did not answer pdump in {PEER_TIMEOUT_S:g} s")
+            return False
+        try:
+            reply = P.decode(self.sock.recv())[0]
             if not P.is_ok(reply):
-                raise RuntimeError(f"{endpoint}: {P.code_of(reply)}: {P.reason_of(reply)}")
-            token, offset, at = reply[P.DUMP], reply[P.OFFSET], reply[P.NEXT]
-            eids.extend(reply[P.ENTITIES])
-            blobs.extend(reply[P.BLOBS])
-            states.extend(reply.get(P.STATES) or [None] * len(reply[P.ENTITIES]))  # none from an older peer
-        return offset, eids, blobs, states
-    finally:
-        sock.close()
+                raise TransferFailed(f"{self.endpoint}: {P.code_of(reply)}: {P.reason_of(reply)}")
+            first = self.token is None
+            self.token, self.offset, self.at, chunk = reply[P.DUMP], reply[P.OFFSET], reply[P.NEXT], reply[P.CHUNK]
+            states, states_at = reply.get(P.STATES), reply.get(P.STATES_AT)  # none from a peer without aggregations
+        except (P.ProtocolError, KeyError, IndexError, TypeError) as exc:
+            raise TransferFailed(f"{self.endpoint}: a malformed pdump reply: {exc!r}") from None
+        if self.at is not None:
+            self._send()  # the peer packs the next chunk while this one loads
+        self.entities += parts.receive(self.p, self.offset, chunk, first, states, states_at)
+        return self.at is None
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Tail:
     """The shard's Kafka consumer: the group of its replica set decides which partitions it holds.
+
+    Assignment is cooperative-sticky: a rebalance moves only the partitions it must, and the
+    others go on being read. A partition given to this shard is read from Kafka once filled: at
+    once from its own copy, or after a :class:`Transfer` from a peer, stepped by :meth:`poll`.
 
     :arg peers: ``peers(p)`` -> [(endpoint, next offset)] of other members serving ``p``.
     :arg changed: called when the assignment or a partition's serving state changes.
@@ -342,11 +410,14 @@ class Tail:
         self.tail_records = tail_records
         self.topic = cfg.cluster_topic
         self.curve_dir = cfg.curve_dir  # FS_CURVE_DIR: the DEALER to a peer uses it
-        self.sources: dict[int, str] = {}  # where each partition was bootstrapped from (stats, tests)
+        self.sources: dict[int, str] = {}  # where each partition was filled from (stats, tests)
+        self.transfers: dict[int, Transfer] = {}
+        self._unassigned: list = []  # TopicPartitions whose incremental_assign failed: retried
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
         self.consumer = Consumer({
             "bootstrap.servers": cfg.cluster_kafka,
             "group.id": f"{cfg.cluster_topic}.replica-{cfg.replica}",
+            "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
@@ -358,67 +429,119 @@ class Tail:
         self.consumer.subscribe([self.topic], on_assign=self._assigned, on_revoke=self._revoked,
                                 on_lost=self._revoked)
 
+    # ---- the rebalance callbacks (incremental: only what changes)
     def _assigned(self, consumer, tps) -> None:
         from confluent_kafka import TopicPartition
 
-        got = {tp.partition for tp in tps}
         self.parts.assigned_once = True
-        for p, h in list(self.parts.held.items()):
-            if p not in got and (h.serving or h.released_at is None):
-                self.parts.release(p)
-        out = []
-        for p in sorted(got):
-            start = self._start(p)
-            self.parts.held[p].assigned = True
-            self.parts.held[p].released_at = None
-            out.append(TopicPartition(self.topic, p, start))
-        consumer.assign(out)
-        log.info("assigned partitions %s (%s)", sorted(got),
-                 ", ".join(f"{p}: {self.sources.get(p)}" for p in sorted(got)))
+        ready = []
+        for p in sorted(tp.partition for tp in tps):
+            plan = self._plan(p)
+            if type(plan) is int:
+                ready.append(TopicPartition(self.topic, p, self._reading(p, plan)))
+            else:
+                self._begin_transfer(p, plan)
+        consumer.incremental_assign(ready)  # the others once their transfer ends
+        log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
+                 ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
         self.changed()
 
     def _revoked(self, consumer, tps) -> None:
-        # keep serving until the next assignment says where they went (the rebalance window)
-        for tp in tps:
-            h = self.parts.held.get(tp.partition)
-            if h is not None:
-                h.assigned = False
+        gone = {tp.partition for tp in tps}
+        for p in gone:
+            t = self.transfers.pop(p, None)
+            if t is not None:
+                t.close()
+                if self.parts.held[p].loading:
+                    self.parts.free(p)  # half a copy serves nobody
+            self.parts.release(p)
+        mine = [tp for tp in consumer.assignment() if tp.partition in gone]
+        if mine:
+            consumer.incremental_unassign(mine)
+        log.info("partitions %s revoked", sorted(gone))
+        self.changed()
 
-    def _start(self, p: int) -> int:
-        """Fill partition ``p`` from the best source; return the offset to read on from."""
+    # ---- filling a partition
+    def _plan(self, p: int) -> int | list[str]:
+        """Where ``p`` comes from: an offset to read on from (its own copy, or the topic's
+        start), or the peers to ask, best first."""
         own = self.parts.held.get(p)
-        if own is not None and own.released_at is None:
+        if own is not None and own.released_at is None and not own.loading:
             self.sources.setdefault(p, f"own copy at {own.next}")
-            return own.next  # still ours: it was being read until the rebalance
-        have = own.next if own is not None else 0
-        peers = sorted((e for e in self.peers(p) if e[1] > have), key=lambda e: -e[1])  # ahead of us
-        if own is not None and (not peers or peers[0][1] - own.next <= self.tail_records):
+            return own.next  # still ours
+        now = time.monotonic()
+        have = own.next if own is not None and not own.loading else 0
+        peers = sorted((e for e in self.peers(p) if e[1] > have and self._unreachable.get(e[0], 0) <= now),
+                       key=lambda e: -e[1])  # ahead of us
+        if own is not None and not own.loading and (not peers or peers[0][1] - own.next <= self.tail_records):
             self.sources[p] = f"own copy at {own.next}"
             return own.next
-        for endpoint, _ in peers:
-            if self._unreachable.get(endpoint, 0) > time.monotonic():
-                continue
-            try:
-                t0 = time.monotonic()
-                offset, eids, blobs, states = fetch_from_peer(self.ctx, endpoint, p, self.curve_dir)
-            except (TimeoutError, RuntimeError, zmq.ZMQError, KeyError, IndexError, P.ProtocolError) as exc:
-                log.warning("partition %d: bootstrap from %s failed: %s", p, endpoint, exc)
-                self._unreachable[endpoint] = time.monotonic() + UNREACHABLE_S
-                continue
-            self.parts.load(p, offset, eids, blobs, states)
-            self.sources[p] = f"peer {endpoint} at {offset}"
-            log.info("partition %d: %d entities from %s in %.3f s", p, len(eids), endpoint,
-                     time.monotonic() - t0)
-            return offset
-        if own is not None:
+        if peers:
+            return [e for e, _ in peers]
+        if own is not None and not own.loading:
             self.sources[p] = f"own copy at {own.next}"
             return own.next
-        self.parts.require(p)
+        self.parts.free(p)
         self.sources[p] = "topic start"
         return 0
 
+    def _reading(self, p: int, offset: int) -> int:
+        h = self.parts.require(p)
+        h.assigned, h.loading, h.released_at = True, False, None
+        return offset
+
+    def _begin_transfer(self, p: int, endpoints: list[str]) -> None:
+        h = self.parts.held.get(p)
+        if h is None:  # nothing here: an empty copy, loading (its own copy stays until a chunk comes)
+            h = self.parts.require(p)
+            h.loading = True
+        h.assigned = True
+        self.transfers[p] = Transfer(self.ctx, p, endpoints[0], self.curve_dir)
+
+    def _step_transfers(self) -> None:
+        """Load arrived chunks, at most ``TRANSFER_PASS_S`` of them per loop pass."""
+        from confluent_kafka import TopicPartition
+
+        deadline = time.monotonic() + TRANSFER_PASS_S
+        for p, t in list(self.transfers.items()):
+            if time.monotonic() > deadline:
+                break
+            try:
+                done = t.step(self.parts)
+            except (TransferFailed, zmq.ZMQError) as exc:
+                log.warning("partition %d: bootstrap from %s failed: %s", p, t.endpoint, exc)
+                self._unreachable[t.endpoint] = time.monotonic() + UNREACHABLE_S
+                del self.transfers[p]
+                t.close()
+                if self.parts.held[p].loading:
+                    self.parts.free(p)
+                plan = self._plan(p)
+                if type(plan) is int:
+                    self._unassigned.append(TopicPartition(self.topic, p, self._reading(p, plan)))
+                else:
+                    self._begin_transfer(p, plan)
+                continue
+            if done:
+                del self.transfers[p]
+                t.close()
+                self.sources[p] = f"peer {t.endpoint} at {t.offset}"
+                log.info("partition %d: %d entities from %s in %.3f s", p, t.entities, t.endpoint,
+                         time.monotonic() - t.started)
+                self._unassigned.append(TopicPartition(self.topic, p, self._reading(p, t.offset)))
+        if self._unassigned:
+            from confluent_kafka import KafkaException
+
+            todo, self._unassigned = self._unassigned, []
+            try:
+                self.consumer.incremental_assign(todo)
+            except KafkaException as exc:  # in the middle of a rebalance: next pass
+                log.warning("incremental_assign %s: %s; retried", [tp.partition for tp in todo], exc)
+                self._unassigned = [tp for tp in todo if self.parts.held.get(tp.partition) is not None
+                                    and self.parts.held[tp.partition].assigned]
+
     def poll(self, timeout_s: float = 0.0) -> int:
-        """Apply the records that arrived; mark partitions that reached their end as serving."""
+        """Apply the records that arrived; mark partitions that reached their end as serving;
+        step the transfers."""
         from confluent_kafka import KafkaError
 
         msgs = self.consumer.consume(self.BATCH, timeout_s)
@@ -436,12 +559,16 @@ class Tail:
         flipped = False
         for p, end in caught:
             h = self.parts.held.get(p)
-            if h is not None and h.assigned and not h.serving and h.next >= end:
+            if h is not None and h.assigned and not h.serving and not h.loading and h.next >= end:
                 h.serving = flipped = True
                 log.info("partition %d caught up at offset %d", p, h.next)
+        if self.transfers or self._unassigned:
+            self._step_transfers()
         if flipped:
             self.changed()
         return count
 
     def close(self) -> None:
+        for t in self.transfers.values():
+            t.close()
         self.consumer.close()

@@ -13,10 +13,12 @@ from typing import Callable
 from common import membership
 from common.events import Limits
 from shard.cluster import Partitions, SnapshotMismatch, Tail
+from shard.persistence import files, snapshot as snapshots
 
 log = logging.getLogger("shard")
 
 CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
+TRANSFER_POLL_MS = 1  # the same while a partition arrives from a peer (its chunks do not wake the loop)
 CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
 LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
 
@@ -47,12 +49,18 @@ class ClusterShard:
         self._stopped: Callable[[], None] = lambda: None
         self._snapshot_at = time.monotonic()
         self._snapshot_changes = self.parts.changes
+        self.gen = 1 + max(files.generations(self.dir)[0], default=0) if self.dir and os.path.isdir(self.dir) else 1
+        self.child: tuple[int, int, float, int] | None = None  # the snapshot writer: pid, gen, started, changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
 
     def _peers(self, p: int) -> list[tuple[str, int]]:
         self.reader.poll(0)
         return [(m.endpoint, m.partitions[p][0]) for m in self.reader.view.owners(p)
                 if m.endpoint != self.advertise]
+
+    def poll_ms(self) -> int:
+        """How long the loop may wait for a request before :meth:`tick` runs again."""
+        return TRANSFER_POLL_MS if self.tail.transfers else CLUSTER_POLL_MS
 
     def publish(self) -> None:
         """Tell the membership topic what this shard holds now."""
@@ -82,7 +90,9 @@ class ClusterShard:
             self.publish()
         if self.parts.free_released(self._taken):
             self.publish()
-        if (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
+        if self.child is not None:
+            self._reap(os.WNOHANG)
+        elif (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
                 and self.parts.changes != self._snapshot_changes):
             self.snapshot()
 
@@ -122,23 +132,55 @@ class ClusterShard:
             self.publish()
 
     def snapshot(self) -> None:
+        """Fork a child that writes every complete partition with its offset (the embedded
+        mode's snapshot writer, :mod:`shard.persistence.snapshot`): the loop pauses for the fork only."""
+        if self.child is not None:
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        groups, meta = self.parts.snapshot_args()
         t0 = time.perf_counter()
-        self.parts.write_snapshot(self.dir)
+        try:
+            pid = snapshots.fork_writer(self.dir, self.gen, self.parts.store, self.cfg.shard_index, groups, meta)
+        except OSError as exc:  # out of memory or processes: Kafka and the peers hold everything
+            log.error("cannot fork a snapshot child: %s", exc)
+            return
+        self.child = (pid, self.gen, time.monotonic(), self.parts.changes)
+        self.gen += 1
         self._snapshot_at = time.monotonic()
-        self._snapshot_changes = self.parts.changes
-        log.info("snapshot of %d partitions in %.3f s", len(self.parts.held), time.perf_counter() - t0)
+        log.info("snapshot %d of %d partitions started in child %d (loop paused %.1f ms)", self.child[1],
+                 len(meta["offsets"]), pid, 1000 * (time.perf_counter() - t0))
+
+    def _reap(self, flags: int) -> None:
+        pid, gen, started, changes = self.child
+        done, status = os.waitpid(pid, flags)
+        if done == 0:
+            return
+        self.child = None
+        if os.waitstatus_to_exitcode(status) == 0:
+            self._snapshot_changes = changes
+            log.info("snapshot %d written in %.2f s", gen, time.monotonic() - started)
+        else:
+            log.error("snapshot %d failed (child status %d); retried in %g s", gen, status,
+                      self.cfg.snapshot_interval_s)
 
     def stats(self) -> dict:
         return {"cluster_partitions": {str(p): [o, up] for p, (o, up) in self.parts.states().items()},
                 "cluster_records": self.parts.applied, "misrouted": self.parts.misrouted,
-                "rejected_records": self.parts.rejected, "bootstrapped_from": dict(map(
+                "rejected_records": self.parts.rejected, "snapshotting": self.child is not None,
+                "cluster_arriving": {str(p): [t.endpoint, t.entities] for p, t in self.tail.transfers.items()},
+                "bootstrapped_from": dict(map(
                     lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}
 
     def close(self) -> None:
-        """After the loop: a last snapshot unless :meth:`leave` wrote one, and say this shard left."""
-        if self.dir and self.leaving is None:
+        """After the loop: wait for a snapshot being written, write a last one (in this process,
+        the same writer) if anything changed since, and say this shard left."""
+        if self.child is not None:
+            self._reap(0)
+        if self.dir and self.parts.changes != self._snapshot_changes:
             try:
-                self.snapshot()
+                groups, meta = self.parts.snapshot_args()
+                snapshots.write_snapshot(self.dir, self.gen, self.parts.store, self.cfg.shard_index, groups, meta)
+                files.remove_older(self.dir, self.gen)
             except OSError as exc:
                 log.error("final snapshot failed: %s", exc)
         if self.leaving is None:

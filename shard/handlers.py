@@ -100,6 +100,18 @@ def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
     return None
 
 
+def _unread(shard: ShardState, req: dict, eid: str) -> dict | None:
+    """As :func:`_foreign` for a single-entity read; in cluster mode also ``not_owner`` until
+    this copy has applied the request's ``after`` offset (another replica may have)."""
+    after = P.after_of(req)
+    if after is None or shard.cluster is None:
+        return _foreign(shard, req, (eid,))
+    if type(after) is not int:
+        raise BadRequest(f"field {P.AFTER!r} must be an offset")
+    why = shard.owner.refusal(eid, after)
+    return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
+
+
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
     value = req.get(name)
     if value is None and optional:
@@ -131,9 +143,9 @@ def handle_ping(shard: ShardState, req: dict) -> dict:
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
-    """``{e, f?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
+    """``{e, f?, after?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
     eid, names = _field(req, P.ENTITY, str), _names(req)
-    refused = _foreign(shard, req, (eid,))
+    refused = _unread(shard, req, eid)
     if refused is not None:
         return refused
     body = shard.store.render_entity(eid, names)
@@ -144,9 +156,9 @@ def handle_get(shard: ShardState, req: dict) -> dict:
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
-    """``{e, n}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
+    """``{e, n, after?}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
     eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
-    refused = _foreign(shard, req, (eid,))
+    refused = _unread(shard, req, eid)
     if refused is not None:
         return refused
     body = shard.store.render_feature(eid, name)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Callable
 
 import zmq
 
@@ -35,11 +36,12 @@ class Server:
     :arg chores: callables run once per loop pass (fsync, snapshots, TTL sweeps).
     :arg make_durable: called after a pass's messages are handled and before any of their
         replies is sent (group commit: one fsync for every write of the pass).
-    :arg poll_ms: the longest the loop waits for a message before the chores run again.
+    :arg poll_ms: the longest the loop waits for a message before the chores run again, or a
+        callable that says it each pass (shorter while a chore has work arriving elsewhere).
     """
 
     def __init__(self, shard: ShardState, sock: zmq.Socket, chores=(), make_durable=None,
-                 poll_ms: int = POLL_MS) -> None:
+                 poll_ms: int | Callable[[], int] = POLL_MS) -> None:
         self.shard = shard
         self.poll_ms = poll_ms
         self.sock = sock
@@ -53,8 +55,9 @@ class Server:
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        wait = self.poll_ms if callable(self.poll_ms) else (lambda: self.poll_ms)
         while self.running:
-            if poller.poll(self.poll_ms):
+            if poller.poll(wait()):
                 self.serve_queued()
             for chore in self.chores:
                 try:

@@ -26,6 +26,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
@@ -43,6 +44,16 @@ _UNSET = object()
 
 def _decode(blob: bytes) -> dict:
     return msgpack.unpackb(blob, raw=False)
+
+
+def values_in(blob: bytes) -> int:
+    """The number of values in a stored blob (a msgpack map), from its header alone."""
+    first = blob[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(blob[1:3], "big")
+    return int.from_bytes(blob[1:5], "big")
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -322,16 +333,18 @@ class Store:
         self._rows.pop(eid, None)
 
     # ---- writes
-    def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None) -> tuple[int, int]:
+    def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
+              aggregate: bool = True) -> tuple[int, int]:
         """Apply ``[entity_id, name, value, event_us]`` writes; return (written, stale).
 
         Raises ValueError or TypeError, with the store unchanged, if an item is not a
         ``(str, str, value, int)`` sequence or a value cannot be stored (``meta``: see
-        :meth:`prepare`)."""
-        return self.install(self.prepare(writes, meta))
+        :meth:`prepare`). Not ``aggregate``: the writes leave the windows as they are (a
+        replay of records a peer's window states already count)."""
+        return self.install(self.prepare(writes, meta, windows=aggregate))
 
     def prepare(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
-                max_features: int | None = None) -> Prepared:
+                max_features: int | None = None, windows: bool = True) -> Prepared:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
@@ -384,7 +397,7 @@ class Store:
                                   f"{max_features} (FS_MAX_FEATURES_PER_ENTITY)")
         pack = self._pack
         aggregate = None
-        if self.aggs:
+        if self.aggs and windows:
             clock, ids, source, positions = meta if meta is not None else (None, None, None, None)
             picked = self.aggs.pick(writes)
             self.aggs.check(writes, ids, picked)
@@ -499,7 +512,7 @@ def _render_one(eid: str, name: str, vt) -> bytes:
 
 def _render(eid: str, feats: dict) -> bytes:
     """The native JSON of an entity with live values ``feats`` (not empty)."""
-    last = max(vt[1] for vt in feats.values())
+    last = max(map(_event_us, feats.values()))
     return orjson.dumps(
         {
             "entity_id": eid,
@@ -507,3 +520,6 @@ def _render(eid: str, feats: dict) -> bytes:
             "last_updated": timefmt.render(last),
         }
     )
+
+
+_event_us = itemgetter(1)  # of a [value, event_us] pair

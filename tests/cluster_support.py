@@ -8,7 +8,8 @@ from pathlib import Path
 
 from common import protocol as P
 from tests.ingest_support import Broker
-from tests.support import Cluster, Proc, base_env, free_port, poll_for, request, wait_answering, zmq_call
+from tests.support import (Cluster, Proc, base_env, free_port, owns_listener, poll_for, request,
+                           wait_answering, zmq_call)
 
 FAST = {"kafka_session_timeout_ms": 2000, "kafka_fetch_wait_ms": 50, "cluster_heartbeat_s": 0.3}
 
@@ -65,7 +66,9 @@ class KafkaCluster(Cluster):
         def ready():
             if not self.frontend.alive():
                 raise AssertionError(f"front end exited:\n{self.frontend.output()}")
-            return request("GET", self.url + "/readyz")[0] == 200
+            if owns_listener(self.frontend.pid, self.http_port) is False:  # ours could not bind
+                raise AssertionError(f"another process listens on {self.http_port}:\n{self.frontend.output()}")
+            return request("GET", self.url + "/readyz")[0] == 200 and owns_listener(self.frontend.pid, self.http_port)
 
         poll_for(ready, timeout, interval=0.1, what="every partition to have a caught-up replica")
 

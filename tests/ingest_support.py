@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from common.local_broker import broker_args
-from tests.support import Proc, poll_for, request
+from tests.support import Proc, owns_listener, poll_for, request
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 BASE_US = 1_767_225_600 * 1_000_000  # 2026-01-01T00:00:00Z
@@ -210,18 +210,23 @@ class Broker:
     """One Tansu broker on a free loopback port, memory storage, stopped by its own PID."""
 
     def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.proc = Proc(broker_args(self.bootstrap), env={"PATH": "/usr/bin:/bin"},
-                         log_path=tmp / "tansu.log", stdin=subprocess.DEVNULL)
+        for _ in range(5):  # a port that another process took meanwhile: tansu exits, try another
+            self.port = free_port()
+            self.bootstrap = f"127.0.0.1:{self.port}"
+            self.proc = Proc(broker_args(self.bootstrap), env={"PATH": "/usr/bin:/bin"},
+                             log_path=tmp / "tansu.log", stdin=subprocess.DEVNULL)
+            if poll_for(self._listening, 15, what="the Kafka broker") == "ours":
+                return
+            self.proc.stop()
+        raise AssertionError(f"tansu found no free port:\n{self.proc.output()}")
 
-        def ready():
-            if not self.proc.alive():  # the port was taken by somebody else: tansu exits at once
-                raise AssertionError(f"tansu exited:\n{self.proc.output()}")
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return self.proc.alive()
-
-        poll_for(ready, 15, what="the Kafka broker")
+    def _listening(self) -> str | None:
+        """"ours" once this broker listens on its port; "taken" when another process does (or
+        it exited: the port was taken). A check of the port alone passes against anybody."""
+        if not self.proc.alive():
+            return "taken"
+        owned = owns_listener(self.proc.pid, self.port)
+        return None if owned is None else "ours" if owned else "taken"
 
     def create_topic(self, partitions: int = 4) -> str:
         from confluent_kafka.admin import AdminClient, NewTopic

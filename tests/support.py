@@ -29,6 +29,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def owns_listener(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the socket listening on loopback ``port`` (None: nothing in
+    this network namespace listens there). A port that ``free_port`` gave may be taken by another
+    process before ours binds it: then something else answers our tests."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = [line.split() for line in fh.read().splitlines()[1:]]
+        except OSError:
+            continue
+        inode = next((r[9] for r in rows if r[3] == "0A" and int(r[1].rsplit(":", 1)[1], 16) == port), None)
+        if inode is not None:
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (SIGSTOP has taken effect, not just been sent)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for t in tasks:
+            with open(f"/proc/{pid}/task/{t}/stat") as fh:
+                states.append(fh.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return False
+    return bool(states) and all(st in ("T", "t") for st in states)
+
+
 def poll_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
     """Call ``condition`` until it returns a true value, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -116,10 +159,15 @@ def zmq_call(endpoint: str, requests: list[dict], timeout_ms: int = 1000, curve_
 def wait_answering(proc: Proc, endpoint: str, timeout: float, what: str, curve_dir=None) -> None:
     """Wait until the shard ``proc`` answers a ping at ``endpoint``; fail at once if it exits."""
 
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://127.0.0.1:") else None
+
     def ready():
         if not proc.alive():
             raise AssertionError(f"{what} exited:\n{proc.output()}")
-        return P.is_ok(zmq_call(endpoint, [P.ping(1)], 200, curve_dir)[0])
+        if port is not None and owns_listener(proc.pid, port) is False:
+            raise AssertionError(f"{what}: another process listens on port {port}:\n{proc.output()}")
+        return P.is_ok(zmq_call(endpoint, [P.ping(1)], 200, curve_dir)[0]) and (
+            port is None or owns_listener(proc.pid, port))
 
     poll_for(ready, timeout, what=what)
 

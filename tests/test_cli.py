@@ -182,6 +182,19 @@ def test_bench_lists_and_runs_the_benchmarks(run):
     assert proc.returncode == 0 and "--values" in proc.stdout
 
 
+
+def test_bench_store_measures_a_running_store_against_healthz(run, cluster):
+    r = run("bench", "store", "--seconds", "0.3", "--connections", "2", "--entities", "3", "--features", "2")
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") >= 6}
+    assert {"GET /healthz", "GET /features/{entity_id}"} <= set(rows)
+    reads = [c.strip() for c in rows["GET /features/{entity_id}"].split("│")]
+    assert float(reads[2].replace(",", "")) > 0 and reads[5] == "0"  # req/s, no errors
+    with Client(cluster.url) as fs:  # the entities it wrote for itself are gone
+        assert fs.get_many([f"fs-bench-{i}" for i in range(3)]) == [None, None, None]
+    assert run("bench", "store", "--seconds", "0.1", "--entity", "cli:never-written").exit_code == 1
+    assert run("bench", "store", "--url", f"http://127.0.0.1:{free_port()}", "--seconds", "0.1").exit_code == 3
+
 # ---- socket-free: how a batch the store refuses is narrowed down
 class _FakeClient:
     """Refuses an event holding "bad" by index, and bodies of more than 2 events as too large."""

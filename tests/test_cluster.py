@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from common import protocol as P
+from common.murmur2 import partition_of
 from ingest.producer import Producer
 from tests.cluster_support import FAST, KafkaCluster
 from tests.support import Honcho, base_env, free_port, poll_for, quote, request, zmq_call
@@ -26,12 +27,14 @@ def cluster(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cluster-mode")
     c = KafkaCluster(broker, tmp, PARTITIONS, data_dir=tmp / "data", snapshot_interval_s=0.5)
     try:
+        for name in ("a0", "a1", "b0"):  # started together, then waited for
+            c.start_shard(name, wait=False)
         for name in ("a0", "a1", "b0"):
-            c.start_shard(name)
+            c.wait_bound(name)
         c.start_frontend()
-        for i, eid in enumerate(ENTITIES):  # a base every test reads
-            status, _, body = request("POST", c.url + "/features", {"entity_id": eid, "features": {"n": i}})
-            assert status == 200, body
+        status, _, body = request("POST", c.url + "/features",  # a base every test reads, in one write
+                                  [{"entity_id": eid, "features": {"n": i}} for i, eid in enumerate(ENTITIES)])
+        assert status == 200 and body["written"] == len(ENTITIES), body
         yield c
     finally:
         c.stop()
@@ -102,6 +105,31 @@ def test_a_write_gets_200_and_reads_back_at_once(cluster):
     assert status == 400 and body["detail"] == "value is required"
 
 
+def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster):
+    """A 200 write's ``X-Read-After`` (partition:offset): a read that sends it back is served only
+    by a replica that has applied it, whichever front end serves it (each shard checks it)."""
+    eid = "del:1"
+    status, headers, _ = request("POST", cluster.url + "/features", {"entity_id": eid, "features": {"a": 1, "b": 2}})
+    p, offset = map(int, headers["X-Read-After"].split(":"))
+    assert status == 200 and p == partition_of(eid, PARTITIONS), headers
+    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": f"{p}:{offset}"})
+    assert status == 200 and body["features"] == {"a": 1, "b": 2}, body
+    for name in ("a0", "a1", "b0"):  # straight to the shards: those that hold p check the offset
+        if cluster.held(name).get(p, (0, False))[1]:
+            far = zmq_call(cluster.endpoints[name], [P.read_after(P.get(eid, req_id=1), 10**9)], 1000)[0]
+            assert P.code_of(far) == P.NOT_OWNER and "not yet 1000000000" in P.reason_of(far), far
+    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": f"{p}:{10**9}"})
+    assert status == 503 and "not yet 1000000000" in body["detail"], body
+    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": "x"})
+    assert status == 400 and "partition:offset" in body["detail"], body
+    status, headers, body = request("DELETE", cluster.url + f"/features/{eid}/a")  # a record through Kafka
+    assert (status, body) == (200, {"message": "feature deleted", "entity_id": eid, "deleted": 1, "name": "a"})
+    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": headers["X-Read-After"]})
+    assert status == 200 and body["features"] == {"b": 2}, body
+    status, _, body = request("DELETE", cluster.url + f"/features/{eid}/a")
+    assert (status, body["detail"]) == (404, "Feature not found")
+
+
 def test_killing_a_shard_fails_no_read(cluster):
     loop = Loop(cluster, write=True)
     loop.start()
@@ -123,8 +151,9 @@ def test_a_restarted_shard_loads_its_snapshot_and_reads_the_tail(cluster):
     b0 = cluster.endpoints["b0"]
     poll_for(lambda: all(up for _, up in cluster.held("b0").values()), 10, what="b0 to serve")
     before = cluster.held("b0")
-    snapshot = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}" / "partitions.snap"
-    poll_for(snapshot.exists, 10, what="b0's snapshot")
+    data = cluster.tmp / "data" / f"cluster-b-{b0.split('://')[1].replace(':', '-')}"
+    poll_for(lambda: list(data.glob("snapshot-*.snap")), 10, what="b0's snapshot (written by a forked child)")
+    assert "started in child" in cluster.shards["b0"].output()
     cluster.shards["b0"].kill()
     for i in range(30):  # the tail b0 has to read after its snapshot
         status, _, body = request("POST", cluster.url + "/features", {"entity_id": f"tail:{i}", "name": "t", "value": i})
@@ -160,6 +189,20 @@ def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
                 and all(up for _, up in [*a0.values(), *a2.values()]) and seen == set(range(PARTITIONS)))
 
     poll_for(split, 30, what="a0 and a2 to split the partitions")
+    before = {name: set(cluster.held(name)) for name in ("a0", "a2")}
+    cluster.start_shard("a3")  # cooperative-sticky: a3 takes some of each; the rest stay put
+
+    def split3():
+        held = {name: cluster.held(name) for name in ("a0", "a2", "a3")}
+        parts = [set(h) for h in held.values()]
+        return (all(parts) and sum(map(len, parts)) == PARTITIONS and set.union(*parts) == set(range(PARTITIONS))
+                and all(up for h in held.values() for _, up in h.values()) and held)
+
+    held = poll_for(split3, 30, what="a0, a2 and a3 to split the partitions")
+    assert set(held["a0"]) < before["a0"] or set(held["a2"]) < before["a2"], (before, held)
+    assert set(held["a0"]) <= before["a0"] and set(held["a2"]) <= before["a2"], (before, held)  # nothing else moved
+    poll_for(lambda: {p for s in request("GET", cluster.url + "/readyz")[2]["shards"] if s["replica"] == "a"
+                      for p in s["serving"]} == set(range(PARTITIONS)), 10, what="the front end to see replica set a")
     cluster.shards["b0"].kill()
     reads = loop.reads
     poll_for(lambda: loop.reads >= reads + 2 * len(ENTITIES), 60, what="two rounds without replica set b")
@@ -175,10 +218,11 @@ def test_a_new_shard_takes_partitions_then_the_other_replica_set_dies(cluster):
 
 
 def test_a_stopped_shard_hands_its_partitions_over_first(cluster):
-    """SIGTERM to a2, with no other replica set left: a0 takes a2's partitions from a2 itself
-    while a2 keeps serving them, and a2 exits once they are taken; no read fails meanwhile."""
+    """SIGTERM to a2, with no other replica set left: a0 (and a3) take a2's partitions from a2
+    itself while a2 keeps serving them, and a2 exits once they are taken; no read fails meanwhile."""
     if "a2" not in cluster.shards:  # run alone: a2 joins first
         cluster.start_shard("a2")
+    heirs = [name for name in ("a0", "a3") if name in cluster.shards and cluster.shards[name].alive()]
     poll_for(lambda: any(up for _, up in cluster.held("a2").values()), 30, what="a2 to serve")
     moving = [p for p, (_, up) in cluster.held("a2").items() if up]
     loop = Loop(cluster, write=True)
@@ -191,9 +235,11 @@ def test_a_stopped_shard_hands_its_partitions_over_first(cluster):
     loop.stop()
     assert loop.failures == [], loop.failures[:5]
     assert set(loop.statuses) <= {200, 202}, loop.statuses
-    sources = cluster.stats("a0")["bootstrapped_from"]
+    sources = {p: s for name in heirs for p, s in cluster.stats(name)["bootstrapped_from"].items()
+               if int(p) in cluster.held(name)}
     assert all(sources[str(p)].startswith(f"peer {cluster.endpoints['a2']}") for p in moving), sources
-    assert all(up for _, up in cluster.held("a0").values()) and len(cluster.held("a0")) == PARTITIONS
+    held = [cluster.held(name) for name in heirs]
+    assert all(up for h in held for _, up in h.values()) and sum(map(len, held)) == PARTITIONS
     assert "handing partitions" in cluster.shards["a2"].output()
     for eid, value in loop.acked.items():
         status, _, body = read(cluster, eid)
@@ -241,3 +287,13 @@ def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
     assert honcho.returncode in (0, 130), text
     for line in ("shard 0 stopped", "shard 3 stopped", "front end stopped", "ingest.1 stopped"):
         assert line in text, text
+
+
+def test_every_procfile_line_execs_its_process():
+    """honcho runs each line with ``sh -c``; without ``exec`` the shell stays the parent, and a
+    signal to it (a killed honcho's group aside) never reaches the Python process."""
+    from tests.support import ROOT
+
+    for name in ("Procfile", "Procfile.cluster"):
+        lines = [ln for ln in (ROOT / name).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        assert lines and all(ln.split(":", 1)[1].split()[0] == "exec" for ln in lines), (name, lines)

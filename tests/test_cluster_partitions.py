@@ -1,5 +1,6 @@
 """The cluster shard's partition core, without sockets or Kafka: records in offset order,
-last write wins, misrouted events, tombstones, frozen copies for peers, snapshots with offsets."""
+last write wins, misrouted events, tombstones and feature deletes, chunked copies for peers,
+snapshots with offsets."""
 from __future__ import annotations
 
 import time
@@ -85,49 +86,91 @@ def test_refusal_names_the_partition_until_it_serves():
     assert "has not caught up" in parts.refusal(a)
     parts.held[2].serving = True
     assert parts.refusal(a) is None
-    parts.release(2)
-    assert parts.refusal(a) is not None and parts.states() == {}
+    parts.release(2)  # moving away: still served (as of now) until another shard serves it
+    assert parts.refusal(a) is None and parts.states() == {2: (0, True)}
+    parts.free(2)
+    assert "not held" in parts.refusal(a) and parts.states() == {}
 
 
-def test_a_frozen_copy_streams_in_chunks_and_loads_elsewhere(monkeypatch):
+def test_a_tombstone_and_a_delete_record_delete_the_entity_or_features():
+    from common.records import delete_record
+
+    parts = serving(Partitions(Store(), N, Limits(), "t"), 0)
+    a, b = ids_of(0, 2)
+    key, value = delete_record(a, ["x"])
+    parts.apply([rec(0, 0, a, {"x": 1, "y": 2}), rec(0, 1, b, {"x": 3}), (0, 2, key, value, 0)])
+    assert entity(parts.store, a) == {"y": 2} and parts.store.values == 2
+    key, value = delete_record(b, ["x"])
+    parts.apply([(0, 3, key, value, 0), rec(0, 4, a, {"x": 5}, ts=1)])  # an older write after: applied
+    assert entity(parts.store, b) is None and parts.held[0].entities == {a}
+    assert entity(parts.store, a) == {"x": 5, "y": 2}
+    parts.apply([(0, 5, a.encode(), orjson.dumps({"entity_id": a, "delete": "x"}), 0)])
+    assert parts.rejected == 1 and entity(parts.store, a) == {"x": 5, "y": 2}
+
+
+def test_a_partition_streams_in_chunks_and_the_replay_from_its_offset_converges(monkeypatch):
+    """The peer packs each chunk as it is asked for (no frozen copy); what changed meanwhile is
+    in the records after the transfer's offset, which the receiver replays."""
     import shard.cluster as C
 
     monkeypatch.setattr(C, "DUMP_CHUNK", 7)  # 30 entities: 5 chunks
     src = serving(Partitions(Store(), N, Limits(), "t"), 3, 1)
     ids = ids_of(3, 30)
-    src.apply([rec(3, i, eid, {"f": i, "g": [i]}) for i, eid in enumerate(ids)] + [rec(1, 0, ids_of(1, 1)[0], {"f": 0})])
+    log = [rec(3, i, eid, {"f": i, "g": [i]}) for i, eid in enumerate(ids)]
+    src.apply(log + [rec(1, 0, ids_of(1, 1)[0], {"f": 0})])
     reply = answer_pdump(src, P.pdump(3, req_id=1))
-    eids, blobs, token = list(reply[P.ENTITIES]), list(reply[P.BLOBS]), reply[P.DUMP]
-    src.apply([rec(3, 30, ids[0], {"f": "later"}, ts=1_800_000_000)])  # after the freeze: not in it
+    chunks, token = [reply[P.CHUNK]], reply[P.DUMP]
+    later = [rec(3, 30, ids[0], {"f": "later"}, ts=1_800_000_000), rec(3, 31, ids[29], None),
+             rec(3, 32, ids[28], {"f": "older"}, ts=1), rec(3, 33, ids[29], {"f": "back"})]
+    src.apply(later)  # during the transfer: some chunks show it, some not
     while reply[P.NEXT] is not None:
         reply = answer_pdump(src, P.pdump(3, token, reply[P.NEXT], req_id=2))
-        eids.extend(reply[P.ENTITIES])
-        blobs.extend(reply[P.BLOBS])
-    assert reply[P.OFFSET] == 30 and len(eids) == len(blobs) == 30
+        chunks.append(reply[P.CHUNK])
+    assert reply[P.OFFSET] == 30 and len(chunks) == 5
     dst = Partitions(Store(), N, Limits(), "t")
-    dst.load(3, reply[P.OFFSET], eids, blobs)
-    assert dst.store.values == 60 and dst.held[3].entities == set(ids)
-    assert entity(dst.store, ids[0]) == {"f": 0, "g": [0]}
-    dst.apply([rec(3, 30, ids[0], {"f": "later"}, ts=1_800_000_000)])  # the tail from the offset
-    assert entity(dst.store, ids[0])["f"] == "later"
+    for i, chunk in enumerate(chunks):
+        dst.receive(3, reply[P.OFFSET], chunk, i == 0)
+    assert dst.held[3].loading and dst.held[3].next == 30
+    dst.held[3].assigned = True
+    dst.apply(later)  # the tail from the transfer's offset
+    for eid in ids:
+        assert entity(dst.store, eid) == entity(src.store, eid), eid
+    assert dst.store.values == src.store.values - 1 and dst.held[3].entities == src.held[3].entities
     assert not P.is_ok(answer_pdump(src, P.pdump(2, req_id=3)))  # not held
     assert P.code_of(answer_pdump(src, P.pdump(3, 999, 0, req_id=4))) == P.BAD_REQUEST
+    assert P.code_of(answer_pdump(dst, P.pdump(3, req_id=5))) == P.NOT_OWNER  # still loading
+    reply = answer_pdump(src, P.pdump(3, req_id=6))
+    src.free(3)  # taken over meanwhile: the rest of the copy is gone, the transfer fails
+    assert P.code_of(answer_pdump(src, P.pdump(3, reply[P.DUMP], reply[P.NEXT], req_id=7))) == P.BAD_REQUEST
 
 
 def test_snapshot_keeps_offsets_and_refuses_another_topic(tmp_path):
-    parts = serving(Partitions(Store(), N, Limits(), "t"), 0, 2)
+    from shard.persistence import files, snapshot
+
+    parts = serving(Partitions(Store(), N, Limits(), "t"), 0, 2, 3)
     a, b = ids_of(0, 1)[0], ids_of(2, 1)[0]
-    parts.apply([rec(0, 0, a, {"x": 1}), rec(0, 1, a, {"y": 2}), rec(2, 0, b, {"z": 3})])
-    parts.write_snapshot(str(tmp_path))
+    parts.apply([rec(0, 0, a, {"x": 1}), rec(0, 1, a, {"y": 2}), rec(2, 0, b, {"z": 3}),
+                 rec(3, 0, ids_of(3, 1)[0], {"w": 4})])
+    parts.held[3].loading = True  # half a peer's copy: not in a snapshot
+    snapshot.write_snapshot(str(tmp_path), 4, parts.store, 0, *parts.snapshot_args())
+    assert files.generations(str(tmp_path))[0] == [4]
     back = Partitions(Store(), N, Limits(), "t")
     assert back.load_snapshot(str(tmp_path)) == {0: 2, 2: 1}
     assert entity(back.store, a) == {"x": 1, "y": 2} and back.store.values == 3
+    assert back.held[0].entities == {a} and back.held[2].entities == {b}
     assert back.refusal(a) is not None  # held, but not serving until Kafka assigns it
     with pytest.raises(SnapshotMismatch):
         Partitions(Store(), N + 1, Limits(), "t").load_snapshot(str(tmp_path))
     with pytest.raises(SnapshotMismatch):
         Partitions(Store(), N, Limits(), "other").load_snapshot(str(tmp_path))
     assert Partitions(Store(), N, Limits(), "t").load_snapshot(str(tmp_path / "none")) == {}
+
+
+def test_a_read_after_an_offset_waits_for_the_copy_to_pass_it():
+    parts = serving(Partitions(Store(), N, Limits(), "t"), 0)
+    (a,) = ids_of(0, 1)
+    parts.apply([rec(0, 0, a, {"x": 1}), rec(0, 1, a, {"x": 2})])
+    assert parts.refusal(a, 1) is None and "not yet 2" in parts.refusal(a, 2)
 
 
 def test_free_drops_only_that_partition():
@@ -145,31 +188,33 @@ def test_free_drops_only_that_partition():
 AGG = parse_aggregations([{"feature": "clicks", "functions": ["count", "sum", "last_2"], "windows": ["1h", "1d"]}])
 
 
-def test_a_frozen_copy_and_a_snapshot_carry_the_window_states(monkeypatch, tmp_path):
-    """A partition handed to a peer, or written to a snapshot, reads back with its aggregates:
-    the new copy counts the events it never saw itself."""
+def test_a_partition_moves_with_its_windows_and_the_replay_counts_each_event_once(monkeypatch):
+    """A peer's chunks carry the window states as they are when each is packed; the records
+    after the transfer's offset are replayed, and an event a carried state already counts (it
+    arrived during the transfer) is not counted again."""
     import shard.cluster as C
 
     monkeypatch.setattr(C, "DUMP_CHUNK", 4)
     now_s = time.time()
     src = serving(Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t"), 1)
     ids = ids_of(1, 9)
-    src.apply([rec(1, k, eid, {"clicks": k, "n": 1}, ts=now_s - 60 * k) for k, eid in enumerate(ids * 2)])
-    want = {eid: entity(src.store, eid) for eid in ids}
-    assert want[ids[1]]["clicks_count_1h"] == 2 and want[ids[1]]["clicks_sum_1d"] == 1 + 10
+    log = [rec(1, k, eid, {"clicks": k, "n": 1}, ts=now_s - 60 * k) for k, eid in enumerate(ids * 2)]
+    src.apply(log)
     reply = answer_pdump(src, P.pdump(1, req_id=1))
-    eids, blobs, states = list(reply[P.ENTITIES]), list(reply[P.BLOBS]), list(reply[P.STATES])
+    replies = [reply]
+    later = [rec(1, 18 + k, eid, {"clicks": 100 + k}, ts=now_s - 1) for k, eid in enumerate(ids)]
+    src.apply(later)  # during the transfer: chunks packed after this count it already
     while reply[P.NEXT] is not None:
         reply = answer_pdump(src, P.pdump(1, reply[P.DUMP], reply[P.NEXT], req_id=2))
-        eids += reply[P.ENTITIES]
-        blobs += reply[P.BLOBS]
-        states += reply[P.STATES]
+        replies.append(reply)
+    assert reply[P.OFFSET] == 18 and {r[P.STATES_AT] for r in replies} == {18, 27}
     dst = Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t")
-    dst.load(1, reply[P.OFFSET], eids, blobs, states)
-    assert {eid: entity(dst.store, eid) for eid in ids} == want
-    src.write_snapshot(str(tmp_path))
-    back = Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t")
-    back.load_snapshot(str(tmp_path))
-    assert {eid: entity(back.store, eid) for eid in ids} == want
-    back.apply([rec(1, 18, ids[0], {"clicks": 5}, ts=now_s - 1)])  # the tail adds to the carried windows
-    assert entity(back.store, ids[0])["clicks_count_1h"] == want[ids[0]]["clicks_count_1h"] + 1
+    for i, r in enumerate(replies):
+        dst.receive(1, r[P.OFFSET], r[P.CHUNK], i == 0, r[P.STATES], r[P.STATES_AT])
+    dst.held[1].assigned = True
+    dst.apply(later)  # the tail from the transfer's offset
+    for eid in ids:
+        assert entity(dst.store, eid) == entity(src.store, eid), eid
+    assert entity(dst.store, ids[0])["clicks_count_1h"] == 3 and entity(dst.store, ids[0])["clicks_sum_1h"] == 109
+    dst.apply([rec(1, 27, ids[0], {"clicks": 1}, ts=now_s - 1)])  # past the transfer: counted as usual
+    assert entity(dst.store, ids[0])["clicks_count_1h"] == 4 and not dst.held[1].counted

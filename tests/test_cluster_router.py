@@ -211,3 +211,14 @@ def test_applied_watch_waits_for_an_owner_to_pass_the_offset():
         return await watch.applied(0, 50, 0.05)  # nobody gets there: not applied in time
 
     assert asyncio.run(run()) is False
+
+
+def test_read_after_header_names_the_highest_offset_per_partition():
+    value = W.render_positions([[3, 10], [1, 7], [3, 12]])
+    assert value == "1:7,3:12"
+    assert W.position_in(value, 3) == 12 and W.position_in(value, 1) == 7 and W.position_in(value, 0) is None
+    assert W.position_in(" 2:5, 2:9", 2) == 9  # a client's own merge of two writes' headers
+    for bad in ("", "3", "3:x", "-1:4", "3:4;5:6"):
+        with pytest.raises(Exception) as exc:
+            W.position_in(bad, 3)
+        assert exc.value.status_code == 400 and "partition:offset" in exc.value.detail, bad

@@ -6,7 +6,7 @@ import signal
 
 from tests.cluster_support import KafkaCluster
 from tests.ingest_support import Broker
-from tests.support import poll_for, request
+from tests.support import poll_for, request, stopped
 
 
 def test_a_write_no_owner_applies_in_time_gets_202_and_lands_later(broker, tmp_path):
@@ -36,6 +36,7 @@ def test_a_write_kafka_does_not_acknowledge_gets_503(tmp_path):
         assert request("POST", c.url + "/features", {"entity_id": "ok", "name": "x", "value": 1})[0] == 200
         own.proc.signal(signal.SIGSTOP)
         try:
+            poll_for(lambda: stopped(own.proc.pid), 5, what="every thread of the broker to stop")
             status, headers, body = request("POST", c.url + "/features", {"entity_id": "lost", "name": "x", "value": 2})
             read = request("GET", c.url + "/features/ok/x")  # reads never touch Kafka
         finally:
@@ -46,3 +47,26 @@ def test_a_write_kafka_does_not_acknowledge_gets_503(tmp_path):
     finally:
         c.stop()
         own.stop()
+
+
+def test_a_listener_is_told_apart_from_another_processs():
+    """What the readiness checks rely on: a port that another process took is not ours."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.support import free_port, owns_listener
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert owns_listener(os.getpid(), port) is True
+            assert owns_listener(other.pid, port) is False
+        finally:
+            other.kill()
+            other.wait()
+    assert owns_listener(os.getpid(), free_port()) is None

@@ -161,5 +161,7 @@ def test_a_shard_that_restarts_gets_the_older_batch_first(cluster, tmp_path):
         producer.close()
         ingest.stop()
     assert totals[P.WRITTEN] == 2
-    status, _, body = request("GET", f"{cluster.url}/features/{eid}/f")
-    assert (status, body["value"]) == (200, "newer"), ingest.output()
+    # the front end may not have reconnected to the restarted shard yet (503 until it has)
+    status, _, body = poll_for(lambda: (r := request("GET", f"{cluster.url}/features/{eid}/f"))[0] != 503 and r,
+                               10, what="the front end to reach the restarted shard")
+    assert (status, body.get("value")) == (200, "newer"), ingest.output()

@@ -111,6 +111,24 @@ def test_the_sweep_fails_expired_calls_with_shard_unavailable():
     run(test, timeout_s=0.1)
 
 
+def test_the_sweep_sleeps_while_nothing_is_in_flight():
+    async def test(client, socks):
+        assert client._sweeper is None  # started, nothing sent: no timer wakes the process
+        call = client.submit(0, P.get("a"))
+        assert client._sweeper is not None
+        answer(socks[0], socks[0].sent[-1])
+        await wake(socks[0])
+        assert (await asyncio.wait_for(call, 2.0))[P.BODY] == b"a"
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while client._sweeper is not None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the next sweep finds nothing pending and does not come back
+        assert client._sweeper is None
+        silent = client.submit(1, P.get("never answered"))  # a new call wakes it again
+        with pytest.raises(ShardUnavailable, match="did not answer"):
+            await asyncio.wait_for(silent, 2.0)
+    run(test, timeout_s=0.1)
+
+
 def test_close_fails_what_is_pending():
     async def test(client, socks):
         fut = client.submit(0, P.ping())
