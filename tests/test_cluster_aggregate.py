@@ -48,11 +48,13 @@ def test_a_partition_taken_from_a_peer_carries_its_windows(broker, tmp_path):
             assert status == 200 and {k: body["features"][k] for k in want[eid]} == want[eid], body
         poll_for(lambda: all(up for _, up in c.held("b0").values()), 10, what="b0 to serve")
         c.start_shard("a1")  # Kafka gives it some of a0's partitions; it fills them from a peer
-        poll_for(lambda: any(up for _, up in c.held("a1").values()), 30, what="a1 to serve a partition")
-        sources = c.stats("a1")["bootstrapped_from"]
-        copied = [p for p, (_, up) in c.held("a1").items() if up and sources[str(p)].startswith("peer ")]
-        mine = [eid for eid in events if partition_of(eid, PARTITIONS) in copied]  # not rebuilt from the topic
-        assert mine, sources
+        def copied() -> list[int]:  # the partitions a1 serves from a peer's copy, not rebuilt from the topic
+            sources = c.stats("a1")["bootstrapped_from"]
+            return [p for p, (_, up) in c.held("a1").items() if up and sources.get(str(p), "").startswith("peer ")]
+
+        poll_for(copied, 30, what="a1 to serve a partition copied from a peer")
+        mine = [eid for eid in events if partition_of(eid, PARTITIONS) in copied()]
+        assert mine, c.stats("a1")["bootstrapped_from"]
         for eid in mine:  # straight from a1
             reply = zmq_call(c.endpoints["a1"], [P.get(eid, req_id=1)], 2000)[0]
             assert P.is_ok(reply), reply
