@@ -1,6 +1,7 @@
 """Soak: mixed reads, writes and ingest at ~70% of the measured maximum while a shard is killed
 (SIGKILL) and restarted twice. Reports requests served and errors by status, acknowledged writes
-lost (must be 0), and the RSS of the front end, shards and ingest at the start and the end.
+lost (must be 0), and the RSS of the front end, shards and ingest at the start, every tenth of
+the run, and the end.
 
     flock /tmp/bench.lock python3 -m bench.soak                # the documented run: 10 minutes
     flock /tmp/bench.lock python3 -m bench.soak --minutes 2    # a short one
@@ -223,14 +224,23 @@ def main(argv: list[str] | None = None) -> int:
                 c.start_shard(shard)
                 kills.append({"shard": shard, "at_s": round(at), "recovered_in_s": round(time.monotonic() - t_restart, 2)})
 
+        samples: list[dict] = []  # RSS every tenth of the run: growth, or a plateau
+
+        def sampler() -> None:
+            while not stop.wait(seconds / 10):
+                samples.append({"at_s": round(time.monotonic() - t0), **rss_of(c, ingest)})
+
         t0 = time.monotonic()
         killing = threading.Thread(target=killer, daemon=True)
         killing.start()
+        sampling = threading.Thread(target=sampler, daemon=True)
+        sampling.start()
         served = asyncio.run(run_http(port, seconds, rate, acks, statuses))
         elapsed = time.monotonic() - t0
         stop.set()
         feeder.join(90)
         killing.join(60)
+        sampling.join(10)
         rss_end = rss_of(c, ingest)
         lost = lost_writes(c.url, acks)
         alive = {"frontend": c.frontend.alive(), "ingest": ingest.alive(),
@@ -240,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
               "statuses": {str(k): v for k, v in sorted(statuses.items())},
               "ingest_events_acked": counts["ingest_events"], "ingest_rejected": counts["ingest_rejected"],
               "acked_keys": len(acks.acked), "acked_writes_lost": len(lost), "lost_examples": lost[:5],
-              "kills": kills, "rss_mb_start": rss_start, "rss_mb_end": rss_end, "alive": alive}
+              "kills": kills, "rss_mb_start": rss_start, "rss_mb_samples": samples,
+              "rss_mb_end": rss_end, "alive": alive}
     print(json.dumps(report, indent=1))
     return 0 if not lost and all(alive.values()) else 1
 

@@ -28,6 +28,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
 _SEED_FIELDS = frozenset(("entity_id", "name", "value", "event_timestamp", "event_id"))
 _GROUPED_FIELDS = frozenset(("entity_id", "features", "event_timestamp", "event_id"))
 MAX_EVENT_ID_CHARS = 256
+EXACT_FLOAT_INT = 2**53  # past it a float is not one integer: 2**53 + 1 reads as 2**53
 
 Write = tuple[str, str, Any, int]
 _LONG_NUMBER = re.compile(rb"\d{19}")
@@ -124,8 +125,12 @@ def check_event_id(event_id: Any, field: str = "event_id") -> Any:
         return event_id
     if t is int and INT64_MIN <= event_id <= INT64_MAX:
         return event_id
-    if t is float and event_id.is_integer() and INT64_MIN <= event_id <= INT64_MAX:
+    if t is float and event_id.is_integer() and -EXACT_FLOAT_INT <= event_id <= EXACT_FLOAT_INT:
         return int(event_id)  # 1.0 is an integer to JSON Schema (and to the OpenAPI description)
+    if t is float and event_id.is_integer() and INT64_MIN <= event_id <= INT64_MAX:
+        # 9007199254740993.0 parses as ...992.0: taking it would merge two events' ids
+        raise EventError(f"{field}: an integer past 2**53 must be written without a fraction or "
+                         "exponent (as a float it cannot tell neighbouring ids apart)")
     raise EventError(f"{field} must be a string of 1 to {MAX_EVENT_ID_CHARS} characters or an integer")
 
 

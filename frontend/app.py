@@ -14,7 +14,7 @@ from common.config import Config
 from common.events import Limits
 from common.murmur2 import KafkaPartitioner
 from common.partition import Partitioner
-from frontend import admission, engine, fast, feast, hot, native, ops, status
+from frontend import accept, admission, engine, fast, feast, hot, native, ops, status
 from frontend.access import too_large
 from frontend.base import HARD_BODY_FACTOR, Context, NotFoundHandler
 from frontend.metrics import Metrics, method_label
@@ -59,7 +59,7 @@ def _request_logger(ctx: Context, templates: dict):
     record = ctx.metrics.request
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        ctx.active.discard(handler.request)  # answered: no longer in flight
+        ctx.active.leave(handler.request)  # answered: no longer in flight
         if not getattr(handler, "counted", False):  # a read of frontend/reads.py counted itself
             route = getattr(handler, "route_template", None) or templates.get(type(handler), UNMATCHED)
             record(route, method_label(handler.request.method), handler.get_status(),
@@ -104,9 +104,16 @@ def _shard_client(cfg: Config, endpoints) -> ShardClient:
 
 
 class _Server(tornado.httpserver.HTTPServer):
-    """Tornado's server with a cap on open connections: past it, a new one is closed at once."""
+    """Tornado's server with a cap on open connections (past it, a new one is closed at once),
+    accepting with :func:`frontend.accept.add_accept_handler` (no spinning out of descriptors)."""
 
     max_connections = 10000
+
+    def add_sockets(self, sockets) -> None:
+        exhaustion = accept.Exhaustion(lambda: len(self._connections))
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = accept.add_accept_handler(sock, self._handle_connection, exhaustion)
 
     def handle_stream(self, stream, address) -> None:
         if len(self._connections) >= self.max_connections:
@@ -116,15 +123,21 @@ class _Server(tornado.httpserver.HTTPServer):
 
 
 async def start_server(cfg: Config, ctx: Context, sockets):
-    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names. Tornado
-    has one timer for a request's head and for an idle keep-alive connection: the shorter one."""
-    delegate = fast.Router(make_app(ctx), ctx)
+    """Serve the application on ``sockets`` with the engine that ``FS_HTTP_ENGINE`` names: the fast
+    one admits (frontend/admission.py) and serves the hot requests in ``hot.Hot``, Tornado's in
+    ``fast.Router``. Tornado has one timer for a request's head and for an idle keep-alive
+    connection: the shorter one."""
+    app = make_app(ctx)
     if cfg.http_engine == "tornado":
-        return _start_tornado(cfg, delegate, sockets)
-    server = engine.HTTPServer(delegate, max_body_size=cfg.max_body_bytes,
+        return _start_tornado(cfg, fast.Router(app, ctx), sockets)
+    hot_paths = hot.Hot(ctx)
+    server = engine.HTTPServer(app, max_body_size=cfg.max_body_bytes,
                                too_large=orjson.dumps({"detail": too_large(cfg).detail}),
                                idle_timeout_s=cfg.http_idle_timeout_s,
-                               header_timeout_s=cfg.http_header_timeout_s, hot=hot.Hot(ctx))
+                               header_timeout_s=cfg.http_header_timeout_s, hot=hot_paths,
+                               max_head_bytes=admission.hard_head_bytes(cfg),
+                               max_connections=cfg.http_max_connections,
+                               admit=hot_paths.admit, in_flight=ctx.active)
     await server.add_sockets(sockets)
     return server
 

@@ -13,6 +13,7 @@ from common.config import Config
 from common.events import Limits
 from common.partition import Partitioner
 from frontend.access import admit
+from frontend.admission import InFlight
 from frontend.endpoints import Endpoint, parse_json
 from frontend.errors import INTERNAL, APIError, Reply, error_reply
 from frontend.reads import Read
@@ -32,7 +33,7 @@ class Context:
     partitioner: Partitioner
     limits: Limits
     metrics: Any = None  # frontend.metrics.Metrics: request and shard round-trip histograms
-    active: set = field(default_factory=set)  # requests admitted, not answered (FS_HTTP_MAX_CONCURRENT_REQUESTS)
+    active: InFlight = field(default_factory=InFlight)  # requests admitted, not answered (FS_HTTP_MAX_CONCURRENT_REQUESTS)
 
 
 class BaseHandler(tornado.web.RequestHandler):

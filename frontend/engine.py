@@ -16,11 +16,18 @@ HTTP/1.1 as Tornado speaks it (tests/test_http_engine.py sends both engines the 
 keep-alive; pipelined requests answered in order (a request waits in :attr:`Connection.queue`
 while the one before it is answered, with reading paused); chunked bodies; ``Expect:
 100-continue``; HTTP/1.0 with and without keep-alive; ``HEAD``. Where Tornado closes the
-connection without a word this layer answers first: a malformed request gets 400, headers over
-:data:`MAX_HEADER_BYTES` 431, a body over the limit 413 (before it is read), each with a JSON
-``detail`` and ``Connection: close``. A client that goes away is forgotten quietly; a client that
-does not read its responses stops being read (backpressure, never unbounded buffers); a
-connection idle or sending its headers for too long is closed.
+connection without a word this layer answers first: a malformed request gets 400, a head (request
+line and headers) over ``max_head_bytes`` 414 or 431 while it arrives, a body over the limit 413
+(before it is read), each with a JSON ``detail`` and ``Connection: close``. A client that goes
+away is forgotten quietly; a client that does not read its responses stops being read
+(backpressure, never unbounded buffers); a connection idle or sending its headers for too long
+is closed; past ``max_connections`` open connections a new one is closed at once. Running out
+of file descriptors pauses accepting for a second at a time, logged once (frontend/accept.py).
+
+When a request's turn comes (the one before it answered), ``admit(exchange)`` may refuse it
+(returning what answers instead, as a hot router does) or enter it in ``in_flight``, which it
+leaves once answered or when its connection goes: a count of the requests in progress, where
+pipelined requests waiting for their turn do not count.
 """
 from __future__ import annotations
 
@@ -37,9 +44,11 @@ import tornado
 from tornado import httputil, iostream
 from tornado.log import app_log
 
+from frontend import accept
+
 log = logging.getLogger("frontend.http")
 
-MAX_HEADER_BYTES = 65536  # request line and headers of one request (Tornado's default limit)
+MAX_HEAD_BYTES = 65536  # request line and headers of one request, by default (Tornado's limit)
 WRITE_HIGH_WATER = 64 * 1024  # bytes queued to a socket: past it, stop reading that connection
 BODY_HIGH_WATER = 256 * 1024  # body bytes the application has not taken yet: past it, stop reading
 TICKS = 4  # watchdog ticks per (shortest) timeout: a timeout fires up to 1/TICKS late
@@ -100,12 +109,20 @@ class HTTPServer:
     :arg idle_timeout_s: a connection with no request in progress is closed after this long.
     :arg header_timeout_s: a request's line and headers must arrive within this.
     :arg hot: claims requests to answer without the application (see the module docstring).
+    :arg max_head_bytes: a request line and headers longer than this are refused while they arrive.
+    :arg max_connections: past this many open connections, a new one is closed at once.
+    :arg admit: ``admit(exchange) -> run | None`` when a request's turn comes: None lets it in
+        (entered in ``in_flight``), ``run`` answers it instead (see the module docstring).
+    :arg in_flight: has ``leave(exchange)``, called once an admitted request is answered or its
+        connection is gone: ``frontend.admission.InFlight``.
     """
 
     def __init__(self, delegate: httputil.HTTPServerConnectionDelegate, *, max_body_size: int,
                  too_large: bytes | None = None, idle_timeout_s: float = 75.0,
                  header_timeout_s: float = 10.0,
-                 hot: Callable[["Exchange"], Callable | None] | None = None) -> None:
+                 hot: Callable[["Exchange"], Callable | None] | None = None,
+                 max_head_bytes: int = MAX_HEAD_BYTES, max_connections: int = 10000,
+                 admit: Callable[["Exchange"], Callable | None] | None = None, in_flight=None) -> None:
         self.delegate = delegate
         self.max_body_size = max_body_size
         self.too_large = too_large or orjson.dumps({"detail": f"body is larger than {max_body_size} bytes"})
@@ -115,17 +132,24 @@ class HTTPServer:
         self.idle_ticks = round(idle_timeout_s / self.tick_s)
         self.header_ticks = round(header_timeout_s / self.tick_s)
         self.hot = hot
+        self.max_head_bytes = max_head_bytes
+        self.max_connections = max_connections
+        self.admit = admit
+        self.in_flight = in_flight
         self.connections: set[Connection] = set()
+        self.exhaustion = accept.Exhaustion(lambda: len(self.connections))
         self._servers: list[asyncio.AbstractServer] = []
         self.ready: asyncio.Future | None = None
 
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         """Accept connections on already-bound listening sockets (``SO_REUSEPORT`` ones too)."""
         loop = asyncio.get_running_loop()
+        accept.quiet_accept_failures(loop)
         self.ready = loop.create_future()
         self.ready.set_result(None)  # what a write returns while the socket takes more
         for sock in sockets:
-            self._servers.append(await loop.create_server(lambda: Connection(self), sock=sock,
+            self._servers.append(await loop.create_server(lambda: Connection(self),
+                                                          sock=accept.watched(sock, self.exhaustion),
                                                           backlog=BACKLOG))
 
     def stop(self) -> None:
@@ -169,6 +193,11 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            self.closed = self.refused = True
+            transport.close()
+            return
         transport.set_write_buffer_limits(WRITE_HIGH_WATER)
         self.context = _Context(transport.get_extra_info("peername"))
         self.server.connections.add(self)
@@ -204,13 +233,13 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # no protocol upgrades here: the request is answered, then the connection closed
         except httptools.HttpParserError as exc:
-            if self._headers_too_large or self._header_bytes > MAX_HEADER_BYTES:
+            if self._headers_too_large or self._header_bytes > self.server.max_head_bytes:
                 self._refuse_headers()
             elif not self.closed and not self.refused:
                 log.info("malformed HTTP request from %s: %s", self.context, exc)
                 self.refuse(400, orjson.dumps({"detail": f"malformed HTTP request: {exc}"}))
             return
-        if self._in_headers and self._header_bytes > MAX_HEADER_BYTES:
+        if self._in_headers and self._header_bytes > self.server.max_head_bytes:
             self._refuse_headers()
 
     def pause_writing(self) -> None:
@@ -244,7 +273,7 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
         if self._count_callbacks:
             self._header_bytes += len(name) + len(value) + 4
-            if self._header_bytes > MAX_HEADER_BYTES:
+            if self._header_bytes > self.server.max_head_bytes:
                 self._count_header(0)
 
     def on_headers_complete(self) -> None:
@@ -256,6 +285,8 @@ class Connection(asyncio.Protocol):
         ex = Exchange(self, parser.get_method().decode("latin1"), self._url,
                       "HTTP/1.1" if parser.get_http_version() == "1.1" else "HTTP/1.0",
                       self._headers, parser.should_keep_alive())
+        # the headers' size as admission counts them, or None if the head came in several reads
+        ex.fields_bytes = self._header_bytes - len(self._url) if self._count_callbacks else None
         self.current = ex
         queue = self.queue
         queue.append(ex)
@@ -267,8 +298,6 @@ class Connection(asyncio.Protocol):
             ex.run_hot = hot(ex)
         if len(queue) > 1:
             self._pause(_QUEUED)
-        elif ex.run_hot is not None:
-            ex.started = True  # it runs once its body is in
         else:
             ex.start()
 
@@ -355,13 +384,17 @@ class Connection(asyncio.Protocol):
 
     def _refuse_headers(self) -> None:
         if not self.closed and not self.refused:
-            self.refuse(431, orjson.dumps({"detail": f"request headers are larger than {MAX_HEADER_BYTES} bytes"}))
+            limit = self.server.max_head_bytes
+            if not self._headers:  # still in the request line
+                self.refuse(414, orjson.dumps({"detail": f"the request line is longer than {limit} bytes"}))
+            else:
+                self.refuse(431, orjson.dumps({"detail": f"request headers are larger than {limit} bytes"}))
 
     # ---- timeouts
     def _count_header(self, n: int) -> None:
         if self._count_callbacks:
             self._header_bytes += n
-            if self._header_bytes > MAX_HEADER_BYTES:
+            if self._header_bytes > self.server.max_head_bytes:
                 self._headers_too_large = True
                 raise ValueError("headers too large")  # stops the parser: HttpParserCallbackError
 
@@ -412,6 +445,8 @@ class Exchange(httputil.HTTPConnection):
     # The state of a new exchange; an instance overrides what changes (fewer stores per request).
     run_hot: Callable | None = None  # set when a hot router claimed this request
     canned: tuple[int, bytes] | None = None  # a refusal this layer answers itself
+    in_flight = False  # entered in the server's in_flight count (by its admit hook)
+    fields_bytes: int | None = None  # the size of the headers (names, values, 4 per header), if known
     content_length: int | None = None
     expect_continue = False
     # --- the request's progress
@@ -465,7 +500,12 @@ class Exchange(httputil.HTTPConnection):
             status, body = self.canned
             self.respond(status, b"", body)
             return
-        if self.run_hot is not None:
+        admit = self.conn.server.admit
+        if admit is not None:
+            refusal = admit(self)
+            if refusal is not None:
+                self.run_hot = refusal
+        if self.run_hot is not None:  # it runs once its body is in
             if self.complete:
                 self._run_hot()
             return
@@ -578,6 +618,8 @@ class Exchange(httputil.HTTPConnection):
         delegate, self.delegate = self.delegate, None
         callback, self._close_callback = self._close_callback, None
         self.chunks = ()
+        if self.in_flight:
+            self.conn.server.in_flight.leave(self)
         try:
             if delegate is not None and not self._finish_delegate:
                 delegate.on_connection_close()
@@ -654,6 +696,8 @@ class Exchange(httputil.HTTPConnection):
 
     def _response_finished(self) -> None:
         self.response_done = True
+        if self.in_flight:
+            self.conn.server.in_flight.leave(self)
         self.delegate = None
         self._close_callback = None
         self.chunks = ()

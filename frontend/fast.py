@@ -50,12 +50,12 @@ class Router(tornado.routing.Router):
     def __init__(self, app: tornado.web.Application, ctx: Context) -> None:
         self.app = app
         self.ctx = ctx
+        self.gate = admission.Gate(ctx)
 
     def find_handler(self, request: httputil.HTTPServerRequest, **kwargs):
-        refusal = admission.refusal(self.ctx, request)
-        if refusal is not None:
+        refusal = self.gate.admit_request(request)  # entered in ctx.active until it is answered,
+        if refusal is not None:  # or its connection closes
             return _Answer(self.ctx, request, refusal)
-        self.ctx.active.add(request)  # until it is answered, or its connection closes
         if request.method == "GET" and not request.query and "If-None-Match" not in request.headers:
             read = self._read(request)
             if read is not None:
@@ -86,7 +86,7 @@ class _Admitted(httputil.HTTPMessageDelegate):
     """The application's delegate for a request, which is no longer in flight if its connection
     closes before the handler answers (a client that sends headers and leaves)."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, active: set, request) -> None:
+    def __init__(self, inner: httputil.HTTPMessageDelegate, active: admission.InFlight, request) -> None:
         self.inner = inner
         self.active = active
         self.request = request
@@ -101,13 +101,15 @@ class _Admitted(httputil.HTTPMessageDelegate):
         self.inner.finish()
 
     def on_connection_close(self) -> None:
-        self.active.discard(self.request)
+        self.active.leave(self.request)
         self.inner.on_connection_close()
 
 
 class _Answer(httputil.HTTPMessageDelegate):
     """A request refused before it is routed (:mod:`frontend.admission`): its reply, written once
     the request is in, and counted under the route ``refused``. Not counted as in flight."""
+
+    logs_5xx = False
 
     def __init__(self, ctx: Context, request, reply: Reply) -> None:
         self.ctx = ctx
@@ -130,14 +132,17 @@ class _Answer(httputil.HTTPMessageDelegate):
         conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses[status]),
                            headers, body)
         conn.finish()
-        self.ctx.active.discard(self.request)
-        log_request(self.ctx, self.request.method, self.request.uri[:1000], self.request.remote_ip, status,
-                    self.request.request_time())
+        self.ctx.active.leave(self.request)
+        if self.logs_5xx or self.ctx.cfg.access_log:  # refusals: admission.InFlight.busy logs them
+            log_request(self.ctx, self.request.method, self.request.uri[:1000], self.request.remote_ip, status,
+                        self.request.request_time())
 
 
 class _Read(_Answer):
     """One read on its connection: run it once the request is in, write what it renders (the
     read counts itself in the metrics)."""
+
+    logs_5xx = True
 
     def __init__(self, ctx: Context, request, read: reads.Read, args: tuple) -> None:
         self.ctx = ctx
@@ -150,4 +155,4 @@ class _Read(_Answer):
         self.read.start(self.ctx, self.args, self.request.headers, self._respond, self.started)
 
     def on_connection_close(self) -> None:
-        self.ctx.active.discard(self.request)
+        self.ctx.active.leave(self.request)

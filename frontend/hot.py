@@ -11,6 +11,10 @@ checks, shard requests, rendering) and writes the :class:`~frontend.errors.Reply
 request for ``/metrics``.
 tests/test_http_engine.py sends the same requests to both engines and compares the responses.
 
+:meth:`Hot.admit` is the engine's ``admit`` hook (``frontend/admission.py``, as ``fast.Router``
+on Tornado's engine): when a request's turn comes it refuses it with 414, 431 or 503 (counted
+under the route ``refused``), or enters it in ``ctx.active`` (the engine takes it out).
+
 Everything else goes to the Tornado application: other methods and paths, a query string,
 ``If-None-Match`` (Tornado answers 304), ``Expect: 100-continue``, a chunked body (the handler
 reads up to 4x the limit before its 413, as with Tornado's engine), a path segment that is not
@@ -24,10 +28,11 @@ import time
 from functools import partial
 from urllib.parse import unquote_to_bytes
 
-from frontend import endpoints, reads
+from frontend import admission, endpoints, reads
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.handlers import online_features_endpoint
+from frontend.metrics import REFUSED, counted, method_label
 from frontend.ops import log_request, logged
 
 _ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
@@ -72,8 +77,16 @@ class Hot:
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
+        self.gate = admission.Gate(ctx)
         self.posts = {b"/features": endpoints.WRITE, b"/features/batch": endpoints.BATCH,
                       b"/get-online-features": online_features_endpoint(Catalog.from_config(ctx.cfg))}
+
+    def admit(self, ex):
+        """None, with ``ex`` entered in ``ctx.active``; or what answers its refusal."""
+        fields = ex.fields_bytes
+        refused = self.gate.admit(ex, len(ex.method) + len(ex.url) + len(ex.version) + 2,
+                                  admission.header_bytes(ex.raw_headers) if fields is None else fields)
+        return None if refused is None else partial(self._refused, refused)
 
     def __call__(self, ex):
         if ex.version == "HTTP/1.1" and ex.header(b"host") is None:
@@ -105,6 +118,21 @@ class Hot:
     def _post(self, endpoint: endpoints.Endpoint, ex) -> None:
         started = time.perf_counter()
         endpoint.start(self.ctx, Headers(ex), ex.body(), partial(self._answer, ex, started), started)
+
+    def _refused(self, reply: Reply, ex) -> None:
+        started = time.perf_counter()
+        status, headers, body = reply
+        if "Connection" in headers:  # "close": the engine says so (and closes) for a non-keep-alive exchange
+            ex.keep_alive = False
+            headers = {k: v for k, v in headers.items() if k != "Connection"}
+        counted(self.ctx.metrics, REFUSED, method_label(ex.method), started,
+                partial(self._respond_refusal, ex, started), (status, headers, body))
+
+    def _respond_refusal(self, ex, started: float, reply: Reply) -> None:
+        ex.respond(*reply)
+        if self.ctx.cfg.access_log:  # not every 503: admission.InFlight.busy logs how many
+            log_request(self.ctx, ex.method, ex.url.decode("latin1")[:1000], ex.context.remote_ip, reply[0],
+                        time.perf_counter() - started)
 
     def _answer(self, ex, started: float, reply: Reply) -> None:
         status, headers, body = reply

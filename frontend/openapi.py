@@ -54,8 +54,8 @@ _TS = {"anyOf": [{"type": "null"}, {"type": "string", "pattern": _RFC3339},
 _PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
 _EVENT_ID = {"type": ["string", "integer"], "minLength": 1, "maxLength": 256,
              "minimum": _INT64["minimum"], "maximum": _INT64["maximum"],
-             "description": "a string of 1 to 256 characters or a 64-bit integer; counted once by aggregations "
-                            "when repeated"}
+             "description": "a string of 1 to 256 characters or a 64-bit integer (1.0 is 1; past 2**53 without a "
+                            "fraction or exponent); counted once by aggregations when repeated"}
 _READ_ERRORS = (400, 401, 403, 404, 503)
 _WRITE_ERRORS = (400, 401, 403, 413, 503, 507)
 _NAMES = {"type": "array", "minItems": 1, "items": _NAME_SCHEMA}

@@ -19,7 +19,7 @@ import msgpack
 import zmq
 
 from common import protocol as P
-from common.events import EventError, Limits
+from common.events import Limits
 from common.link import connect_dealer
 from common.murmur2 import partition_of
 from common.records import read_record
@@ -60,10 +60,12 @@ class Held:
 class Partitions:
     """The partitions of one shard, over one :class:`Store`."""
 
-    def __init__(self, store: Store, n_partitions: int, limits: Limits, topic: str = "") -> None:
+    def __init__(self, store: Store, n_partitions: int, limits: Limits, topic: str = "",
+                 max_features: int | None = None) -> None:
         self.store = store
         self.n = n_partitions
         self.limits = limits
+        self.max_features = max_features  # FS_MAX_FEATURES_PER_ENTITY
         self.topic = topic
         self.held: dict[int, Held] = {}
         self.misrouted = 0  # events whose entity is not of the record's partition
@@ -96,9 +98,14 @@ class Partitions:
     # ---- records
     def apply(self, records: Iterable[tuple[int, int, bytes | None, bytes | None, int]]) -> int:
         """Apply ``(partition, offset, key, value, timestamp_ms)`` records in order; records at
-        an offset already applied are skipped. Return how many were applied."""
-        pending: list = []
-        touched: list[tuple[Held, set]] = []
+        an offset already applied are skipped. Return how many were applied.
+
+        A record is untrusted input (any producer may write to the topic): its events are
+        checked as an HTTP write's are (:func:`common.records.read_record`), then as the shard
+        checks every write (:meth:`Store.prepare`: features per entity, aggregations). A record
+        refused anywhere is skipped whole, counted in ``rejected`` and logged (a line a second at
+        most); it never stops the shard, which would meet it again on every restart."""
+        pending: list[tuple[Held, str, list]] = []  # (held, where, writes) of records not in the store yet
         count = 0
         for part, offset, key, value, ts_ms in records:
             h = self.held.get(part)
@@ -108,38 +115,37 @@ class Partitions:
             count += 1
             if value is None:  # a tombstone deletes the entity of its key
                 if key:
-                    self._delete(pending, touched, h, key.decode("utf-8", "replace"), None)
+                    self._delete(pending, h, key.decode("utf-8", "replace"), None)
                 continue
             new, deletes = self._read(part, value, ts_ms * 1000, offset)
             if deletes is not None:
-                self._delete(pending, touched, h, *deletes)
+                self._delete(pending, h, *deletes)
             elif new and h.counted:
-                self._replay(pending, touched, h, offset, new)
+                self._replay(pending, h, f"{self.topic}[{part}]@{offset}", offset, new)
             elif new:
-                pending.extend(new)
-                touched.append((h, {w[0] for w in new}))
-        self._flush(pending, touched)
+                pending.append((h, f"{self.topic}[{part}]@{offset}", new))
+        self._flush(pending)
         self.applied += count
         self.changes += count
         return count
 
-    def _replay(self, pending: list, touched: list, h: Held, offset: int, new: list) -> None:
+    def _replay(self, pending: list, h: Held, where: str, offset: int, new: list) -> None:
         """A record a peer's window states may already count (see :attr:`Held.counted`): its
         writes of those entities are applied without entering their windows again."""
         counted = h.counted
         again = [w for w in new if offset < counted.get(w[0], -1)]
         if again:
-            self._flush(pending, touched)
-            self.store.apply(again, aggregate=False)
+            self._flush(pending)
+            self._flush([(h, where, again)], windows=False)
             new = [w for w in new if offset >= counted.get(w[0], -1)]
-        pending.extend(new)
-        touched.append((h, {w[0] for w in again + new}))
+        if new:
+            pending.append((h, where, new))
         if offset + 1 >= h.counted_until:
             h.counted = {}
 
-    def _delete(self, pending: list, touched: list, h: Held, eid: str, names: list | None) -> None:
+    def _delete(self, pending: list, h: Held, eid: str, names: list | None) -> None:
         """Delete the entity (``names`` None) or those features of it, after the writes before."""
-        self._flush(pending, touched)
+        self._flush(pending)
         delete = self.store.delete
         for name in names or (None,):
             delete(eid, name)
@@ -149,7 +155,7 @@ class Partitions:
     def _read(self, part: int, value: bytes, default_us: int, offset: int) -> tuple[list, tuple | None]:
         try:
             writes, deletes = read_record(value, self.limits, default_us)
-        except (ValueError, EventError, RecursionError) as exc:
+        except Exception as exc:  # EventError, ValueError; anything else is a bug, not a reason to die
             self.rejected += 1
             self._warn(f"record {self.topic}[{part}]@{offset} not applied: {getattr(exc, 'detail', exc)}")
             return [], None
@@ -164,13 +170,30 @@ class Partitions:
                        f"of other partitions not applied (key records by entity id)")
         return good, None
 
-    def _flush(self, pending: list, touched: list) -> None:
-        if pending:
-            self.store.apply(pending)
-            pending.clear()
-        for h, eids in touched:
-            h.entities |= eids
-        touched.clear()
+    def _flush(self, pending: list, windows: bool = True) -> None:
+        """Put the writes of the ``pending`` records in the store (not in the windows unless
+        ``windows``): at once, or, if that is refused, record by record, skipping each record refused."""
+        if not pending:
+            return
+        try:
+            self._install([w for _, _, writes in pending for w in writes], windows)
+        except Exception:
+            for h, where, writes in pending:
+                try:
+                    self._install(writes, windows)
+                except Exception as exc:  # TooWide, AggregateRefused, a malformed write
+                    self.rejected += 1
+                    self._warn(f"record {where} not applied: {exc}")
+                else:
+                    h.entities.update(w[0] for w in writes)
+        else:
+            for h, _, writes in pending:
+                h.entities.update(w[0] for w in writes)
+        pending.clear()
+
+    def _install(self, writes: list, windows: bool = True) -> None:
+        store = self.store
+        store.install(store.prepare(writes, None, self.max_features, windows))  # prepare changes nothing
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()
@@ -442,8 +465,9 @@ class Tail:
             else:
                 self._begin_transfer(p, plan)
         consumer.incremental_assign(ready)  # the others once their transfer ends
-        log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
-                 ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
+        if tps:
+            log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
+                     ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
         self.changed()
 
     def _revoked(self, consumer, tps) -> None:

@@ -32,7 +32,7 @@ class ClusterShard:
         n = membership.ensure_topic(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_partitions)
         membership.ensure_topic(cfg.cluster_kafka, membership.members_topic(cfg.cluster_topic), 1,
                                 {"cleanup.policy": "compact"})
-        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic)
+        self.parts = Partitions(store, n, Limits.from_config(cfg), cfg.cluster_topic, cfg.max_features_per_entity)
         where = endpoint.split("://")[-1].replace(":", "-").replace("/", "_").replace("*", "any")
         self.dir = os.path.join(cfg.data_dir, f"cluster-{cfg.replica}-{where}") if cfg.data_dir else None
         if self.dir:
@@ -83,6 +83,8 @@ class ClusterShard:
             return
         self._chores_at = now + CHORES_S
         self.reader.poll(0)
+        if self.child is not None:
+            self._reap(os.WNOHANG)
         if self.leaving is not None:
             self._hand_over(now)
             return
@@ -90,9 +92,7 @@ class ClusterShard:
             self.publish()
         if self.parts.free_released(self._taken):
             self.publish()
-        if self.child is not None:
-            self._reap(os.WNOHANG)
-        elif (self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
+        if (self.child is None and self.dir and now - self._snapshot_at >= self.cfg.snapshot_interval_s
                 and self.parts.changes != self._snapshot_changes):
             self.snapshot()
 

@@ -87,15 +87,23 @@ def poll_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc!r})")
 
 
-class Proc:
-    """A child process whose output goes to a log file, stopped by its own PID."""
+def cpu_s(pid: int) -> float:
+    """The CPU time (user and system, seconds) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, args: list[str], env: dict, log_path: Path, stdin=None) -> None:
+
+class Proc:
+    """A child process whose output goes to a log file, stopped by its own PID (``preexec_fn``
+    runs in the child before it starts: to set a resource limit, say)."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path, stdin=None, preexec_fn=None) -> None:
         self.args = args
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log,
-                                      stderr=subprocess.STDOUT, stdin=stdin)
+                                      stderr=subprocess.STDOUT, stdin=stdin, preexec_fn=preexec_fn)
 
     @property
     def pid(self) -> int:

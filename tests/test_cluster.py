@@ -1,11 +1,12 @@
 """Cluster mode end to end: a real Kafka-protocol broker (Tansu), shards of two replica sets,
-a front end, as real processes. One cluster is shared by the module and its topology changes
+two front ends, as real processes. One cluster is shared by the module and its topology changes
 as the tests go (in file order): external producer, writes, failover, restart from snapshot,
 scale-out, then the loss of a whole replica set."""
 from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 import uuid
 
@@ -16,7 +17,7 @@ from common import protocol as P
 from common.murmur2 import partition_of
 from ingest.producer import Producer
 from tests.cluster_support import FAST, KafkaCluster
-from tests.support import Honcho, base_env, free_port, poll_for, quote, request, zmq_call
+from tests.support import Honcho, Proc, base_env, free_port, poll_for, quote, request, zmq_call
 
 PARTITIONS = 8
 ENTITIES = [f"user:{i}" for i in range(60)]
@@ -31,6 +32,9 @@ def cluster(broker, tmp_path_factory):
             c.start_shard(name, wait=False)
         for name in ("a0", "a1", "b0"):
             c.wait_bound(name)
+        c.second_port = free_port()  # another front end, started alongside the first
+        c.others.append(Proc([sys.executable, "-m", "frontend"], c.env(http_port=c.second_port),
+                             tmp / "frontend2.log"))
         c.start_frontend()
         status, _, body = request("POST", c.url + "/features",  # a base every test reads, in one write
                                   [{"entity_id": eid, "features": {"n": i}} for i, eid in enumerate(ENTITIES)])
@@ -93,6 +97,32 @@ def test_an_external_producer_keyed_by_entity_feeds_the_store(cluster, broker):
                       "last_updated": "2026-01-02T03:04:05Z"}
 
 
+def test_bad_records_from_a_producer_are_skipped_and_the_shards_go_on(cluster, broker):
+    """Records from a user's producer are untrusted input: not JSON, JSON 1,000 levels deep with a
+    19-digit number, a wrong type, an entity past FS_MAX_FEATURES_PER_ENTITY (10,000). Each is
+    skipped and logged; every shard stays up and a good record after them is applied."""
+    from confluent_kafka import Producer
+
+    def rejected() -> int:
+        return sum(P.counters_of(cluster.stats(name)).get("rejected_records", 0) for name in cluster.shards)
+
+    before = rejected()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    eid = f"bad/{uuid.uuid4().hex[:6]}"
+    wide = {"entity_id": eid, "features": {f"f{i}": i for i in range(10_001)}}
+    for value in (b"not json", b"[" * 1000 + b"1234567890123456789" + b"]" * 1000,
+                  orjson.dumps({"entity_id": eid, "name": ["n"], "value": 1}), orjson.dumps(wide)):
+        producer.produce(cluster.topic, value, key=eid.encode())
+    producer.produce(cluster.topic, orjson.dumps({"entity_id": eid, "name": "ok", "value": 1}), key=eid.encode())
+    assert producer.flush(10) == 0
+    got = poll_for(lambda: (lambda r: r[0] == 200 and r)(read(cluster, eid)), 10, what="the good record")
+    assert got[2]["features"] == {"ok": 1}  # and not the wide entity's 10,001
+    assert all(proc.alive() for proc in cluster.shards.values())
+    # 4 records, skipped by a shard of each of the 2 replica sets
+    poll_for(lambda: rejected() - before == 4 * 2, 10, what="every replica to skip the 4 bad records")
+    assert "Traceback" not in "".join(proc.output() for proc in cluster.shards.values())
+
+
 def test_a_write_gets_200_and_reads_back_at_once(cluster):
     for i in range(20):
         eid = f"rw:{i}"
@@ -112,8 +142,11 @@ def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster
     status, headers, _ = request("POST", cluster.url + "/features", {"entity_id": eid, "features": {"a": 1, "b": 2}})
     p, offset = map(int, headers["X-Read-After"].split(":"))
     assert status == 200 and p == partition_of(eid, PARTITIONS), headers
-    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": f"{p}:{offset}"})
-    assert status == 200 and body["features"] == {"a": 1, "b": 2}, body
+    second = f"http://127.0.0.1:{cluster.second_port}"  # a front end that did not take the write
+    poll_for(lambda: request("GET", second + "/readyz")[0] == 200, 20, what="the second front end")
+    for url in (cluster.url, second):
+        status, _, body = request("GET", url + "/features/" + eid, headers={"X-Read-After": f"{p}:{offset}"})
+        assert status == 200 and body["features"] == {"a": 1, "b": 2}, (url, body)
     for name in ("a0", "a1", "b0"):  # straight to the shards: those that hold p check the offset
         if cluster.held(name).get(p, (0, False))[1]:
             far = zmq_call(cluster.endpoints[name], [P.read_after(P.get(eid, req_id=1), 10**9)], 1000)[0]
@@ -124,7 +157,7 @@ def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster
     assert status == 400 and "partition:offset" in body["detail"], body
     status, headers, body = request("DELETE", cluster.url + f"/features/{eid}/a")  # a record through Kafka
     assert (status, body) == (200, {"message": "feature deleted", "entity_id": eid, "deleted": 1, "name": "a"})
-    status, _, body = request("GET", cluster.url + "/features/" + eid, headers={"X-Read-After": headers["X-Read-After"]})
+    status, _, body = request("GET", second + "/features/" + eid, headers={"X-Read-After": headers["X-Read-After"]})
     assert status == 200 and body["features"] == {"b": 2}, body
     status, _, body = request("DELETE", cluster.url + f"/features/{eid}/a")
     assert (status, body["detail"]) == (404, "Feature not found")

@@ -71,6 +71,21 @@ def test_misrouted_and_bad_events_are_counted_not_applied():
     assert parts.held[0].next == 3 and entity(parts.store, other) is None
 
 
+def test_a_record_past_the_features_per_entity_limit_is_skipped_and_the_others_applied():
+    """Records are untrusted input: the shard checks them as it checks every write (here
+    FS_MAX_FEATURES_PER_ENTITY), skipping only the record refused, in a batch or alone."""
+    parts = serving(Partitions(Store(), N, Limits(), "t", max_features=3), 0)
+    a, b = ids_of(0, 2)
+    batch = [rec(0, 0, a, {"x": 1, "y": 2}), rec(0, 1, a, {"z": 3, "w": 4}),  # 4 features: refused
+             rec(0, 2, b, {"x": 1}), rec(0, 3, a, {"x": 5}, ts=1_700_000_001)]
+    assert parts.apply(batch) == 4 and parts.held[0].next == 4
+    assert parts.rejected == 1
+    assert entity(parts.store, a) == {"x": 5, "y": 2} and entity(parts.store, b) == {"x": 1}
+    assert parts.held[0].entities == {a, b}
+    parts.apply([rec(0, 4, a, {"v": 1, "u": 2})])  # alone: refused too
+    assert parts.rejected == 2 and entity(parts.store, a) == {"x": 5, "y": 2}
+
+
 def test_a_tombstone_deletes_the_entity():
     parts = serving(Partitions(Store(), N, Limits(), "t"), 0)
     (a,) = ids_of(0, 1)

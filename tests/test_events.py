@@ -179,3 +179,19 @@ def test_a_value_over_its_size_limit_is_too_large_413_and_a_bad_value_is_400():
     with pytest.raises(EventError) as bad:
         parse_body({"entity_id": "a", "name": "x", "value": math.nan}, small, NOW)
     assert bad.value.status == 400 and not isinstance(bad.value, TooLarge)
+
+
+@pytest.mark.parametrize("text, event_id", [("1.0", 1), ("-3.0", -3), ("1e3", 1000), ("9007199254740992.0", 2**53),
+                                            ("9007199254740993", 2**53 + 1), ('"x"', "x")])
+def test_an_event_id_is_a_string_or_an_integer_and_an_integral_float_an_exact_one(text, event_id):
+    ids: list = []
+    parse_body(loads_json(b'{"entity_id": "e", "name": "n", "value": 1, "event_id": %s}' % text.encode()),
+               Limits(), 0, ids)
+    assert ids == [event_id] and type(ids[0]) is type(event_id)
+
+
+@pytest.mark.parametrize("text", ["1.5", "9007199254740994.0", "9.3e18", "true", '""', "[1]"])
+def test_an_event_id_that_names_no_one_event_is_refused(text):
+    with pytest.raises(EventError, match="event_id"):
+        parse_body(loads_json(b'{"entity_id": "e", "name": "n", "value": 1, "event_id": %s}' % text.encode()),
+                   Limits(), 0, [])

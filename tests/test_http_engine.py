@@ -18,7 +18,7 @@ import time
 import pytest
 
 from common import config
-from tests.support import Cluster, free_port, poll_for, request
+from tests.support import Cluster, cpu_s, free_port, poll_for, request
 
 LIMIT = 2000  # FS_MAX_BODY_BYTES of these front ends
 IDLE_S = 1.0  # FS_HTTP_IDLE_TIMEOUT_S and FS_HTTP_HEADER_TIMEOUT_S of these front ends
@@ -415,6 +415,32 @@ def test_headers_over_the_limit_are_431(engines):
         assert response.status == 431 and closed and "headers" in json.loads(response.body)["detail"], engine
 
 
+@pytest.mark.parametrize("path", ["/features/" + "a" * 9000, "/healthz?x=" + "a" * 9000,
+                                  "/features/" + "a" * 9000 + "/n"])
+def test_an_over_long_request_line_is_414_and_closed(engines, path):
+    """Past FS_HTTP_MAX_REQUEST_LINE_BYTES (8 KiB by default): 414 on the hot paths too."""
+    got = both(engines, lambda raw: (raw.send(req("GET", path)).response().key(), raw.closed()))
+    assert got["fast"] == got["tornado"]
+    (status, headers, body, _), closed = got["fast"]
+    assert (status, headers["connection"], closed) == (414, "close", True)
+    assert "FS_HTTP_MAX_REQUEST_LINE_BYTES" in json.loads(body)["detail"]
+
+
+def test_a_request_line_far_over_the_limit_is_414_while_it_arrives(engines):
+    """Past twice the head limits (request line and headers) nothing more is read.
+
+    Tornado: closes the connection without a word; fast answers 414."""
+    def scenario(raw):
+        raw.send(b"GET /features/" + b"a" * 200_000)
+        try:
+            return raw.response().status, raw.closed()
+        except EOFError:
+            return None, raw.eof
+
+    got = both(engines, scenario)
+    assert got["fast"] == (414, True) and got["tornado"] == (None, True)
+
+
 def test_many_headers_within_the_limit_are_fine(engines):
     headers = {f"X_H{i}": "v" * 100 for i in range(200)}  # about 22 KB
     got = both(engines, lambda raw: raw.send(req("GET", "/features/d1", **headers)).response().key())
@@ -545,12 +571,6 @@ def cpu_idle(pid: int, window_s: float) -> bool:
     return cpu_s(pid) == before
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_an_idle_front_end_uses_no_cpu(engine, engines):
     port, proc = engines[engine]
@@ -563,6 +583,24 @@ def test_an_idle_front_end_uses_no_cpu(engine, engines):
     assert used <= 0.05 * (time.monotonic() - t0) + 0.02, f"{engine}: {used:.3f} s of CPU while idle"
     for raw in raws:
         raw.close()
+
+
+def wake_ups(pid: int) -> int:
+    """Context switches of process ``pid``'s main thread so far (each wake-up from its loop's wait is one)."""
+    with open(f"/proc/{pid}/task/{pid}/status") as fh:
+        return sum(int(line.split()[1]) for line in fh if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_idle_front_end_does_not_wake_up(engine, engines):
+    port, proc = engines[engine]
+    raw = Raw(port)
+    assert raw.send(req("GET", "/features/d1")).response().status == 200  # the shards were called
+    raw.close()
+    before = wake_ups(proc.pid)
+    select.select([], [], [], 1.0)  # a measurement window: no connection, no request in flight
+    woken = wake_ups(proc.pid) - before
+    assert woken <= 3, f"{engine}: the main thread woke {woken} times in 1 s while idle"  # (20 with a 20/s timer)
 
 
 def test_the_engine_setting_is_checked():

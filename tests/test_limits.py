@@ -1,19 +1,24 @@
 """Every resource a client can grow is bounded, with a clear answer: on the shard (socket-free)
-and over real HTTP (engine-agnostic: they run against whatever ``FS_HTTP_ENGINE`` is default)."""
+and over real HTTP, on both engines (``FS_HTTP_ENGINE`` fast and tornado), which must agree."""
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import resource
 import signal
 import socket
+import sys
 import threading
+import time
 
 import msgpack
 import pytest
 
-from common import config
 from common import protocol as P
 from common.events import Limits
 from shard.handlers import ShardState, handle_frame
-from tests.support import Cluster, poll_for, request
+from tests.support import Cluster, Proc, cpu_s, free_port, poll_for, request
 
 US = 1_767_225_600 * 10**6
 
@@ -74,13 +79,33 @@ def test_a_map_or_list_where_the_type_belongs_is_an_error_reply_and_the_pass_goe
     assert P.is_ok(replies[0]) and P.code_of(replies[1]) == P.UNKNOWN_TYPE and P.is_ok(replies[2])
 
 
+# ---- admission, without sockets
+def test_admission_counts_each_request_in_progress_once_and_refuses_past_the_cap(caplog):
+    from types import SimpleNamespace
+
+    from common.config import Config
+    from frontend.admission import Gate, InFlight
+
+    ctx = SimpleNamespace(cfg=Config(http_max_concurrent_requests=2, http_max_request_line_bytes=100,
+                                     http_max_header_bytes=300), active=InFlight())
+    gate, a, b, c = Gate(ctx), SimpleNamespace(), SimpleNamespace(), SimpleNamespace()
+    assert gate.admit(a, 100, 300) is None and gate.admit(b, 10, 10) is None and ctx.active.n == 2
+    status, headers, body = gate.admit(c, 10, 10)
+    assert (status, headers) == (503, {"Retry-After": "1"}) and b"FS_HTTP_MAX_CONCURRENT_REQUESTS" in body
+    for _ in range(50):
+        gate.admit(c, 10, 10)
+    assert len([r for r in caplog.records if "refused (503)" in r.getMessage()]) == 1  # not one per refusal
+    ctx.active.leave(a)
+    ctx.active.leave(a)  # its end reported twice (answered, connection closed): counted once
+    ctx.active.leave(c)  # never admitted
+    assert ctx.active.n == 1 and gate.admit(c, 10, 10) is None
+    assert gate.admit(SimpleNamespace(), 101, 10)[:2] == (414, {"Connection": "close"})
+    assert gate.admit(SimpleNamespace(), 10, 301)[:2] == (431, {"Connection": "close"})
+    assert ctx.active.n == 2
+
+
 # ---- HTTP, over a real front end
-DEFAULT_ENGINE = config.Config().http_engine
-ENGINES = sorted({"tornado", DEFAULT_ENGINE})
-# connection-level limits the fast engine (frontend/engine.py, issue 9) does not implement yet: its
-# tests are expected to fail there, strictly, so they fail loudly (XPASS) once it does
-NOT_IN_FAST = {"request line and headers: FS_HTTP_MAX_REQUEST_LINE_BYTES / FS_HTTP_MAX_HEADER_BYTES",
-               "FS_HTTP_MAX_CONCURRENT_REQUESTS", "FS_HTTP_MAX_CONNECTIONS"}
+ENGINES = ("fast", "tornado")
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -90,18 +115,6 @@ def small(request, tmp_path_factory):
                  http_header_timeout_s=1.0, http_engine=request.param) as c:
         c.engine = request.param
         yield c
-
-
-@pytest.fixture
-def node(request):
-    return request.node
-
-
-def engine_must(node, cluster, limit: str) -> None:
-    """Expect the running test to fail (strictly: a pass fails it) on an engine that does not
-    enforce ``limit`` yet."""
-    if cluster.engine == "fast" and limit in NOT_IN_FAST:
-        node.add_marker(pytest.mark.xfail(strict=True, reason=f"the fast engine does not enforce {limit} yet"))
 
 
 def test_a_value_over_its_limit_is_413_and_a_bad_value_400(small):
@@ -115,8 +128,7 @@ def test_a_value_over_its_limit_is_413_and_a_bad_value_400(small):
     assert request("POST", small.url + "/write-to-online-store", feast)[0] == 413
 
 
-def test_an_over_long_request_line_is_414_and_over_large_headers_431(small, node):
-    engine_must(node, small, "request line and headers: FS_HTTP_MAX_REQUEST_LINE_BYTES / FS_HTTP_MAX_HEADER_BYTES")
+def test_an_over_long_request_line_is_414_and_over_large_headers_431(small):
     status, headers, body = request("GET", small.url + "/features/" + "a" * 300)
     assert status == 414 and "FS_HTTP_MAX_REQUEST_LINE_BYTES" in body["detail"]
     status, _, body = request("GET", small.url + "/healthz", headers={f"X-{i}": "v" * 50 for i in range(30)})
@@ -158,8 +170,7 @@ def _concurrent_gets(url: str, n: int) -> list:
     return out
 
 
-def test_past_the_concurrent_request_cap_a_request_is_503_not_queued(small, node):
-    engine_must(node, small, "FS_HTTP_MAX_CONCURRENT_REQUESTS")
+def test_past_the_concurrent_request_cap_a_request_is_503_not_queued(small):
     small.shards[0].signal(signal.SIGSTOP)  # its reads now wait for the shard timeout (1 s)
     try:
         eid = next(f"c{i}" for i in range(100) if small_partition(small, f"c{i}") == 0)
@@ -177,8 +188,7 @@ def small_partition(cluster, eid: str) -> int:
     return Partitioner(len(cluster.shards)).shard_for(eid)
 
 
-def test_past_the_connection_cap_a_new_connection_is_closed(small, node):
-    engine_must(node, small, "FS_HTTP_MAX_CONNECTIONS")
+def test_past_the_connection_cap_a_new_connection_is_closed(small):
     held = [socket.create_connection(("127.0.0.1", small.http_port)) for _ in range(20)]
     try:
         def refused():
@@ -211,3 +221,70 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(small):
         assert data == b"" and time.monotonic() - t0 < 6  # FS_HTTP_HEADER_TIMEOUT_S is 1 s here
     finally:
         sock.close()
+
+
+# ---- out of file descriptors
+NOFILE = 100  # the front end's RLIMIT_NOFILE: it starts with about 30 open
+SATURATED_S = 2.0  # how long CPU and log are watched while accept() fails
+
+
+def _limit_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_out_of_file_descriptors_the_front_end_pauses_accepting_quietly_and_recovers(small, event_loop):
+    """accept() failing with EMFILE must neither spin (Tornado's own accept handler retries at
+    once, forever) nor log each failure (asyncio logs a traceback each time): CPU stays low, the
+    log gets a line when it starts and one when it ends, connections already open are served, and
+    once connections close, new ones are accepted again. (The fast engine on uvloop: libuv accepts
+    and closes the queued connections itself, with a descriptor it keeps in reserve, and says
+    nothing.)"""
+    pytest.importorskip(event_loop)
+    silent = (small.engine, event_loop) == ("fast", "uvloop")
+    port = free_port()
+    env = small.env(http_port=port, http_engine=small.engine, http_idle_timeout_s=60, http_header_timeout_s=60,
+                    http_max_connections=1000, event_loop=event_loop)
+    proc = Proc([sys.executable, "-m", "frontend"], env, small.tmp / f"frontend-nofile-{small.engine}-{event_loop}.log",
+                preexec_fn=_limit_open_files)
+    held: list[socket.socket] = []
+    try:
+        poll_for(lambda: proc.alive() and request("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200, 15,
+                 what="the front end with few file descriptors")
+        served = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # open before the descriptors run out
+        served.request("GET", "/healthz")
+        response = served.getresponse()
+        assert (response.status, bool(response.read())) == (200, True)
+        before = len(proc.output().splitlines())
+        for _ in range(NOFILE):  # more than it can accept; the rest wait in the listen backlog
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        poll_for(lambda: len(os.listdir(f"/proc/{proc.pid}/fd")) >= NOFILE - 1, 10,
+                 what="the front end to run out of descriptors")
+
+        cpu_before, start = cpu_s(proc.pid), time.monotonic()
+        served.request("GET", "/features/nobody")  # a connection it holds is still served
+        response = served.getresponse()
+        assert (response.status, json.loads(response.read())["detail"]) == (404, "No features found for entity")
+        poll_for(lambda: time.monotonic() - start >= SATURATED_S, SATURATED_S + 5, interval=0.1,
+                 what="the watch over a saturated front end")
+        used = cpu_s(proc.pid) - cpu_before
+        assert used < 0.25 * SATURATED_S, f"{used:.2f} s of CPU in {SATURATED_S} s out of descriptors"
+        saturated_log = proc.output().splitlines()[before:]
+        assert len(saturated_log) <= 2 and "Traceback" not in proc.output(), "\n".join(saturated_log[:20])
+        assert silent or "cannot accept connections (Too many open files)" in saturated_log[0]
+
+        for sock in held:
+            sock.close()
+        held.clear()
+        served.close()
+        poll_for(lambda: request("GET", f"http://127.0.0.1:{port}/healthz", timeout=2)[0] == 200, 10,
+                 what="new connections to be accepted again")
+        if not silent:
+            poll_for(lambda: "accepting connections again" in proc.output(), 5, what="the recovery line")
+        new_log = proc.output().splitlines()[before:]
+        assert len(new_log) <= 4, "\n".join(new_log[:20])
+        assert proc.alive()
+    finally:
+        for sock in held:
+            sock.close()
+        proc.stop()
