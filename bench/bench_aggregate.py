@@ -1,18 +1,22 @@
 """Windowed aggregations (issue 12): their cost on ingest and on whole-entity reads, and their
-memory, each against the same run without aggregations.
+memory, each against the same entities without aggregations, in one run.
 
     python3 -m bench.bench_aggregate [--events 100000] [--entities 20000] [--repeat 3] [--duration 5]
 
-Each repeat starts two fresh clusters (2 shards and a front end, memory only) in turn: one
-without ``[[aggregations]]``, one with 2 aggregated features x 6 functions (count, sum, mean,
-min, max, last_5) x 3 windows (1h, 24h, 7d). In each:
+Each repeat starts two fresh clusters side by side (2 shards and a front end each, memory only):
+one without ``[[aggregations]]``, one with 2 aggregated features x 6 functions (count, sum,
+mean, min, max, last_5) x 3 windows (1h, 24h, 7d). Both hold the same entities:
 
-- ingest: ``python -m ingest --file`` of the same JSON lines (5 numeric features an event, event
-  times spread over the last 6 days, in random order); the clock runs from its start to the last
-  value readable over HTTP; values/s = 5 x events/s;
-- GET: every entity read once (the shards keep its JSON rendered, as a serving store's hot
-  entities are), then wrk, 64 connections, ``GET /features/user:{random}`` over every entity
-  (the aggregated entities' JSON holds 36 aggregates besides their 5 values);
+- ingest: ``python -m ingest --file`` of the same JSON lines into each, one after the other,
+  the order alternating between repeats (5 numeric features an event, event times over the last
+  6 days, in random order); the clock runs from its start to the last value readable over HTTP;
+  values/s = 5 x events/s; and the CPU seconds the ingest process and the shards used, per value;
+- GET: every entity read once in both (the shards keep its JSON rendered, as a serving store's
+  hot entities are), then wrk runs, 64 connections, ``GET /features/user:{random}``, alternating
+  between the clusters (ABAB, then BABA): the same entity with its 36 aggregates and without,
+  under the same load; req/s, and the CPU microseconds per request of the front end and shards;
+- an uncached read (in this process, ``Store``): the rendering of an entity with its aggregates
+  after each write, against the same entity without;
 - memory: the shards' resident set after the ingest.
 
 ``--same-cluster`` instead measures whole-entity GETs in one cluster with the aggregations, of
@@ -26,8 +30,10 @@ The targets: ingest >= 0.7x and GET >= 0.8x of the run without aggregations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -39,6 +45,7 @@ import orjson
 
 from bench._util import Cluster, lua_script, poll_for, request, wrk
 from common.aggregations import parse_aggregations
+from shard.store import Store
 
 FEATURES = 5
 CONFIG = "".join(f"""
@@ -63,33 +70,80 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def run(tmp: Path, path: Path, config: Path | None, entities: int, duration: float) -> dict:
-    """One cluster: ingest the file, then wrk whole-entity GETs; its figures."""
-    with Cluster(tmp, config_file=config) as cluster:
-        t0 = time.perf_counter()
-        proc = cluster.start_process(["-m", "ingest", "--file", str(path)], "ingest", ingest_stats_endpoint="",
-                                     dead_letter_path=tmp / "dead.jsonl", config_file=config)
-        assert proc.popen.wait(600) == 0, proc.output()[-2000:]
-        last = orjson.loads(path.read_bytes().rsplit(b"\n", 2)[-2])
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-        def visible():
-            status, _, body = request("GET", f"{cluster.url}/features/{last['entity_id'].replace(':', '%3A')}")
-            return status == 200 and "f4" in body["features"]
 
-        poll_for(visible, 60, interval=0.005, what="the last value")
-        elapsed = time.perf_counter() - t0
-        status, _, body = request("GET", f"{cluster.url}/features/user%3A0")
-        assert status == 200
+def ingest(cluster: Cluster, tmp: Path, path: Path, config: Path | None) -> dict:
+    """The file through ``python -m ingest --file``: seconds until the last value is readable,
+    and CPU seconds of the ingest process and the shards."""
+    shards = [p.pid for p in cluster.shards]
+    before = sum(map(cpu_s, shards))
+    t0 = time.perf_counter()
+    proc = cluster.start_process(["-m", "ingest", "--file", str(path)], "ingest", ingest_stats_endpoint="",
+                                 dead_letter_path=tmp / "dead.jsonl", config_file=config)
+    last = orjson.loads(path.read_bytes().rsplit(b"\n", 2)[-2])
+
+    def visible():
+        status, _, body = request("GET", f"{cluster.url}/features/{last['entity_id'].replace(':', '%3A')}")
+        return status == 200 and "f4" in body["features"]
+
+    poll_for(visible, 60, interval=0.005, what="the last value")
+    elapsed = time.perf_counter() - t0
+    shards_cpu = sum(map(cpu_s, shards)) - before
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert proc.popen.wait(600) == 0, proc.output()[-2000:]
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)  # now with the ingest process's
+    ingest_cpu = done.ru_utime + done.ru_stime - reaped.ru_utime - reaped.ru_stime
+    return {"seconds": elapsed, "cpu_s": ingest_cpu + shards_cpu,
+            "rss_kib": sum(rss_kib(p) for p in shards)}
+
+
+def warm(cluster: Cluster, entities: int) -> int:
+    """Every entity read once (the shards keep it rendered); the features of one."""
+    ids = [f"user:{i}" for i in range(entities)]
+    for start in range(0, entities, 100):
+        status, _, reply = request("POST", cluster.url + "/features/batch", {"entity_ids": ids[start:start + 100]})
+        assert status == 200, reply
+    status, _, body = request("GET", f"{cluster.url}/features/user%3A0")
+    assert status == 200
+    return len(body["features"])
+
+
+def get_rps(cluster: Cluster, script: str, duration: float) -> tuple[float, float]:
+    """wrk at 64 connections: req/s, and CPU microseconds per request of the front end and shards."""
+    pids = [cluster.frontend.pid] + [p.pid for p in cluster.shards]
+    before = sum(map(cpu_s, pids))
+    got = wrk(cluster.url, 64, duration, script)
+    assert got.errors == 0 and got.non2xx == 0, got
+    return got.rps, (sum(map(cpu_s, pids)) - before) / max(got.requests, 1) * 1e6
+
+
+def paired(tmp: Path, path: Path, config: Path, entities: int, duration: float, aggregated_first: bool) -> dict:
+    """One repeat: both clusters side by side, ingests in turn, then alternating GET runs."""
+    modes = ("aggregated", "plain") if aggregated_first else ("plain", "aggregated")
+    out: dict = {m: {} for m in modes}
+    with contextlib.ExitStack() as stack:
+        clusters = {}
+        for mode in modes:
+            where = tmp / mode
+            where.mkdir()
+            clusters[mode] = stack.enter_context(Cluster(where, config_file=config if mode == "aggregated" else None))
+        for mode in modes:
+            out[mode].update(ingest(clusters[mode], tmp / mode, path, config if mode == "aggregated" else None))
         script = lua_script(f'  return wrk.format("GET", "/features/user%3A" .. rnd({entities}))')
-        ids = [f"user:{i}" for i in range(entities)]
-        for start in range(0, entities, 100):  # every entity read once: the shards keep it rendered
-            status, _, reply = request("POST", cluster.url + "/features/batch", {"entity_ids": ids[start:start + 100]})
-            assert status == 200, reply
-        wrk(cluster.url, 64, 1, script)  # warm-up
-        got = wrk(cluster.url, 64, duration, script)
-        assert got.errors == 0 and got.non2xx == 0, got
-        return {"seconds": elapsed, "rps": got.rps, "rss_kib": sum(rss_kib(p.pid) for p in cluster.shards),
-                "features": len(body["features"])}
+        for mode in modes:
+            out[mode]["features"] = warm(clusters[mode], entities)
+            wrk(clusters[mode].url, 64, 1, script)  # warm-up
+        runs: dict = {m: [] for m in modes}
+        for mode in modes + modes[::-1]:  # ABBA: a drift in the load weighs on both alike
+            runs[mode].append(get_rps(clusters[mode], script, duration))
+        for mode in modes:
+            out[mode]["rps"] = statistics.mean(r for r, _ in runs[mode])
+            out[mode]["cpu_us"] = statistics.mean(c for _, c in runs[mode])
+    return out
 
 
 def state_bytes(lines: list[bytes]) -> tuple[float, float, float, int, float]:
@@ -97,7 +151,6 @@ def state_bytes(lines: list[bytes]) -> tuple[float, float, float, int, float]:
     heap bytes (tracemalloc) per entity and aggregation of the states packed, and decoded (hot);
     the worst case msgpack bytes of one aggregation (an event in every tile), and decoded."""
     from shard.aggregate import WindowState
-    from shard.store import Store
 
     aggs = parse_aggregations(_toml(CONFIG))
     now = time.time_ns() // 1000
@@ -127,6 +180,27 @@ def state_bytes(lines: list[bytes]) -> tuple[float, float, float, int, float]:
     tracemalloc.stop()
     del decoded
     return mean, heaps[0], heaps[1], len(worst.pack()), decoded_heap
+
+
+def uncached_reads(n: int = 2000) -> tuple[float, float]:
+    """Microseconds to render an entity's JSON right after a write (no cache to hit), without
+    aggregations and with them (f0 and f1 aggregated, events every 10 minutes for 8 days)."""
+    aggs = parse_aggregations(_toml(CONFIG))
+    now = time.time_ns() // 1000
+    out = []
+    for specs in ((), aggs):
+        store = Store(clock=lambda: now, aggregations=specs)
+        for ts in range(now - 8 * 86400_000_000, now, 600_000_000):
+            store.apply([["u", f"f{j}", float(ts % 97 + j), ts] for j in range(FEATURES)])
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for i in range(n):
+                store._forget("u")  # as a write does
+                store.render_entity("u")
+            best = min(best, (time.perf_counter() - t0) / n * 1e6)
+        out.append(best)
+    return out[0], out[1]
 
 
 def _toml(text: str):
@@ -178,28 +252,39 @@ def main() -> int:
         config = tmp / "store.toml"
         config.write_text(CONFIG)
         for r in range(args.repeat):
+            where = tmp / f"run-{r}"
+            where.mkdir()
+            got = paired(where, path, config, args.entities, args.duration, aggregated_first=r % 2 == 1)
             for mode in ("plain", "aggregated"):
-                where = tmp / f"{mode}-{r}"
-                where.mkdir()
-                got = run(where, path, config if mode == "aggregated" else None, args.entities, args.duration)
-                figures[mode].append(got)
-                print(f"run {r + 1} {mode:10s}: ingest {values / got['seconds']:,.0f} values/s, GET "
-                      f"{got['rps']:,.0f} req/s ({got['features']} features an entity), shards RSS "
-                      f"{got['rss_kib'] / 1024:,.1f} MiB", flush=True)
-    ingest = [p["seconds"] / a["seconds"] for p, a in zip(figures["plain"], figures["aggregated"])]
-    get = [a["rps"] / p["rps"] for p, a in zip(figures["plain"], figures["aggregated"])]
-    rss = statistics.median((a["rss_kib"] - p["rss_kib"]) * 1024 / (args.entities * 2)
-                            for p, a in zip(figures["plain"], figures["aggregated"]))
+                f = got[mode]
+                figures[mode].append(f)
+                print(f"run {r + 1} {mode:10s}: ingest {values / f['seconds']:,.0f} values/s "
+                      f"({f['cpu_s'] / values * 1e6:.2f} us CPU a value, ingest and shards), GET {f['rps']:,.0f} "
+                      f"req/s ({f['cpu_us']:.0f} us CPU a request; {f['features']} features an entity), "
+                      f"shards RSS {f['rss_kib'] / 1024:,.1f} MiB", flush=True)
+    pairs = list(zip(figures["plain"], figures["aggregated"]))
+    ingest_x = [p["seconds"] / a["seconds"] for p, a in pairs]
+    ingest_cpu_x = [p["cpu_s"] / a["cpu_s"] for p, a in pairs]
+    get_x = [a["rps"] / p["rps"] for p, a in pairs]
+    get_cpu_x = [p["cpu_us"] / a["cpu_us"] for p, a in pairs]
+    rss = statistics.median((a["rss_kib"] - p["rss_kib"]) * 1024 / (args.entities * 2) for p, a in pairs)
+    uncached = uncached_reads()
     mean, heap, hot_heap, worst, worst_heap = state_bytes(lines)
-    med = {m: {k: statistics.median(f[k] for f in figures[m]) for k in ("seconds", "rps")} for m in figures}
+    med = {m: {k: statistics.median(f[k] for f in figures[m]) for k in ("seconds", "rps", "cpu_s", "cpu_us")}
+           for m in figures}
+    x = lambda xs: ", ".join(f"{v:.2f}" for v in xs)  # noqa: E731
     print(f"\n{args.events:,} events x {FEATURES} features over {args.entities:,} entities, 2 shards; medians of "
           f"{args.repeat} paired runs; load average now {os.getloadavg()}")
     print(f"ingest (file): {values / med['plain']['seconds']:,.0f} values/s without, "
-          f"{values / med['aggregated']['seconds']:,.0f} with aggregations: {statistics.median(ingest):.2f}x "
-          f"(pairs: {', '.join(f'{x:.2f}' for x in ingest)}; target >= 0.7x)")
-    print(f"GET whole entity, 64 connections: {med['plain']['rps']:,.0f} req/s without, "
-          f"{med['aggregated']['rps']:,.0f} with: {statistics.median(get):.2f}x "
-          f"(pairs: {', '.join(f'{x:.2f}' for x in get)}; target >= 0.8x)")
+          f"{values / med['aggregated']['seconds']:,.0f} with aggregations: {statistics.median(ingest_x):.2f}x "
+          f"(pairs: {x(ingest_x)}; target >= 0.7x); values per CPU second of ingest and shards: "
+          f"{statistics.median(ingest_cpu_x):.2f}x (pairs: {x(ingest_cpu_x)})")
+    print(f"GET whole entity, 64 connections, the same entities, alternating runs: {med['plain']['rps']:,.0f} req/s "
+          f"without, {med['aggregated']['rps']:,.0f} with: {statistics.median(get_x):.2f}x (pairs: {x(get_x)}; "
+          f"target >= 0.8x); requests per CPU second of front end and shards: {statistics.median(get_cpu_x):.2f}x "
+          f"(pairs: {x(get_cpu_x)})")
+    print(f"uncached read (rendered after each write; in-process): {uncached[0]:.1f} us for an entity with 5 values, "
+          f"{uncached[1]:.1f} us with its 36 aggregates too: {uncached[0] / uncached[1]:.2f}x")
     print(f"memory per entity and aggregation: {mean:,.0f} B msgpack (mean after this stream); heap "
           f"(tracemalloc) {heap:,.0f} B packed, {hot_heap:,.0f} B decoded (the hot entities); "
           f"{rss:,.0f} B of shard RSS (difference of the runs); worst case (an event every minute for "

@@ -72,6 +72,8 @@ class Aggregation:
     columns: tuple[bool, bool, bool]  # whether tiles keep a sum, a min, a max
     layout_us: tuple[tuple[int, int], ...] = ()  # (tile_us, span_us) of each level: the hot paths'
     ahead_us: int = 0  # how far past the shard's clock an event may be and still count (skew)
+    window_us: tuple[int, ...] = ()  # each window's length, shortest first
+    plan: tuple[tuple[str, str, int, int], ...] = ()  # (name, function, N, window index) of each output
 
     def error_bound_us(self, window: Window) -> int:
         """The most a read of ``window`` can reach past its old edge: one tile of its level."""
@@ -200,6 +202,8 @@ def parse_aggregation(entry: Any, where: str = "aggregations[0]") -> Aggregation
         columns=columns,
         layout_us=tuple((lv.tile_us, lv.span_us) for lv in levels),
         ahead_us=AHEAD_TILES * levels[0].tile_us,
+        window_us=tuple(w.us for w in windows),
+        plan=tuple((o.name, o.function, o.n, windows.index(o.window)) for o in outputs),
     )
 
 

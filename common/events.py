@@ -249,7 +249,7 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "", ids: li
             if not ((t is float and value - value == 0.0) or (t is int and INT64_MIN <= value <= INT64_MAX)
                     or (t is str and len(value) <= max_str) or t is bool or value is None):
                 value = check_value(value, limits, f"{prefix}features.{name}")
-            if checked and name in checked:
+            if checked and name in checked and (t is not int and t is not float or type(checked[name]) is str):
                 _check_aggregated(name, value, checked, f"{prefix}features.{name}")
             out.append((eid, name, value, ts))
         if ids is not None:

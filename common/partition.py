@@ -42,16 +42,17 @@ class Partitioner:
         """The index of the shard that owns ``entity_id``."""
         return self.table[crc32(entity_id.encode("utf-8")) % SLOTS]
 
-    def route(self, by_shard: dict[int, list], writes: list) -> None:
+    def route(self, by_shard: dict[int, list], writes: list) -> int:
         """Append one event's writes (``[(entity_id, name, value, event_us), ...]``, one entity) to
-        the list of the shard that owns the entity; ingest's hot path. The list is taken over, not
-        copied: a shard's first one becomes its list."""
+        the list of the shard that owns the entity, and return that shard; ingest's hot path. The
+        list is taken over, not copied: a shard's first one becomes its list."""
         shard = self.table[crc32(writes[0][0].encode("utf-8")) % SLOTS]
         bucket = by_shard.get(shard)
         if bucket is None:
             by_shard[shard] = writes
         else:
             bucket.extend(writes)
+        return shard
 
     def group(self, entity_ids) -> dict[int, list[int]]:
         """Positions of ``entity_ids`` grouped by owning shard, request order kept."""

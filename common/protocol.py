@@ -99,6 +99,8 @@ DUMP = "dump"  # pdump: the token of a transfer (the partition's entity list whe
 AT = "at"  # pdump: the position of the first entity wanted
 OFFSET = "o"  # pdump: the partition's next offset when the transfer began (replay from it)
 CHUNK = "chunk"  # pdump: msgpack ``[e, blob, e, blob, ...]``, as a snapshot's records hold them
+STATES = "states"  # pdump: msgpack ``[e, window states, ...]`` of the chunk's entities that have some
+STATES_AT = "sat"  # pdump: the partition's next offset when the chunk was packed (its states count up to it)
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
 AFTER = "after"  # get, get1: answer only once the entity's partition has applied this offset
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
@@ -344,9 +346,12 @@ def ping_reply(req_id: Any, shard: int | None = None, source: str | None = None,
     return ok(req_id, **{SHARD: shard})
 
 
-def dump_reply(req_id: Any, dump: Any, offset: int, chunk: bytes, next_at: int | None) -> dict:
-    """Reply to ``pdump``: the packed entities and blobs from position ``at`` on."""
-    return ok(req_id, **{DUMP: dump, OFFSET: offset, CHUNK: chunk, NEXT: next_at})
+def dump_reply(req_id: Any, dump: Any, offset: int, chunk: bytes, next_at: int | None,
+               states: bytes | None = None, states_at: int | None = None) -> dict:
+    """Reply to ``pdump``: the packed entities and blobs from position ``at`` on, and their
+    window states as of offset ``states_at`` (aggregations)."""
+    return ok(req_id, **{DUMP: dump, OFFSET: offset, CHUNK: chunk, NEXT: next_at, STATES: states,
+                         STATES_AT: states_at})
 
 
 def offsets_reply(req_id: Any, held: dict) -> dict:

@@ -163,9 +163,9 @@ class Decoder:
             except Exception:
                 self._add_one(unit, obj, where, i, "", raw, now, positions)  # rejects it, with the reason
                 continue
-            route(by_shard, writes)
+            shard = route(by_shard, writes)
             if track:
-                _keep_meta(unit, self.partitioner.shard_for(writes[0][0]), ids, positions, i)
+                _keep_meta(unit, shard, ids, positions, i)
             events += 1
         unit.events += events
 
@@ -198,9 +198,9 @@ class Decoder:
         except Exception as exc:  # e.g. a msgpack map with non-string keys: never stop the stream
             self.reject(unit, where(i), f"not a valid event ({exc.__class__.__name__}: {exc})", raw)
             return
-        self.partitioner.route(unit.by_shard, writes)
+        shard = self.partitioner.route(unit.by_shard, writes)
         if ids is not None:
-            _keep_meta(unit, self.partitioner.shard_for(writes[0][0]), ids, positions, i)
+            _keep_meta(unit, shard, ids, positions, i)
         unit.events += 1
 
 

@@ -14,7 +14,9 @@ answers it once every shard acknowledged its writes, with the values ``written``
 dead-letter file) with their first reasons. At most ``window`` requests are unacknowledged at
 a time; :meth:`send` waits for room. A request that gets no answer in ``timeout_s`` raises
 :class:`TimeoutError`: it may or may not have been applied, and sending it again is safe
-(writes are last-write-wins by event time).
+(writes are last-write-wins by event time), except for the windows of an aggregated feature:
+ZeroMQ carries no position, so a resent event counts once only if it has an ``event_id``
+(docs/AGGREGATIONS.md, "Exactly once").
 """
 from __future__ import annotations
 

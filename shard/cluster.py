@@ -42,7 +42,7 @@ class SnapshotMismatch(Exception):
 class Held:
     """One partition held by this shard."""
 
-    __slots__ = ("next", "serving", "assigned", "loading", "entities", "released_at")
+    __slots__ = ("next", "serving", "assigned", "loading", "entities", "released_at", "counted", "counted_until")
 
     def __init__(self, next_offset: int = 0) -> None:
         self.next = next_offset  # the next offset to apply
@@ -51,6 +51,10 @@ class Held:
         self.loading = False  # a peer's copy is arriving: incomplete until the transfer ends
         self.entities: set[str] = set()
         self.released_at: float | None = None  # monotonic time it stopped being assigned
+        # entity -> the offset its window states came counting up to, from a peer: the replay
+        # from the transfer's offset does not count those records again
+        self.counted: dict[str, int] = {}
+        self.counted_until = 0  # the largest of them
 
 
 class Partitions:
@@ -116,12 +120,28 @@ class Partitions:
             new, deletes = self._read(part, value, ts_ms * 1000, offset)
             if deletes is not None:
                 self._delete(pending, h, *deletes)
+            elif new and h.counted:
+                self._replay(pending, h, f"{self.topic}[{part}]@{offset}", offset, new)
             elif new:
                 pending.append((h, f"{self.topic}[{part}]@{offset}", new))
         self._flush(pending)
         self.applied += count
         self.changes += count
         return count
+
+    def _replay(self, pending: list, h: Held, where: str, offset: int, new: list) -> None:
+        """A record a peer's window states may already count (see :attr:`Held.counted`): its
+        writes of those entities are applied without entering their windows again."""
+        counted = h.counted
+        again = [w for w in new if offset < counted.get(w[0], -1)]
+        if again:
+            self._flush(pending)
+            self._flush([(h, where, again)], windows=False)
+            new = [w for w in new if offset >= counted.get(w[0], -1)]
+        if new:
+            pending.append((h, where, new))
+        if offset + 1 >= h.counted_until:
+            h.counted = {}
 
     def _delete(self, pending: list, h: Held, eid: str, names: list | None) -> None:
         """Delete the entity (``names`` None) or those features of it, after the writes before."""
@@ -150,17 +170,17 @@ class Partitions:
                        f"of other partitions not applied (key records by entity id)")
         return good, None
 
-    def _flush(self, pending: list) -> None:
-        """Put the writes of the ``pending`` records in the store: at once, or, if that is refused,
-        record by record, skipping each record refused."""
+    def _flush(self, pending: list, windows: bool = True) -> None:
+        """Put the writes of the ``pending`` records in the store (not in the windows unless
+        ``windows``): at once, or, if that is refused, record by record, skipping each record refused."""
         if not pending:
             return
         try:
-            self._install([w for _, _, writes in pending for w in writes])
+            self._install([w for _, _, writes in pending for w in writes], windows)
         except Exception:
             for h, where, writes in pending:
                 try:
-                    self._install(writes)
+                    self._install(writes, windows)
                 except Exception as exc:  # TooWide, AggregateRefused, a malformed write
                     self.rejected += 1
                     self._warn(f"record {where} not applied: {exc}")
@@ -171,9 +191,9 @@ class Partitions:
                 h.entities.update(w[0] for w in writes)
         pending.clear()
 
-    def _install(self, writes: list) -> None:
+    def _install(self, writes: list, windows: bool = True) -> None:
         store = self.store
-        store.install(store.prepare(writes, None, self.max_features))  # prepare changes nothing
+        store.install(store.prepare(writes, None, self.max_features, windows))  # prepare changes nothing
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()
@@ -210,31 +230,51 @@ class Partitions:
         _, offset, eids, _, _ = dump
         dump[3] = now
         end = at + DUMP_CHUNK
-        get = self.store.data.get
+        get, packed_of = self.store.data.get, self.store.aggs.packed_of
         flat: list = []
+        states: list = []  # [e, packed window states, ...]: they count every record below dump[4].next
         for eid in eids[at:end]:
             blob = get(eid)
             if blob is not None:  # deleted since: the replay deletes it again anyway
                 flat.append(eid)
                 flat.append(blob)
+            if self.store.aggs:
+                packed = packed_of(eid)
+                if packed is not None:
+                    states.append(eid)
+                    states.append(packed)
         if end >= len(eids):
             del self._dumps[token]
             end = None
-        return token, offset, msgpack.packb(flat, use_bin_type=True), end
+        pack = msgpack.packb
+        if not self.store.aggs:
+            return token, offset, pack(flat, use_bin_type=True), end
+        return token, offset, pack(flat, use_bin_type=True), end, pack(states, use_bin_type=True), dump[4].next
 
     # ---- moving partitions: the receiving side
-    def receive(self, p: int, offset: int, chunk: bytes, first: bool) -> int:
+    def receive(self, p: int, offset: int, chunk: bytes, first: bool, states: bytes | None = None,
+                states_at: int | None = None) -> int:
         """Load a peer's chunk of ``p`` (the first one replaces this shard's copy, and sets the
-        offset to read on from); return the entities it held."""
+        offset to read on from), with its entities' window states counting the records below
+        ``states_at``; return the entities it held."""
         h = self.require(p)
         if first:
             self._drop(h)
-            h.next, h.loading, h.serving = offset, True, False
+            h.next, h.loading, h.serving, h.counted = offset, True, False, {}
         flat = msgpack.unpackb(chunk, raw=False)
         it = iter(flat)
         self.store.data.update(zip(it, it))
         h.entities.update(flat[::2])
         self.store.values += sum(map(values_in, flat[1::2]))
+        if states is not None and self.store.aggs:
+            pairs = msgpack.unpackb(states, raw=False)
+            it = iter(pairs)
+            for eid, packed in zip(it, it):
+                self.store.aggs.install(eid, packed)
+            h.entities.update(pairs[::2])
+            h.counted.update(dict.fromkeys(flat[::2], states_at))
+            h.counted.update(dict.fromkeys(pairs[::2], states_at))
+            h.counted_until = max(h.counted_until, states_at)
         self.changes += 1
         return len(flat) // 2
 
@@ -357,11 +397,12 @@ class Transfer:
                 raise TransferFailed(f"{self.endpoint}: {P.code_of(reply)}: {P.reason_of(reply)}")
             first = self.token is None
             self.token, self.offset, self.at, chunk = reply[P.DUMP], reply[P.OFFSET], reply[P.NEXT], reply[P.CHUNK]
+            states, states_at = reply.get(P.STATES), reply.get(P.STATES_AT)  # none from a peer without aggregations
         except (P.ProtocolError, KeyError, IndexError, TypeError) as exc:
             raise TransferFailed(f"{self.endpoint}: a malformed pdump reply: {exc!r}") from None
         if self.at is not None:
             self._send()  # the peer packs the next chunk while this one loads
-        self.entities += parts.receive(self.p, self.offset, chunk, first)
+        self.entities += parts.receive(self.p, self.offset, chunk, first, states, states_at)
         return self.at is None
 
     def close(self) -> None:

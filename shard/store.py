@@ -35,6 +35,7 @@ import orjson
 from common import timefmt
 from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP
 from shard.aggregate import Aggregator
+from shard.walk import Walk
 
 NOT_FOUND_DETAIL = "No features found for entity"
 NEVER = 1 << 62  # "valid until" of a rendering that no TTL will change
@@ -78,7 +79,7 @@ class Prepared(NamedTuple):
     written: int
     stale: int
     added: int  # values that did not exist
-    aggregate: tuple | None  # (writes, meta) when aggregations are configured; meta is logged
+    aggregate: tuple | None  # (writes, meta, picked) with aggregations configured; meta is logged
 
 
 def _to_us(seconds: float | None) -> int | None:
@@ -125,9 +126,8 @@ class Store:
         self._json: dict[str, tuple[bytes | None, int]] = {}  # eid -> (entity JSON, valid until)
         self._rows: dict[str, tuple] = {}  # eid -> (names, v, s, ts, valid until)
         self._keys: dict[tuple, tuple] = {}  # interned name lists, so a cache hit is an `is`
-        self._sweep_keys: list[str] = []
-        self._sweep_pos = 0
-        self._sweep_at = 0
+        self._ttl_walk = Walk(self.SWEEP_BATCH, self.SWEEP_INTERVAL_US, self.SWEEP_PAUSE_US)
+        self._agg_walk = Walk(Aggregator.SWEEP_BATCH, self.SWEEP_INTERVAL_US, Aggregator.SWEEP_PAUSE_US)
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: packb builds one per call
 
     @classmethod
@@ -197,22 +197,21 @@ class Store:
         blob = self.data.get(eid)
         if blob is None and not self.aggs.has(eid):
             return None
-        feats = {} if blob is None else _decode(blob)
-        feats, _ = self._live({n: feats[n] for n in names if n in feats}, now)
+        every = {} if blob is None else _decode(blob)
+        feats, _ = self._live({n: every[n] for n in names if n in every}, now)
         if self.aggs:
-            feats, _ = self._with_aggregates(eid, feats, now, names)
+            feats, _ = self._with_aggregates(eid, feats, now, names, every)
         return _render(eid, feats) if feats else None
 
-    def _with_aggregates(self, eid: str, feats: dict, now: int, names=None) -> tuple[dict, int]:
+    def _with_aggregates(self, eid: str, feats: dict, now: int, names=None, plain=None) -> tuple[dict, int]:
         """``feats`` and the entity's aggregates at ``now`` (those in ``names`` if given), as
-        ``[value, event_us]``; and until when they hold."""
-        got = self.aggs.read(eid, now, names)
+        ``(value, event_us)``; and until when they hold. ``plain``: the entity's values, for
+        an aggregated feature whose windows were reclaimed (they read empty)."""
+        got = self.aggs.read(eid, now, names, plain)
         if got is None:
             return feats, NEVER
-        values, times, until = got
-        for name, value in values.items():
-            feats[name] = (value, times[name])
-        return feats, until
+        feats.update(got[0])
+        return feats, got[1]
 
     def _entity_json(self, eid: str, now: int) -> bytes | None:
         hit = self._json.get(eid)
@@ -223,7 +222,7 @@ class Store:
             return None
         feats, until = self._live({} if blob is None else _decode(blob), now)
         if self.aggs:
-            feats, agg_until = self._with_aggregates(eid, feats, now)
+            feats, agg_until = self._with_aggregates(eid, feats, now, None, feats)
             until = min(until, agg_until)
         body = _render(eid, feats) if feats else None
         if body is not None and self._cap > 0:
@@ -234,7 +233,9 @@ class Store:
     def render_feature(self, eid: str, name: str) -> bytes | None:
         """JSON bytes ``{"entity_id","name","value","event_timestamp"}``, or None."""
         if name in self.aggs.outputs:
-            vt = self._with_aggregates(eid, {}, self.clock(), (name,))[0].get(name)
+            blob = None if self.aggs.has(eid) else self.data.get(eid)  # none: the windows may be reclaimed
+            plain = None if blob is None else _decode(blob)
+            vt = self._with_aggregates(eid, {}, self.clock(), (name,), plain)[0].get(name)
             return None if vt is None else _render_one(eid, name, vt)
         blob = self.data.get(eid)
         if blob is None:
@@ -284,17 +285,16 @@ class Store:
 
     def _render_row(self, eid: str, key: tuple, now: int) -> tuple:
         blob = self.data.get(eid)
-        aggregated = self.aggs and self.aggs.has(eid)
-        if blob is None and not aggregated:
+        if blob is None and not (self.aggs and self.aggs.has(eid)):
             n = len(key)
             return (key, SEP.join([b"null"] * n), NOT_FOUND_S * n, EPOCH_TS, NEVER)
         feats = {} if blob is None else _decode(blob)
         until = NEVER
-        if aggregated:  # aggregates have no TTL: their windows age them
+        if self.aggs:  # aggregates have no TTL: their windows age them
             outputs = self.aggs.outputs
             wanted = [n for n in key if n in outputs]
             if wanted:
-                got, until = self._with_aggregates(eid, {}, now, wanted)
+                got, until = self._with_aggregates(eid, {}, now, wanted, feats)
                 feats.update(got)
         vals, stats, stamps = [], bytearray(), []
         ttl_any, ttl_of = self._ttl_any, self.ttl_of
@@ -333,16 +333,18 @@ class Store:
         self._rows.pop(eid, None)
 
     # ---- writes
-    def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None) -> tuple[int, int]:
+    def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
+              aggregate: bool = True) -> tuple[int, int]:
         """Apply ``[entity_id, name, value, event_us]`` writes; return (written, stale).
 
         Raises ValueError or TypeError, with the store unchanged, if an item is not a
         ``(str, str, value, int)`` sequence or a value cannot be stored (``meta``: see
-        :meth:`prepare`)."""
-        return self.install(self.prepare(writes, meta))
+        :meth:`prepare`). Not ``aggregate``: the writes leave the windows as they are (a
+        replay of records a peer's window states already count)."""
+        return self.install(self.prepare(writes, meta, windows=aggregate))
 
     def prepare(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
-                max_features: int | None = None) -> Prepared:
+                max_features: int | None = None, windows: bool = True) -> Prepared:
         """Work out what ``writes`` do, without changing the store: checked, merged, encoded.
 
         One pass: each entity's blob is decoded once per call, the writes are merged into it
@@ -395,10 +397,11 @@ class Store:
                                   f"{max_features} (FS_MAX_FEATURES_PER_ENTITY)")
         pack = self._pack
         aggregate = None
-        if self.aggs:
+        if self.aggs and windows:
             clock, ids, source, positions = meta if meta is not None else (None, None, None, None)
-            self.aggs.check(writes, ids)
-            aggregate = writes, [self.clock() if clock is None else clock, ids, source, positions]
+            picked = self.aggs.pick(writes)
+            self.aggs.check(writes, ids, picked)
+            aggregate = writes, [self.clock() if clock is None else clock, ids, source, positions], picked
         return Prepared({eid: pack(f) for eid, f in changed.items()}, written, stale, added, aggregate)
 
     def install(self, prepared: Prepared) -> tuple[int, int]:
@@ -406,7 +409,7 @@ class Store:
         blobs, written, stale, added, aggregate = prepared
         self.data.update(blobs)
         self.values += added
-        touched = self.aggs.apply(aggregate[0], *aggregate[1]) if aggregate is not None else ()
+        touched = self.aggs.apply(aggregate[0], *aggregate[1], aggregate[2]) if aggregate is not None else ()
         if self._json or self._rows:
             forget = self._forget
             for eid in blobs:
@@ -443,29 +446,22 @@ class Store:
 
     # ---- background reclamation
     def sweep(self) -> int:
-        """Reclaim values older than TTL + grace; one bounded step, run as a loop chore.
+        """Reclaim values older than TTL + grace, and window states whose events all became
+        late (:meth:`Aggregator.reclaim`); one bounded step of each, run as a loop chore.
 
-        A pass walks a snapshot of the entity ids, :data:`SWEEP_BATCH` ids per step and a step
+        Each walks a snapshot of the entity ids, :data:`SWEEP_BATCH` ids per step and a step
         every :data:`SWEEP_INTERVAL_US`, so a read never waits behind more than one step.
         Returns the number of values reclaimed by this step.
         """
-        if not self._ttl_any:
+        if not self._ttl_any and not self.aggs:
             return 0
         now = self.clock()
-        if now < self._sweep_at:
+        if self.aggs:
+            for eid in self.aggs.reclaim(self._agg_walk.step(now, self.aggs.entities), now):
+                self._forget(eid)
+        if not self._ttl_any:
             return 0
-        keys, pos = self._sweep_keys, self._sweep_pos
-        if pos >= len(keys):
-            if keys:  # a pass just ended: rest before the next
-                self._sweep_keys, self._sweep_pos = [], 0
-                self._sweep_at = now + self.SWEEP_PAUSE_US
-                return 0
-            keys, pos = self._sweep_keys, self._sweep_pos = list(self.data), 0
-        end = min(pos + self.SWEEP_BATCH, len(keys))
-        reclaimed = self._reclaim(keys[pos:end], now)
-        self._sweep_pos = end
-        self._sweep_at = now + self.SWEEP_INTERVAL_US
-        return reclaimed
+        return self._reclaim(self._ttl_walk.step(now, self.data.keys), now)
 
     def reclaim_all(self) -> int:
         """Reclaim every value older than TTL + grace in one pass (after a recovery's replay,

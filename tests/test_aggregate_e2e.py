@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from common import protocol as P
+from ingest.producer import Producer
 from tests.ingest_support import Broker, free_port
 from tests.support import Cluster, poll_for, quote, request, zmq_call
 
@@ -186,6 +187,34 @@ def test_a_file_ingested_twice_counts_each_line_once(cluster):
     now = now_us()
     for eid, events in counted.items():
         assert aggregates(entity(cluster, eid)) == oracle(events, now), eid
+
+
+def test_a_zeromq_resend_counts_once_by_its_event_ids(cluster):
+    """ZeroMQ has no positions to carry: it never redelivers by itself, and a producer's resend
+    (after no answer) is known only by its events' ids. With them it counts once; without, twice."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = cluster.start_process(["-m", "ingest"], "ingest-zmq", ingest_endpoint=endpoint, ingest_stats_endpoint="",
+                                 dead_letter_path=cluster.tmp / "zmq.dead")
+    poll_for(lambda: zmq_call(endpoint, [P.ping(1)], 200)[0][P.OK], 15, what="the zmq ingest source")
+    t0 = now_us()
+    maps = [{"entity_id": "zmq:1", "features": {"clicks": i}, "event_timestamp": (t0 - age) / US, "event_id": f"z{i}"}
+            for i, age in enumerate(AGES)]
+    lines = b"\n".join(orjson.dumps({**m, "entity_id": "zmq:2", "event_id": 100 + i}) for i, m in enumerate(maps))
+    bare = [{k: v for k, v in m.items() if k != "event_id"} | {"entity_id": "zmq:3"} for m in maps]
+    try:
+        with Producer(endpoint, timeout_s=20) as producer:
+            for _ in range(2):  # the same requests again, as a producer resends what it got no answer to
+                producer.send(maps)
+                producer.send(lines)
+                producer.send(bare)
+                producer.flush()
+    finally:
+        proc.stop()
+    events = [(t0 - age, i) for i, age in enumerate(AGES)]
+    now = now_us()
+    assert aggregates(entity(cluster, "zmq:1")) == oracle(events, now)
+    assert aggregates(entity(cluster, "zmq:2")) == oracle(events, now)
+    assert aggregates(entity(cluster, "zmq:3")) == oracle(events + events, now)  # no ids: counted twice
 
 
 @pytest.fixture(scope="module")

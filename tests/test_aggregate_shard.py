@@ -144,3 +144,29 @@ def test_the_write_builder_spells_its_optional_fields():
         "t": "write", "id": 3, "w": [["a", "x", 1, 10]], "ids": ["e1"], "src": "kafka:t/0", "at": [5]}
     assert P.write([["a", "x", 1, 10]], 3) == {"t": "write", "id": 3, "w": [["a", "x", 1, 10]]}
     assert P.write_origin(P.write([], 1, None, "f", [])) == (None, "f", [])
+
+
+def test_windows_whose_events_all_aged_out_are_reclaimed_and_read_empty():
+    """An entity that stops receiving events stops costing window memory: the sweep drops its
+    states once every event is older than the longest window; its aggregates then read as
+    empty windows, as they did just before, in every read path."""
+    clock = Clock(NOW)
+    st = store(clock)
+    st.apply([[f"quiet{i}", "clicks", i, NOW - 600 * US] for i in range(50)] + [["quiet0", "v:tag", "x", NOW - US]])
+    before = entity(st, "quiet1")
+    assert before["clicks_count_1h"] == 1 and len(st.aggs) == 50
+    clock.now = NOW + 2 * 86400 * US  # past 24h and its last tile: every event of theirs is late
+    st.apply([["busy", "clicks", 7, clock.now - US]])
+    empty = entity(st, "quiet1")
+    for _ in range(100):  # sweep steps until a pass over every entity has run
+        st.sweep()
+        clock.now += st.SWEEP_INTERVAL_US
+    assert len(st.aggs) == 1 and st.stats()["agg_reclaimed"] == 51 and st.stats()["agg_entities"] == 1
+    assert entity(st, "quiet1") == empty and empty["clicks_count_24h"] == 0 and empty["clicks_mean_1h"] is None
+    assert empty["clicks_last_2_24h"] == [] and empty["clicks"] == 1
+    assert orjson.loads(st.render_feature("quiet1", "clicks_sum_24h"))["value"] == 0
+    vs, ss, _ = st.render_rows(["quiet1", "nobody"], ["clicks_count_1h"])
+    assert ss == [P.PRESENT, P.NOT_FOUND_S] and vs[0] == b"0"
+    assert entity(st, "busy")["clicks_count_1h"] == 1  # a live one keeps its windows
+    st.apply([["quiet1", "clicks", 3, clock.now - US]])  # events again: windows again
+    assert entity(st, "quiet1")["clicks_count_1h"] == 1 and len(st.aggs) == 2

@@ -3,10 +3,13 @@ last write wins, misrouted events, tombstones and feature deletes, chunked copie
 snapshots with offsets."""
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 
 from common import protocol as P
+from common.aggregations import parse_aggregations
 from common.events import Limits
 from common.murmur2 import partition_of
 from shard.cluster import Partitions, SnapshotMismatch, answer_pdump
@@ -195,3 +198,38 @@ def test_free_drops_only_that_partition():
     assert parts.free_released(lambda p: p == 0) == [0]
     assert entity(parts.store, a) is None and entity(parts.store, b) == {"x": 1, "y": 2}
     assert parts.store.values == 2 and 0 not in parts.held
+
+
+AGG = parse_aggregations([{"feature": "clicks", "functions": ["count", "sum", "last_2"], "windows": ["1h", "1d"]}])
+
+
+def test_a_partition_moves_with_its_windows_and_the_replay_counts_each_event_once(monkeypatch):
+    """A peer's chunks carry the window states as they are when each is packed; the records
+    after the transfer's offset are replayed, and an event a carried state already counts (it
+    arrived during the transfer) is not counted again."""
+    import shard.cluster as C
+
+    monkeypatch.setattr(C, "DUMP_CHUNK", 4)
+    now_s = time.time()
+    src = serving(Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t"), 1)
+    ids = ids_of(1, 9)
+    log = [rec(1, k, eid, {"clicks": k, "n": 1}, ts=now_s - 60 * k) for k, eid in enumerate(ids * 2)]
+    src.apply(log)
+    reply = answer_pdump(src, P.pdump(1, req_id=1))
+    replies = [reply]
+    later = [rec(1, 18 + k, eid, {"clicks": 100 + k}, ts=now_s - 1) for k, eid in enumerate(ids)]
+    src.apply(later)  # during the transfer: chunks packed after this count it already
+    while reply[P.NEXT] is not None:
+        reply = answer_pdump(src, P.pdump(1, reply[P.DUMP], reply[P.NEXT], req_id=2))
+        replies.append(reply)
+    assert reply[P.OFFSET] == 18 and {r[P.STATES_AT] for r in replies} == {18, 27}
+    dst = Partitions(Store(aggregations=AGG), N, Limits(aggregations=AGG), "t")
+    for i, r in enumerate(replies):
+        dst.receive(1, r[P.OFFSET], r[P.CHUNK], i == 0, r[P.STATES], r[P.STATES_AT])
+    dst.held[1].assigned = True
+    dst.apply(later)  # the tail from the transfer's offset
+    for eid in ids:
+        assert entity(dst.store, eid) == entity(src.store, eid), eid
+    assert entity(dst.store, ids[0])["clicks_count_1h"] == 3 and entity(dst.store, ids[0])["clicks_sum_1h"] == 109
+    dst.apply([rec(1, 27, ids[0], {"clicks": 1}, ts=now_s - 1)])  # past the transfer: counted as usual
+    assert entity(dst.store, ids[0])["clicks_count_1h"] == 4 and not dst.held[1].counted

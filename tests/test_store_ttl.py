@@ -134,23 +134,23 @@ def sweep_pass(st, clock):
     """Run sweep steps, advancing the clock by the step interval, until a pass over all ids ends."""
     steps = []
     for _ in range(1000):
-        clock.now = max(clock.now, st._sweep_at)
+        clock.now = max(clock.now, st._ttl_walk.at)
         steps.append(st.sweep())
         assert st.sweep() == 0  # a second call in the same instant waits for the interval
-        if st._sweep_at == clock.now + st.SWEEP_PAUSE_US:
+        if st._ttl_walk.at == clock.now + st.SWEEP_PAUSE_US:
             return steps
     raise AssertionError("the sweep pass did not end")
 
 
 def test_sweep_reclaims_after_ttl_plus_grace_in_bounded_steps(clock):
     st = store(clock, ttl_s=10, grace_s=5)
-    st.SWEEP_BATCH = 4
+    st._ttl_walk.batch = 4
     st.apply([(f"e{i}", "x", i, T0) for i in range(10)] + [("keep", "x", 1, T0 + 100 * S), ("e0", "y", 0, T0 + 100 * S)])
     clock.now = T0 + 14 * S  # expired (past 10 s) but inside the grace: kept for Feast reads
     assert sum(sweep_pass(st, clock)) == 0
     assert rows(st, ["e1"], ["x"])[0][0] == (1, "OUTSIDE_MAX_AGE", "2025-11-25T12:05:29Z")
     clock.now = T0 + 15 * S + 1
-    st._sweep_at = clock.now
+    st._ttl_walk.at = clock.now
     steps = sweep_pass(st, clock)
     assert sum(steps) == 10 and max(steps) <= 4 and len(steps) == 4  # 11 ids, 4 per step, then the end
     assert st.stats()["reclaimed"] == 10 and st.stats()["values"] == 2 and st.stats()["entities"] == 2
@@ -163,13 +163,13 @@ def test_default_grace_is_one_more_ttl(clock):
     st.apply([("u", "x", 1, T0)])
     clock.now = T0 + 20 * S
     assert sum(sweep_pass(st, clock)) == 0
-    clock.now = st._sweep_at = T0 + 20 * S + 1
+    clock.now = st._ttl_walk.at = T0 + 20 * S + 1
     assert sum(sweep_pass(st, clock)) == 1 and "u" not in st.data
 
 
 def test_sweep_skips_ids_deleted_during_a_pass(clock):
     st = store(clock, ttl_s=1)
-    st.SWEEP_BATCH = 1
+    st._ttl_walk.batch = 1
     st.apply([("a", "x", 1, T0), ("b", "x", 1, T0)])
     clock.now = T0 + 3 * S
     assert st.sweep() == 1  # "a"; the pass holds ["a", "b"]
