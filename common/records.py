@@ -7,6 +7,7 @@ object or an array of them. A null value (a tombstone) deletes the entity; the v
 """
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Iterable
 
 import orjson
@@ -17,15 +18,21 @@ from common.events import EventError, Limits, check_entity_id, check_name, loads
 DELETE = "delete"  # the field of a record value that names the features to delete
 
 
-def records(writes: Iterable) -> list[tuple[bytes, bytes]]:
-    """``(key, value)`` per entity from write tuples: the entity's events grouped by event time."""
-    by_entity: dict[str, dict[int, dict]] = {}
-    for eid, name, value, ts in writes:
-        by_entity.setdefault(eid, {}).setdefault(ts, {})[name] = value
+def records(writes: Iterable, event_ids: Iterable | None = None) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` per entity from write tuples: the entity's events grouped by event time
+    (and event id: ``event_ids``, parallel to ``writes``, goes into each event as ``event_id``, so
+    the owners' aggregations count a resent event once, as an embedded shard does)."""
+    by_entity: dict[str, dict[tuple, dict]] = {}
+    for (eid, name, value, ts), event_id in zip(writes, repeat(None) if event_ids is None else event_ids):
+        by_entity.setdefault(eid, {}).setdefault((ts, event_id), {})[name] = value
     out = []
-    for eid, by_ts in by_entity.items():
-        events = [{"entity_id": eid, "features": feats, "event_timestamp": timefmt.render(ts)}
-                  for ts, feats in by_ts.items()]
+    for eid, groups in by_entity.items():
+        events = []
+        for (ts, event_id), feats in groups.items():
+            event = {"entity_id": eid, "features": feats, "event_timestamp": timefmt.render(ts)}
+            if event_id is not None:
+                event["event_id"] = event_id
+            events.append(event)
         out.append((eid.encode(), orjson.dumps(events[0] if len(events) == 1 else events)))
     return out
 
@@ -49,23 +56,26 @@ def deletes_of(doc: dict, limits: Limits) -> tuple[str, list[str]]:
     return eid, names
 
 
-def read_record(value: bytes, limits: Limits, default_us: int) -> tuple[list, tuple[str, list] | None]:
-    """``(writes, None)`` for a record of events, ``([], (entity id, names))`` for a delete
-    record. Raises :class:`EventError` or ValueError."""
+def read_record(value: bytes, limits: Limits, default_us: int) -> tuple[list, tuple[str, list] | None, list | None]:
+    """``(writes, None, event ids)`` for a record of events (the ids parallel to the writes, or
+    None when no event has one), ``([], (entity id, names), None)`` for a delete record. Raises
+    :class:`EventError` or ValueError."""
     doc = loads_json(value)
     if type(doc) is dict and DELETE in doc:
-        return [], deletes_of(doc, limits)
-    return _writes(doc, limits, default_us), None
+        return [], deletes_of(doc, limits), None
+    ids: list = []
+    writes = _writes(doc, limits, default_us, ids)
+    return writes, None, ids if any(i is not None for i in ids) else None
 
 
-def _writes(doc, limits: Limits, default_us: int) -> list:
-    """The write tuples of a record's events; an event without a time gets ``default_us`` (the
-    record's timestamp, the same on every replica)."""
+def _writes(doc, limits: Limits, default_us: int, ids: list) -> list:
+    """The write tuples of a record's events (their event ids appended to ``ids``); an event
+    without a time gets ``default_us`` (the record's timestamp, the same on every replica)."""
     if type(doc) is not list:
-        return parse_event(doc, limits, default_us)
+        return parse_event(doc, limits, default_us, ids=ids)
     if not doc:
         raise EventError("an array of events must not be empty")
     out: list = []
     for i, obj in enumerate(doc):
-        out.extend(parse_event(obj, limits, default_us, f"[{i}]."))
+        out.extend(parse_event(obj, limits, default_us, f"[{i}].", ids))
     return out

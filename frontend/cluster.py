@@ -115,7 +115,7 @@ class ClusterClient:
     def submit(self, p: int, request: dict) -> asyncio.Future:
         kind = P.kind_of(request)
         if kind == P.WRITE:
-            return asyncio.ensure_future(self._write(p, request[P.WRITES]))
+            return asyncio.ensure_future(self._write(p, request[P.WRITES], P.write_origin(request)[0]))
         if kind == P.DELETE:
             return asyncio.ensure_future(self._delete(p, request[P.ENTITY], request[P.NAME]))
         fut = self._loop.create_future()
@@ -127,9 +127,10 @@ class ClusterClient:
         links = {self.router.link(m.endpoint) for m in self.reader.view.live()}
         return await self.shards.call_all(build, sorted(links))
 
-    async def _write(self, p: int, writes: list) -> dict:
-        """Produce the records of ``writes`` (all of partition ``p``) and wait for an owner."""
-        failed, acked = await self._produce(p, records(writes))
+    async def _write(self, p: int, writes: list, event_ids: list | None) -> dict:
+        """Produce the records of ``writes`` (all of partition ``p``; ``event_ids`` parallel to
+        them, or None) and wait for an owner."""
+        failed, acked = await self._produce(p, records(writes, event_ids))
         return failed or P.write_reply(None, len(writes), 0, acked)
 
     async def _delete(self, p: int, eid: str, name: str | None) -> dict:

@@ -105,7 +105,7 @@ class Partitions:
         checks every write (:meth:`Store.prepare`: features per entity, aggregations). A record
         refused anywhere is skipped whole, counted in ``rejected`` and logged (a line a second at
         most); it never stops the shard, which would meet it again on every restart."""
-        pending: list[tuple[Held, str, list]] = []  # (held, where, writes) of records not in the store yet
+        pending: list[tuple[Held, str, list, list | None]] = []  # (held, where, writes, event ids) not in the store yet
         count = 0
         for part, offset, key, value, ts_ms in records:
             h = self.held.get(part)
@@ -117,29 +117,30 @@ class Partitions:
                 if key:
                     self._delete(pending, h, key.decode("utf-8", "replace"), None)
                 continue
-            new, deletes = self._read(part, value, ts_ms * 1000, offset)
+            new, deletes, ids = self._read(part, value, ts_ms * 1000, offset)
             if deletes is not None:
                 self._delete(pending, h, *deletes)
             elif new and h.counted:
-                self._replay(pending, h, f"{self.topic}[{part}]@{offset}", offset, new)
+                self._replay(pending, h, f"{self.topic}[{part}]@{offset}", offset, new, ids)
             elif new:
-                pending.append((h, f"{self.topic}[{part}]@{offset}", new))
+                pending.append((h, f"{self.topic}[{part}]@{offset}", new, ids))
         self._flush(pending)
         self.applied += count
         self.changes += count
         return count
 
-    def _replay(self, pending: list, h: Held, where: str, offset: int, new: list) -> None:
+    def _replay(self, pending: list, h: Held, where: str, offset: int, new: list, ids: list | None) -> None:
         """A record a peer's window states may already count (see :attr:`Held.counted`): its
         writes of those entities are applied without entering their windows again."""
         counted = h.counted
         again = [w for w in new if offset < counted.get(w[0], -1)]
         if again:
             self._flush(pending)
-            self._flush([(h, where, again)], windows=False)
-            new = [w for w in new if offset >= counted.get(w[0], -1)]
+            self._flush([(h, where, again, None)], windows=False)
+            keep = [i for i, w in enumerate(new) if offset >= counted.get(w[0], -1)]
+            new, ids = [new[i] for i in keep], None if ids is None else [ids[i] for i in keep]
         if new:
-            pending.append((h, where, new))
+            pending.append((h, where, new, ids))
         if offset + 1 >= h.counted_until:
             h.counted = {}
 
@@ -154,21 +155,23 @@ class Partitions:
 
     def _read(self, part: int, value: bytes, default_us: int, offset: int) -> tuple[list, tuple | None]:
         try:
-            writes, deletes = read_record(value, self.limits, default_us)
+            writes, deletes, ids = read_record(value, self.limits, default_us)
         except Exception as exc:  # EventError, ValueError; anything else is a bug, not a reason to die
             self.rejected += 1
             self._warn(f"record {self.topic}[{part}]@{offset} not applied: {getattr(exc, 'detail', exc)}")
-            return [], None
+            return [], None, None
         if deletes is not None:
             if partition_of(deletes[0], self.n) == part:
-                return [], deletes
-            writes = [deletes]  # counted as misrouted below
+                return [], deletes, None
+            writes, ids = [deletes], None  # counted as misrouted below
         good = [w for w in writes if partition_of(w[0], self.n) == part]
+        if len(good) != len(writes) and ids is not None:
+            ids = [i for w, i in zip(writes, ids) if partition_of(w[0], self.n) == part]
         if len(good) != len(writes):
             self.misrouted += len(writes) - len(good)
             self._warn(f"record {self.topic}[{part}]@{offset}: {len(writes) - len(good)} values of entities "
                        f"of other partitions not applied (key records by entity id)")
-        return good, None
+        return good, None, ids
 
     def _flush(self, pending: list, windows: bool = True) -> None:
         """Put the writes of the ``pending`` records in the store (not in the windows unless
@@ -176,24 +179,30 @@ class Partitions:
         if not pending:
             return
         try:
-            self._install([w for _, _, writes in pending for w in writes], windows)
+            if any(ids is not None for *_, ids in pending):
+                ids = [i for _, _, writes, ids in pending for i in (ids or [None] * len(writes))]
+            else:
+                ids = None
+            self._install([w for _, _, writes, _ in pending for w in writes], ids, windows)
         except Exception:
-            for h, where, writes in pending:
+            for h, where, writes, ids in pending:
                 try:
-                    self._install(writes, windows)
+                    self._install(writes, ids, windows)
                 except Exception as exc:  # TooWide, AggregateRefused, a malformed write
                     self.rejected += 1
                     self._warn(f"record {where} not applied: {exc}")
                 else:
                     h.entities.update(w[0] for w in writes)
         else:
-            for h, _, writes in pending:
+            for h, _, writes, _ in pending:
                 h.entities.update(w[0] for w in writes)
         pending.clear()
 
-    def _install(self, writes: list, windows: bool = True) -> None:
+    def _install(self, writes: list, ids: list | None, windows: bool = True) -> None:
+        """Put ``writes`` in the store; ``ids`` (their event ids, or None): a repeated one counts once."""
         store = self.store
-        store.install(store.prepare(writes, None, self.max_features, windows))  # prepare changes nothing
+        meta = None if ids is None else [None, ids, None, None]  # see Store.prepare
+        store.install(store.prepare(writes, meta, self.max_features, windows))  # prepare changes nothing
 
     def _warn(self, text: str) -> None:
         now = time.monotonic()

@@ -62,3 +62,32 @@ def test_a_partition_taken_from_a_peer_carries_its_windows(broker, tmp_path):
             assert {k: got.get(k) for k in want[eid]} == want[eid], (eid, got)
     finally:
         c.stop()
+
+
+def test_a_resent_event_id_counts_once_on_every_replica(broker, tmp_path):
+    """An HTTP write's ``event_id`` travels in its Kafka record, so every owner of the partition
+    counts a resend once, as an embedded shard does; a write without an id counts each time."""
+    config = tmp_path / "store.toml"
+    config.write_text(CONFIG)
+    c = KafkaCluster(broker, tmp_path, PARTITIONS, config_file=config)
+    try:
+        for name in ("a0", "b0"):  # two replica sets: each holds every partition
+            c.start_shard(name)
+        c.start_frontend()
+        ts = time.time() - 5 * MIN
+        with_id = {"entity_id": "r1", "features": {"clicks": 2}, "event_timestamp": ts, "event_id": "click-1"}
+        without = {"entity_id": "r2", "features": {"clicks": 2}, "event_timestamp": ts}
+        for _ in range(3):  # a client retrying what it thinks was lost
+            for body in (with_id, without):
+                assert request("POST", c.url + "/features", body)[0] == 200
+        for name in ("a0", "b0"):
+            poll_for(lambda: all(up for _, up in c.held(name).values()), 10, what=f"{name} to serve")
+            for eid, count in (("r1", 1), ("r2", 3)):
+                def counted():
+                    reply = zmq_call(c.endpoints[name], [P.get(eid, req_id=1)], 2000)[0]
+                    feats = orjson.loads(reply[P.BODY])["features"] if P.is_ok(reply) else {}
+                    return feats.get("clicks_count_1h") == count and feats
+                feats = poll_for(counted, 10, what=f"{name} to count {eid} {count} times")
+                assert feats["clicks_sum_24h"] == 2 * count, (name, eid, feats)
+    finally:
+        c.stop()
