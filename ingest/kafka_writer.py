@@ -66,8 +66,9 @@ class KafkaWriter(ShardWriter):
             return
         self.in_flight.append(batch)
         for unit in batch.units:
-            for writes in unit.by_shard.values():
-                for key, value in records(writes):
+            for shard, writes in unit.by_shard.items():
+                meta = unit.meta.get(shard)  # (event ids, positions) when aggregations are on
+                for key, value in records(writes, None if meta is None else meta[0]):
                     self._produce(batch, key, value)
                     unit.written += 1  # records, as produced
 

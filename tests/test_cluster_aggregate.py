@@ -4,6 +4,7 @@ shard serves the aggregates of events it never read from the topic itself (witho
 would serve the plain values and no aggregate)."""
 from __future__ import annotations
 
+import sys
 import time
 
 import orjson
@@ -11,7 +12,8 @@ import orjson
 from common import protocol as P
 from common.murmur2 import partition_of
 from tests.cluster_support import KafkaCluster
-from tests.support import poll_for, quote, request, zmq_call
+from ingest.producer import Producer
+from tests.support import Proc, free_port, poll_for, quote, request, zmq_call
 
 PARTITIONS = 4
 CONFIG = """
@@ -80,9 +82,16 @@ def test_a_resent_event_id_counts_once_on_every_replica(broker, tmp_path):
         for _ in range(3):  # a client retrying what it thinks was lost
             for body in (with_id, without):
                 assert request("POST", c.url + "/features", body)[0] == 200
+        endpoint = f"tcp://127.0.0.1:{free_port()}"  # the same through ingest's ZeroMQ source
+        ingest = Proc([sys.executable, "-m", "ingest"], c.env(ingest_endpoint=endpoint), tmp_path / "ingest.log")
+        c.others.append(ingest)
+        with Producer(endpoint, timeout_s=30) as producer:
+            for _ in range(3):
+                producer.send([{**with_id, "entity_id": "i1"}, {**without, "entity_id": "i2"}])
+            producer.flush()
         for name in ("a0", "b0"):
             poll_for(lambda: all(up for _, up in c.held(name).values()), 10, what=f"{name} to serve")
-            for eid, count in (("r1", 1), ("r2", 3)):
+            for eid, count in (("r1", 1), ("r2", 3), ("i1", 1), ("i2", 3)):
                 def counted():
                     reply = zmq_call(c.endpoints[name], [P.get(eid, req_id=1)], 2000)[0]
                     feats = orjson.loads(reply[P.BODY])["features"] if P.is_ok(reply) else {}
