@@ -179,11 +179,7 @@ class Partitions:
         if not pending:
             return
         try:
-            if any(ids is not None for *_, ids in pending):
-                ids = [i for _, _, writes, ids in pending for i in (ids or [None] * len(writes))]
-            else:
-                ids = None
-            self._install([w for _, _, writes, _ in pending for w in writes], ids, windows)
+            self._install([w for _, _, writes, _ in pending for w in writes], _joined_ids(pending), windows)
         except Exception:
             for h, where, writes, ids in pending:
                 try:
@@ -605,3 +601,11 @@ class Tail:
         for t in self.transfers.values():
             t.close()
         self.consumer.close()
+
+
+def _joined_ids(pending: list) -> list | None:
+    """The event ids of the writes of ``pending`` records, in order (None for a record without
+    them), or None when no record has any."""
+    if all(ids is None for *_, ids in pending):
+        return None
+    return [i for _, _, writes, ids in pending for i in (ids or [None] * len(writes))]
