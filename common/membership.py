@@ -17,7 +17,9 @@ log = logging.getLogger("membership")
 
 LIVENESS = 3  # a member is presumed dead after this many heartbeats without a record while
 # others' records keep arriving (when none arrive, Kafka or this reader is stuck: nobody expires)
-FETCH_WAIT_MS = 100  # the membership topic needs no low latency (Tansu waits this long when idle)
+FETCH_WAIT_MS = 500  # the membership topic needs no low latency (reads retry another replica): an
+# empty fetch costs Tansu about 1 ms of CPU, and it answers one only after this wait (a change is
+# seen up to about half of it late)
 MAX_AGE_S = 60.0  # a record written longer ago than this (by its own clock) is ignored at start
 
 
@@ -157,8 +159,10 @@ class Reader:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
         self._eof = KafkaError._PARTITION_EOF
+        self._partition = TopicPartition(members_topic(topic), 0)
         self.view = view or View()
         self.at_end = False  # the reader has reached the end of the topic once
+        self.next = 0  # the offset after the last record read
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused-members-reader",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": fetch_wait_ms,
                                   "enable.partition.eof": True,
@@ -171,15 +175,27 @@ class Reader:
         for msg in msgs:
             if msg.error() is None:
                 self.view.update(msg.key(), msg.value())
+                self.next = msg.offset() + 1
             elif msg.error().code() == self._eof:
                 self.at_end = True
         return len(msgs)
 
     def catch_up(self, timeout_s: float) -> bool:
-        """Read until the end of the topic (or ``timeout_s``); whether the end was reached."""
+        """Read until the end of the topic as it is now (or ``timeout_s``); whether the end was
+        reached. The end is asked for: Tansu reports it (the EOF event) only after an empty
+        fetch, one fetch wait later, and never while shards keep heartbeating."""
+        from confluent_kafka import KafkaException
+
         deadline = time.monotonic() + timeout_s
+        try:
+            end = self.consumer.get_watermark_offsets(self._partition, timeout=timeout_s, cached=False)[1]
+        except KafkaException as exc:
+            log.warning("membership: the end of the topic is not known (%s); reading until the EOF event", exc)
+            end = None
         while not self.at_end and time.monotonic() < deadline:
             self.poll(0.05)
+            if end is not None and self.next >= end:
+                self.at_end = True
         return self.at_end
 
     def close(self) -> None:

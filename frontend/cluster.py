@@ -41,6 +41,24 @@ class PartitionUnavailable(ShardUnavailable):
         self.shard = partition
 
 
+class _Only:
+    """The reply callback of a read sent to the only caught-up replica of its partition: done,
+    unless it failed (then rounds again within the deadline)."""
+
+    __slots__ = ("client", "p", "request", "done", "candidates", "deadline")
+
+    def __init__(self, client, p: int, request: dict, done: Callable, candidates: list, deadline: float) -> None:
+        self.client, self.p, self.request, self.done = client, p, request, done
+        self.candidates, self.deadline = candidates, deadline
+
+    def __call__(self, reply) -> None:
+        if type(reply) is dict and P.CODE not in reply:
+            self.done(reply)
+        elif not self.client.retry(self.p, self.request, self.done, self.candidates, 0, self.deadline,
+                                   self.candidates[0], reply):
+            self.done(reply)
+
+
 class ClusterClient:
     """Partitions as shards, over a ``ShardClient`` whose links are added as shards appear."""
 
@@ -83,8 +101,13 @@ class ClusterClient:
     # ---- the ShardClient interface, by partition
     def send(self, p: int, request: dict, done: Callable) -> None:
         """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others."""
-        self._attempt(p, request, done, self.router.candidates(p), 0,
-                      time.monotonic() + self.timeout_s, "no live replica has caught up")
+        candidates = self.router.candidates(p)
+        if len(candidates) == 1:  # the common case, without the retry's bookkeeping
+            self.shards.send(self.router.links.get(candidates[0]) or self.router.link(candidates[0]), request,
+                             _Only(self, p, request, done, candidates, time.monotonic() + self.timeout_s))
+            return
+        self._attempt(p, request, done, candidates, 0, time.monotonic() + self.timeout_s,
+                      "no live replica has caught up")
 
     def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
                  deadline: float, why: str) -> None:
@@ -102,15 +125,22 @@ class ClusterClient:
         share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
 
         def on_reply(reply) -> None:
-            if isinstance(reply, ShardUnavailable):
-                self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {reply}")
-            elif type(reply) is dict and P.code_of(reply) == P.NOT_OWNER:
-                self._attempt(p, request, done, candidates, i + 1, deadline,
-                              f"{endpoint}: {P.reason_of(reply)}")
-            else:
+            if not self.retry(p, request, done, candidates, i, deadline, endpoint, reply):
                 done(reply)
 
         self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
+
+    def retry(self, p: int, request: dict, done: Callable, candidates: list, i: int, deadline: float,
+              endpoint: str, reply) -> bool:
+        """Whether ``reply`` (of ``candidates[i]``) means another replica must be asked; if so,
+        ask it."""
+        if isinstance(reply, ShardUnavailable):
+            self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {reply}")
+        elif type(reply) is dict and P.code_of(reply) == P.NOT_OWNER:
+            self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {P.reason_of(reply)}")
+        else:
+            return False
+        return True
 
     def submit(self, p: int, request: dict) -> asyncio.Future:
         kind = P.kind_of(request)

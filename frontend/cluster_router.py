@@ -31,6 +31,7 @@ class Router:
         self.links: dict[str, int] = {}  # endpoint -> link index
         self.fresh: dict[int, set[str]] = {}  # partition -> endpoints that applied our last write
         self._table: list[list[str]] = [[] for _ in range(partitions)]
+        self._rotations: list[list[list[str]]] = [[] for _ in range(partitions)]  # p -> each owner first in turn
         self._table_at = -1.0
         self._table_version = -1
         self._turn = itertools.count()
@@ -42,7 +43,10 @@ class Router:
         """For each partition, the endpoints of its caught-up live owners."""
         now = self.clock()
         if now - self._table_at > TABLE_TTL_S or self.view.version != self._table_version:
-            self._table = self.view.table(self.partitions)
+            table = self.view.table(self.partitions)
+            if table != self._table:
+                self._rotations = [[owners[k:] + owners[:k] for k in range(len(owners))] for owners in table]
+            self._table = table
             self._table_at, self._table_version = now, self.view.version
         return self._table
 
@@ -53,15 +57,15 @@ class Router:
         return index
 
     def candidates(self, p: int) -> list[str]:
-        """The endpoints to try for partition ``p``, best first."""
-        owners = self.table()[p]
-        if len(owners) < 2:
-            return list(owners)
-        turn = next(self._turn) % len(owners)
-        rotated = owners[turn:] + owners[:turn]
+        """The endpoints to try for partition ``p``, best first (a list not to be changed)."""
+        self.table()
+        rotations = self._rotations[p]
+        if len(rotations) < 2:
+            return rotations[0] if rotations else []
+        rotated = rotations[next(self._turn) % len(rotations)]
         fresh = self.fresh.get(p)
-        if fresh:
-            rotated.sort(key=lambda e: e not in fresh)  # stable: fresh ones first, rotation kept
+        if fresh:  # stable: fresh ones first, rotation kept
+            return sorted(rotated, key=lambda e: e not in fresh)
         return rotated
 
     def wrote(self, p: int, applied_by: str) -> None:

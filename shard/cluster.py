@@ -33,6 +33,7 @@ RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if n
 PEER_TIMEOUT_S = 2.0  # a pdump reply later than this: try another source
 UNREACHABLE_S = 30.0  # a peer that failed a transfer is not asked again for this long
 TRANSFER_PASS_S = 0.01  # the longest one loop pass spends loading chunks
+AWAKE_S = 2.0  # the tail fetches on this long after the last record applied or writer waiting
 
 
 class SnapshotMismatch(Exception):
@@ -76,6 +77,7 @@ class Partitions:
         self._dumps: dict[int, list] = {}  # token -> [p, offset, eids, last asked, Held]
         self._tokens = itertools.count(1)
         self._warned = 0.0
+        self.behind: Callable[[], None] = lambda: None  # a read wanted an offset not applied yet
 
     # ---- reads
     def refusal(self, eid: str, after: int | None = None) -> str | None:
@@ -86,6 +88,7 @@ class Partitions:
         if h is not None and h.serving:
             if after is None or h.next > after:
                 return None
+            self.behind()
             return f"partition {p} of entity {eid!r} has applied offsets below {h.next} here, not yet {after}"
         state = "is not held here" if h is None else "has not caught up here"
         return f"partition {p} of entity {eid!r} {state}"
@@ -421,6 +424,12 @@ class Tail:
     others go on being read. A partition given to this shard is read from Kafka once filled: at
     once from its own copy, or after a :class:`Transfer` from a peer, stepped by :meth:`poll`.
 
+    Fetching paces itself (``FS_CLUSTER_IDLE_FETCH_S``): an empty fetch every fetch wait costs
+    the broker CPU (Tansu: about 1 ms each), so once no record arrived and no writer waited
+    (:meth:`wake`) for ``AWAKE_S``, the serving partitions are paused and fetched only every
+    ``idle_fetch_s``. :meth:`wake` resumes them and seeks each to its next offset, which sends a
+    fetch at once (a resume alone waits for librdkafka's next 1 s round).
+
     :arg peers: ``peers(p)`` -> [(endpoint, next offset)] of other members serving ``p``.
     :arg changed: called when the assignment or a partition's serving state changes.
     """
@@ -440,6 +449,11 @@ class Tail:
         self.curve_dir = cfg.curve_dir  # FS_CURVE_DIR: the DEALER to a peer uses it
         self.sources: dict[int, str] = {}  # where each partition was filled from (stats, tests)
         self.transfers: dict[int, Transfer] = {}
+        self.idle_fetch_s = cfg.cluster_idle_fetch_s
+        self.probe_s = 2 * cfg.kafka_fetch_wait_ms / 1000 + 0.02  # an idle round: a fetch is answered in it
+        self.awake_until = time.monotonic() + AWAKE_S
+        self.paused: set[int] = set()  # partitions paused while idle
+        self._probe_at = 0.0
         self._unassigned: list = []  # TopicPartitions whose incremental_assign failed: retried
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
         self.consumer = Consumer({
@@ -470,6 +484,7 @@ class Tail:
             else:
                 self._begin_transfer(p, plan)
         consumer.incremental_assign(ready)  # the others once their transfer ends
+        self.wake()
         if tps:
             log.info("assigned partitions %s (%s)", sorted(tp.partition for tp in tps),
                      ", ".join(f"{p}: {self.sources.get(p, 'from a peer')}" for p in sorted(tp.partition for tp in tps)))
@@ -486,6 +501,9 @@ class Tail:
             self.parts.release(p)
         mine = [tp for tp in consumer.assignment() if tp.partition in gone]
         if mine:
+            if self.paused & gone:  # not paused should Kafka give them back later
+                consumer.resume([tp for tp in mine if tp.partition in self.paused])
+                self.paused -= gone
             consumer.incremental_unassign(mine)
         log.info("partitions %s revoked", sorted(gone))
         self.changed()
@@ -585,6 +603,9 @@ class Tail:
             else:
                 self.parts._warn(f"kafka: {err}")
         count = self.parts.apply(records) if records else 0
+        now = time.monotonic()
+        if count:
+            self.awake_until = max(self.awake_until, now + AWAKE_S)
         flipped = False
         for p, end in caught:
             h = self.parts.held.get(p)
@@ -595,7 +616,57 @@ class Tail:
             self._step_transfers()
         if flipped:
             self.changed()
+        if self.idle_fetch_s:
+            self._pace(now)
         return count
+
+    # ---- pacing the fetches
+    @property
+    def awake(self) -> bool:
+        return not self.idle_fetch_s or time.monotonic() < self.awake_until
+
+    def wake(self, seconds: float = AWAKE_S) -> None:
+        """Fetch every fetch wait for ``seconds`` from now (a writer waits, a read wants a newer
+        offset, the assignment changed)."""
+        self.awake_until = max(self.awake_until, time.monotonic() + seconds)
+        if self.paused:
+            self._resume()
+
+    def _pace(self, now: float) -> None:
+        if now < self.awake_until:
+            if self.paused:
+                self._resume()
+        elif now >= self._probe_at and self.paused:
+            self.wake(self.probe_s)  # one idle round
+            self._probe_at = now + self.idle_fetch_s
+        else:
+            self._pause()
+            if self._probe_at <= now:
+                self._probe_at = now + self.idle_fetch_s
+
+    def _pause(self) -> None:
+        """Pause the serving partitions not paused yet (the others are still catching up)."""
+        held = self.parts.held
+        todo = [tp for tp in self.consumer.assignment() if tp.partition not in self.paused
+                and held.get(tp.partition) is not None and held[tp.partition].serving]
+        if todo:
+            self.consumer.pause(todo)
+            self.paused.update(tp.partition for tp in todo)
+
+    def _resume(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        held = self.parts.held
+        tps = [TopicPartition(self.topic, p, held[p].next) for p in sorted(self.paused) if p in held]
+        self.paused.clear()
+        if not tps:
+            return
+        self.consumer.resume(tps)
+        for tp in tps:
+            try:
+                self.consumer.seek(tp)  # fetch now: a resumed partition waits for librdkafka's next round
+            except KafkaException as exc:  # not fetching yet (just assigned): its round comes anyway
+                log.debug("seek of partition %d after resume: %s", tp.partition, exc)
 
     def close(self) -> None:
         for t in self.transfers.values():

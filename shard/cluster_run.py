@@ -17,9 +17,10 @@ from shard.persistence import files, snapshot as snapshots
 
 log = logging.getLogger("shard")
 
-CLUSTER_POLL_MS = 5  # the loop's longest sleep: a record is applied within this of its arrival
+CLUSTER_POLL_MS = 5  # the tail is read this often while it fetches: a record is applied within this of its arrival
 TRANSFER_POLL_MS = 1  # the same while a partition arrives from a peer (its chunks do not wake the loop)
-CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often
+CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often (and the
+# tail while its partitions are paused, for the rebalance callbacks and its idle rounds)
 LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
 
 
@@ -52,6 +53,8 @@ class ClusterShard:
         self.gen = 1 + max(files.generations(self.dir)[0], default=0) if self.dir and os.path.isdir(self.dir) else 1
         self.child: tuple[int, int, float, int] | None = None  # the snapshot writer: pid, gen, started, changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
+        self.parts.behind = self.tail.wake
+        self._tail_at = 0.0
 
     def _peers(self, p: int) -> list[tuple[str, int]]:
         self.reader.poll(0)
@@ -60,7 +63,14 @@ class ClusterShard:
 
     def poll_ms(self) -> int:
         """How long the loop may wait for a request before :meth:`tick` runs again."""
-        return TRANSFER_POLL_MS if self.tail.transfers else CLUSTER_POLL_MS
+        if self.tail.transfers:
+            return TRANSFER_POLL_MS
+        return CLUSTER_POLL_MS if self.tail.awake else int(CHORES_S * 1000)
+
+    def offsets(self) -> dict[int, tuple[int, bool]]:
+        """What ``offsets`` answers; a writer waits for it, so the tail fetches at full speed."""
+        self.tail.wake()
+        return self.parts.states()
 
     def publish(self) -> None:
         """Tell the membership topic what this shard holds now."""
@@ -76,9 +86,10 @@ class ClusterShard:
     def tick(self) -> None:
         """One loop pass: apply new records; every CHORES_S, read membership, heartbeat, free,
         snapshot."""
-        if self.leaving is None:
-            self.tail.poll(0)
         now = time.monotonic()
+        if self.leaving is None and (now >= self._tail_at or self.tail.transfers):  # not every pass under reads
+            self.tail.poll(0)
+            self._tail_at = now + 0.8 * (CLUSTER_POLL_MS / 1000 if self.tail.awake else CHORES_S)
         if now < self._chores_at:
             return
         self._chores_at = now + CHORES_S

@@ -281,7 +281,7 @@ def handle_offsets(shard: ShardState, req: dict) -> dict:
     """Cluster mode. ``{}`` -> ``{held: [[p, next_offset, serving], ...]}``."""
     if shard.cluster is None:
         return P.error(P.id_of(req), P.NOT_OWNER, "not a cluster-mode shard")
-    return P.offsets_reply(P.id_of(req), shard.cluster.parts.states())
+    return P.offsets_reply(P.id_of(req), shard.cluster.offsets())
 
 
 HANDLERS: dict[str, Callable[[ShardState, dict], dict]] = {
