@@ -426,9 +426,10 @@ class Tail:
 
     Fetching paces itself (``FS_CLUSTER_IDLE_FETCH_S``): an empty fetch every fetch wait costs
     the broker CPU (Tansu: about 1 ms each), so once no record arrived and no writer waited
-    (:meth:`wake`) for ``AWAKE_S``, the serving partitions are paused and fetched only every
-    ``idle_fetch_s``. :meth:`wake` resumes them and seeks each to its next offset, which sends a
-    fetch at once (a resume alone waits for librdkafka's next 1 s round).
+    (:meth:`wake`) for ``AWAKE_S``, the serving partitions are parked (taken out of the
+    consumer's own assignment; the group still gives them to this shard) and fetched only every
+    ``idle_fetch_s``. :meth:`wake` assigns them again at their next offsets, which fetches at
+    once (a paused partition, resumed, waited up to seconds for librdkafka's next fetch).
 
     :arg peers: ``peers(p)`` -> [(endpoint, next offset)] of other members serving ``p``.
     :arg changed: called when the assignment or a partition's serving state changes.
@@ -452,7 +453,7 @@ class Tail:
         self.idle_fetch_s = cfg.cluster_idle_fetch_s
         self.probe_s = 2 * cfg.kafka_fetch_wait_ms / 1000 + 0.02  # an idle round: a fetch is answered in it
         self.awake_until = time.monotonic() + AWAKE_S
-        self.paused: set[int] = set()  # partitions paused while idle
+        self.parked: set[int] = set()  # serving partitions taken out of the consumer's assignment while idle
         self._probe_at = 0.0
         self._unassigned: list = []  # TopicPartitions whose incremental_assign failed: retried
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
@@ -499,11 +500,9 @@ class Tail:
                 if self.parts.held[p].loading:
                     self.parts.free(p)  # half a copy serves nobody
             self.parts.release(p)
+        self.parked -= gone  # (not in the consumer's assignment)
         mine = [tp for tp in consumer.assignment() if tp.partition in gone]
         if mine:
-            if self.paused & gone:  # not paused should Kafka give them back later
-                consumer.resume([tp for tp in mine if tp.partition in self.paused])
-                self.paused -= gone
             consumer.incremental_unassign(mine)
         log.info("partitions %s revoked", sorted(gone))
         self.changed()
@@ -629,44 +628,44 @@ class Tail:
         """Fetch every fetch wait for ``seconds`` from now (a writer waits, a read wants a newer
         offset, the assignment changed)."""
         self.awake_until = max(self.awake_until, time.monotonic() + seconds)
-        if self.paused:
-            self._resume()
+        if self.parked:
+            self._unpark()
 
     def _pace(self, now: float) -> None:
         if now < self.awake_until:
-            if self.paused:
-                self._resume()
-        elif now >= self._probe_at and self.paused:
+            if self.parked:
+                self._unpark()
+        elif now >= self._probe_at and self.parked:
             self.wake(self.probe_s)  # one idle round
             self._probe_at = now + self.idle_fetch_s
         else:
-            self._pause()
+            self._park()
             if self._probe_at <= now:
                 self._probe_at = now + self.idle_fetch_s
 
-    def _pause(self) -> None:
-        """Pause the serving partitions not paused yet (the others are still catching up)."""
+    def _park(self) -> None:
+        """Stop fetching the serving partitions (the others are still catching up)."""
+        from confluent_kafka import KafkaException
+
         held = self.parts.held
-        todo = [tp for tp in self.consumer.assignment() if tp.partition not in self.paused
+        todo = [tp for tp in self.consumer.assignment() if tp.partition not in self.parked
                 and held.get(tp.partition) is not None and held[tp.partition].serving]
         if todo:
-            self.consumer.pause(todo)
-            self.paused.update(tp.partition for tp in todo)
+            try:
+                self.consumer.incremental_unassign(todo)
+            except KafkaException as exc:  # in the middle of a rebalance: next pass
+                log.debug("parking %s: %s", [tp.partition for tp in todo], exc)
+                return
+            self.parked.update(tp.partition for tp in todo)
 
-    def _resume(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+    def _unpark(self) -> None:
+        from confluent_kafka import TopicPartition
 
         held = self.parts.held
-        tps = [TopicPartition(self.topic, p, held[p].next) for p in sorted(self.paused) if p in held]
-        self.paused.clear()
-        if not tps:
-            return
-        self.consumer.resume(tps)
-        for tp in tps:
-            try:
-                self.consumer.seek(tp)  # fetch now: a resumed partition waits for librdkafka's next round
-            except KafkaException as exc:  # not fetching yet (just assigned): its round comes anyway
-                log.debug("seek of partition %d after resume: %s", tp.partition, exc)
+        self._unassigned += [TopicPartition(self.topic, p, held[p].next) for p in sorted(self.parked)
+                             if p in held and held[p].assigned]
+        self.parked.clear()
+        self._step_transfers()  # assigns them (or retries next pass)
 
     def close(self) -> None:
         for t in self.transfers.values():

@@ -178,6 +178,7 @@ class ClusterShard:
         return {"cluster_partitions": {str(p): [o, up] for p, (o, up) in self.parts.states().items()},
                 "cluster_records": self.parts.applied, "misrouted": self.parts.misrouted,
                 "rejected_records": self.parts.rejected, "snapshotting": self.child is not None,
+                "cluster_parked": sorted(self.tail.parked),
                 "cluster_arriving": {str(p): [t.endpoint, t.entities] for p, t in self.tail.transfers.items()},
                 "bootstrapped_from": dict(map(
                     lambda kv: (str(kv[0]), kv[1]), self.tail.sources.items()))}

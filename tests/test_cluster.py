@@ -97,6 +97,27 @@ def test_an_external_producer_keyed_by_entity_feeds_the_store(cluster, broker):
                       "last_updated": "2026-01-02T03:04:05Z"}
 
 
+def test_an_idle_shard_parks_its_partitions_and_still_applies_records(cluster, broker):
+    """With no record and no waiting writer for a while, b0 stops fetching every fetch wait (its
+    partitions are parked: an empty fetch costs the broker CPU); a record from an outside producer
+    is still applied within an idle round, and a writer waiting (``offsets``) unparks them at once."""
+    from confluent_kafka import Producer
+
+    b0 = cluster.endpoints["b0"]
+    parked = lambda: cluster.stats("b0")["cluster_parked"]  # noqa: E731 (stats does not wake a shard)
+    poll_for(lambda: parked() == list(range(PARTITIONS)), 10, what="b0 to park its partitions")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "partitioner": "murmur2_random"})
+    eid = f"idle/{uuid.uuid4().hex[:6]}"
+    producer.produce(cluster.topic, orjson.dumps({"entity_id": eid, "features": {"n": 1}}), key=eid.encode())
+    assert producer.flush(10) == 0
+    poll_for(lambda: P.is_ok(zmq_call(b0, [P.get(eid, req_id=1)], 1000)[0]), 3, interval=0.02,
+             what="b0 to apply the record while idle")
+    assert parked() == []  # the record woke it: it fetches on for a while
+    poll_for(lambda: parked() == list(range(PARTITIONS)), 10, what="b0 to park its partitions again")
+    cluster.held("b0")  # what a front end asks while a write waits
+    assert parked() == []
+
+
 def test_bad_records_from_a_producer_are_skipped_and_the_shards_go_on(cluster, broker):
     """Records from a user's producer are untrusted input: not JSON, JSON 1,000 levels deep with a
     19-digit number, a wrong type, an entity past FS_MAX_FEATURES_PER_ENTITY (10,000). Each is
