@@ -1,8 +1,12 @@
 """Cluster mode (issue 13): reads and writes against embedded mode, peer bootstrap, failover and
 scale-out, all on one machine with a Tansu broker, every process real, figures from one run.
 
-- ``reads``: ``GET /features/e{i}`` at 64 connections (wrk), cluster mode (2 replica sets of one
-  shard) vs embedded mode (2 shards), same entities, runs paired and repeated; the ratio of medians.
+- ``reads``: ``GET /features/e{i}`` at 64 connections (wrk), cluster mode (replica set a of 2
+  shards, b of 1, the broker) vs embedded mode (2 shards), same entities, runs paired and
+  repeated; the ratio of medians, and the CPU each process used per request (``/proc``).
+- ``footprint``: the same reads against a cluster of the embedded mode's size (one replica set of
+  2 shards; the broker besides), after the others: what is the read path and what the extra
+  shard's and the broker's share of 2 cores.
 - ``writes``: ``POST /features`` of one value at 64 and 1 connections; cluster (through Kafka,
   200 once applied) vs embedded (straight to a shard).
 - ``bootstrap``: one partition of N entities x 10 values held by a shard; the values/s of a peer
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import statistics
 import sys
 import tempfile
@@ -77,10 +82,61 @@ def post_script(n: int) -> str:
         '  return wrk.format("POST", "/features", {["Content-Type"] = "application/json"}, body)')
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) process ``pid`` has used."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes(c: Cluster) -> dict[str, int]:
+    """The PIDs of a cluster's front end, shards and (cluster mode) broker, by name."""
+    shards = c.shards.items() if isinstance(c.shards, dict) else ((f"s{i}", p) for i, p in enumerate(c.shards))
+    out = {"front end": c.frontend.pid, **{name: p.pid for name, p in shards}}
+    if isinstance(c, KafkaCluster):
+        out["broker"] = c.broker.proc.pid
+    return out
+
+
+def measured(c: Cluster, run):
+    """``run()``'s result and the CPU seconds each process of ``c`` used meanwhile."""
+    pids = processes(c)
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    result = run()
+    return result, {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+
+
+def cpu_line(rows: list) -> str:
+    """Microseconds of CPU per request, by process, summed over the runs ``rows`` of (wrk, cpu)."""
+    n = sum(r.requests for r, _ in rows)
+    total: dict[str, float] = {}
+    for _, cpu in rows:
+        for name, s in cpu.items():
+            total[name] = total.get(name, 0.0) + s
+    return (", ".join(f"{name} {1e6 * s / n:.0f}" for name, s in total.items())
+            + f"; all {1e6 * sum(total.values()) / n:.0f} us/request")
+
+
+def bench_reads(embedded: Cluster, cluster: KafkaCluster, n: int, duration: float, reps: int, label: str) -> None:
+    """Paired wrk runs of whole-entity GETs at 64 connections, with each process's CPU."""
+    rows = {"embedded": [], "cluster": []}
+    for _ in range(reps):
+        for mode, c in (("embedded", embedded), ("cluster", cluster)):
+            rows[mode].append(measured(c, lambda: wrk(c.url, 64, duration, read_script(n))))
+    med = {m: statistics.median(r.rps for r, _ in rs) for m, rs in rows.items()}
+    errors = {m: sum(r.errors + r.non2xx for r, _ in rs) for m, rs in rows.items()}
+    print(f"read   64 conns, {label}: embedded {med['embedded']:8.0f} req/s   cluster {med['cluster']:8.0f} req/s"
+          f"   ratio {ratio(med['cluster'], med['embedded']):.2f}x (pairs "
+          f"{', '.join(f'{ratio(c.rps, e.rps):.2f}' for (e, _), (c, _) in zip(rows['embedded'], rows['cluster']))})"
+          f"  errors/non-2xx {errors['embedded']}/{errors['cluster']}", flush=True)
+    for mode in ("embedded", "cluster"):
+        print(f"  CPU {mode:8}: {cpu_line(rows[mode])}", flush=True)
+
+
 def bench_reads_writes(embedded: Cluster, cluster: KafkaCluster, n: int, duration: float, reps: int) -> dict:
     out = {}
-    for kind, script, conns in (("read", read_script(n), 64), ("write", post_script(n), 64),
-                                ("write", post_script(n), 1)):
+    bench_reads(embedded, cluster, n, duration, reps, "2 replica sets (a: 2 shards, b: 1) and the broker")
+    for kind, script, conns in (("write", post_script(n), 64), ("write", post_script(n), 1)):
         rows = {"embedded": [], "cluster": []}
         for _ in range(reps):
             for mode, url in (("embedded", embedded.url), ("cluster", cluster.url)):
@@ -214,13 +270,28 @@ def bench_scaleout(c: KafkaCluster, n: int, duration: float) -> None:
           flush=True)
 
 
+def start_cluster(c: KafkaCluster, names, n: int) -> None:
+    """Shards ``names`` and a front end; ``e0..`` written to the topic and readable."""
+    for name in names:
+        c.start_shard(name)
+    c.start_frontend()
+    produce_entities(c.broker.bootstrap, c.topic, n)
+
+    def applied() -> bool:  # by every replica set
+        held = {name: c.held(name) for name in names}
+        return all(up for h in held.values() for _, up in h.values()) and all(
+            sum(o for name in names if name[0] == r for o, _ in held[name].values()) >= n for r in {m[0] for m in names})
+
+    poll_for(applied, 120, interval=0.2, what="the entities in cluster mode")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--entities", type=int, default=20000)
     ap.add_argument("--boot-entities", type=int, default=100000)
     ap.add_argument("--duration", type=float, default=4)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--only", default="reads,bootstrap,failover,scaleout")
+    ap.add_argument("--only", default="reads,bootstrap,failover,scaleout,footprint")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="FS_KAFKA_FETCH_WAIT_MS of the cluster: Tansu answers an idle fetch only after it")
     args = ap.parse_args()
@@ -232,27 +303,34 @@ def main() -> int:
             if "bootstrap" in only:
                 bench_bootstrap(broker, tmp, args.boot_entities)
             c = KafkaCluster(broker, tmp, partitions=8, shard_timeout_s=1.0, kafka_fetch_wait_ms=args.fetch_wait_ms)
-            embedded = Cluster(tmp / "embedded", shards=2) if "reads" in only else None
+            embedded = Cluster(tmp / "embedded", shards=2) if only & {"reads", "footprint"} else None
+            small = None
             try:
-                for name in ("a0", "a1", "b0"):
-                    c.start_shard(name)
-                c.start_frontend()
-                produce_entities(broker.bootstrap, c.topic, args.entities)
-                poll_for(lambda: request("GET", c.url + f"/features/e{args.entities - 1}")[0] == 200, 120,
-                         what="the entities in cluster mode")
+                start_cluster(c, ("a0", "a1", "b0"), args.entities)
                 if embedded is not None:
                     (tmp / "embedded").mkdir()
                     embedded.start()
                     load_entities(embedded.endpoints, args.entities, FEATURES)
+                if "reads" in only:
                     bench_reads_writes(embedded, c, args.entities, args.duration, args.reps)
                 if "failover" in only:
                     bench_failover(c, args.entities)
                 if "scaleout" in only:
                     bench_scaleout(c, args.entities, args.duration)
+                if "footprint" in only:
+                    c.stop()
+                    (tmp / "small").mkdir()
+                    small = KafkaCluster(broker, tmp / "small", partitions=8, shard_timeout_s=1.0,
+                                         kafka_fetch_wait_ms=args.fetch_wait_ms)
+                    start_cluster(small, ("a0", "a1"), args.entities)
+                    bench_reads(embedded, small, args.entities, args.duration, args.reps,
+                                "equal footprint: 1 replica set of 2 shards and the broker")
             finally:
                 if embedded is not None:
                     embedded.stop()
-                c.stop()
+                for cluster in (small, c):
+                    if cluster is not None:
+                        cluster.stop()
         finally:
             broker.stop()
     return 0
