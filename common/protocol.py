@@ -102,7 +102,7 @@ CHUNK = "chunk"  # pdump: msgpack ``[e, blob, e, blob, ...]``, as a snapshot's r
 STATES = "states"  # pdump: msgpack ``[e, window states, ...]`` of the chunk's entities that have some
 STATES_AT = "sat"  # pdump: the partition's next offset when the chunk was packed (its states count up to it)
 NEXT = "next"  # pdump: the position to ask for next, or nil at the end
-AFTER = "after"  # get, get1: answer only once the entity's partition has applied this offset
+AFTER = "after"  # get, get1, mget, fget: answer only once the entities' partition has applied this offset
 PARTITIONS = "held"  # offsets: [[partition, next_offset, serving], ...]
 SLOT_TABLE = "table"  # ping: the slot table a shard serves, [shards, index]; or the replica set
 
@@ -210,8 +210,8 @@ def write_origin(req: dict) -> tuple[Any, Any, Any]:
 
 
 def read_after(request: dict, offset: int) -> dict:
-    """``request`` (``get``, ``get1``), answered only by a replica whose copy of the entity's
-    partition has applied ``offset`` (cluster mode: read-your-writes across front ends)."""
+    """``request`` (``get``, ``get1``, ``mget``, ``fget``), answered only by a replica whose copy of
+    the entities' partition has applied ``offset`` (cluster mode: read-your-writes across front ends)."""
     request[AFTER] = offset
     return request
 

@@ -153,4 +153,5 @@ class BodyHandler(BaseHandler):
 
     async def serve(self, endpoint: Endpoint) -> None:
         """Serve ``endpoint`` (``frontend/endpoints.py``) with this request's body."""
-        self.write_reply(await endpoint.run(self.ctx, self.body(), self._size))
+        headers = {"headers": self.request.headers} if endpoint.reads_headers else {}
+        self.write_reply(await endpoint.run(self.ctx, self.body(), self._size, **headers))

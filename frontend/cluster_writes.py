@@ -161,14 +161,26 @@ def render_positions(applied: list) -> str:
     return ",".join(f"{p}:{o}" for p, o in sorted(top.items()))
 
 
-def position_in(value: str, p: int) -> int | None:
-    """The offset an ``X-Read-After`` value names for partition ``p`` (None: none); 400 when
-    it is not ``partition:offset`` pairs."""
-    found = None
+def positions(value: str) -> dict[int, int]:
+    """``{partition: offset}`` of an ``X-Read-After`` value (the highest offset of each); 400
+    when it is not ``partition:offset`` pairs."""
+    found: dict[int, int] = {}
     for pair in value.split(","):
         part, _, offset = pair.strip().partition(":")
         if not (part.isdigit() and offset.isdigit()):
             raise APIError(400, f"{READ_AFTER} must be partition:offset pairs, as a write's reply gives them")
-        if int(part) == p:
-            found = max(int(offset), found if found is not None else -1)
+        found[int(part)] = max(int(offset), found.get(int(part), -1))
     return found
+
+
+def position_in(value: str, p: int) -> int | None:
+    """The offset an ``X-Read-After`` value names for partition ``p`` (None: none); 400 when
+    it is not ``partition:offset`` pairs."""
+    return positions(value).get(p)
+
+
+def read_positions(cfg, headers) -> dict[int, int] | None:
+    """The positions a batch read must wait for: cluster mode and an ``X-Read-After`` header."""
+    if headers is None or not cfg.cluster_kafka or READ_AFTER not in headers:
+        return None
+    return positions(headers[READ_AFTER])

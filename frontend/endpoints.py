@@ -24,7 +24,7 @@ import orjson
 from common import timefmt
 from common.events import EventError, check_entity_ids, check_name, loads_json, parse_body
 from frontend import fanout
-from frontend.cluster_writes import READ_AFTER, render_positions
+from frontend.cluster_writes import READ_AFTER, read_positions, render_positions
 from frontend.access import admit, too_large
 from frontend.errors import INTERNAL, APIError, Reply, error_reply
 from frontend.metrics import counted
@@ -50,15 +50,16 @@ class Endpoint:
     template) labels its requests in ``/metrics``, ``handler_name`` its log lines; ``error_reply``
     renders what it raises."""
 
-    __slots__ = ("handler_name", "route", "mutates", "run", "error_reply")
+    __slots__ = ("handler_name", "route", "mutates", "run", "error_reply", "reads_headers")
 
     def __init__(self, handler_name: str, route: str, mutates: bool, run: Callable[..., Awaitable[Reply]],
-                 render_error: Callable[[APIError], Reply] = error_reply) -> None:
+                 render_error: Callable[[APIError], Reply] = error_reply, reads_headers: bool = False) -> None:
         self.handler_name = handler_name
         self.route = route
         self.mutates = mutates
         self.run = run
         self.error_reply = render_error
+        self.reads_headers = reads_headers  # run(ctx, body, size, headers=...): X-Read-After
 
     def start(self, ctx, headers, body: bytes, done: Callable[[Reply], None], started: float | None = None) -> None:
         """Admit and serve a request without a handler; ``done(reply)`` is called once. The
@@ -71,7 +72,8 @@ class Endpoint:
         except APIError as exc:
             done(error_reply(exc))
             return
-        asyncio.ensure_future(self.run(ctx, body)).add_done_callback(partial(self._finished, done))
+        run = self.run(ctx, body, headers=headers) if self.reads_headers else self.run(ctx, body)
+        asyncio.ensure_future(run).add_done_callback(partial(self._finished, done))
 
     def _finished(self, done: Callable[[Reply], None], task: asyncio.Task) -> None:
         try:
@@ -100,8 +102,10 @@ async def write(ctx, body: bytes, size: int | None = None) -> Reply:
     return 200, headers, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
 
 
-async def batch(ctx, body: bytes, size: int | None = None) -> Reply:
-    """``POST /features/batch``: ``{entity_ids, features?}`` -> ``{results}`` in request order."""
+async def batch(ctx, body: bytes, size: int | None = None, headers=None) -> Reply:
+    """``POST /features/batch``: ``{entity_ids, features?}`` -> ``{results}`` in request order;
+    in cluster mode, with ``X-Read-After``, from replicas that applied those positions."""
+    after = read_positions(ctx.cfg, headers)
     body = parse_json(body, ctx.cfg, size)
     cfg, limits = ctx.cfg, ctx.limits
     if type(body) is not dict:
@@ -125,7 +129,7 @@ async def batch(ctx, body: bytes, size: int | None = None) -> Reply:
                 check_name(name, limits, f"features[{i}]")
     except EventError as exc:
         raise APIError(exc.status, exc.detail) from None
-    parts = await fanout.read_parts(ctx, eids, names)
+    parts = await fanout.read_parts(ctx, eids, names, after)
     size = sum(map(len, parts)) + len(parts) + 16
     if size > cfg.max_response_bytes:
         raise APIError(413, f"the response would be {size} bytes; the limit is "
@@ -134,4 +138,4 @@ async def batch(ctx, body: bytes, size: int | None = None) -> Reply:
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)
-BATCH = Endpoint("BatchHandler", "/features/batch", False, batch)
+BATCH = Endpoint("BatchHandler", "/features/batch", False, batch, reads_headers=True)

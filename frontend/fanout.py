@@ -69,9 +69,16 @@ async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, in
     return written, stale, applied
 
 
-async def read_parts(ctx, eids: list, names: list | None) -> list[bytes]:
-    """The JSON object of each entity (``mget``), in request order."""
-    calls = submit(ctx, eids, lambda pos: P.mget([eids[p] for p in pos], names))
+async def read_parts(ctx, eids: list, names: list | None, after: dict[int, int] | None = None) -> list[bytes]:
+    """The JSON object of each entity (``mget``), in request order; with ``after`` (cluster
+    mode: partition -> offset), from copies that applied those offsets."""
+    def build(shard: int, pos: list[int]) -> dict:
+        request = P.mget([eids[p] for p in pos], names)
+        offset = after.get(shard) if after else None
+        return request if offset is None else P.read_after(request, offset)
+
+    calls = [(shard, pos, ctx.client.submit(shard, build(shard, pos)))
+             for shard, pos in ctx.partitioner.group(eids).items()]
     parts: list = [None] * len(eids)
     for shard, positions, fut in calls:
         reply = await ok_reply(ctx, shard, fut)

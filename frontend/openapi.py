@@ -63,6 +63,15 @@ _COLUMNS = {"type": "object", "minProperties": 1, "additionalProperties": {"type
             "description": "columns of one length: {column: [values]}"}
 
 
+_READ_AFTER = {"name": "X-Read-After", "in": "header", "required": False,
+               "schema": {"type": "string"},
+               "description": "cluster mode: a write's X-Read-After (partition:offset pairs) sent back; the read "
+                              "is answered only by replicas that applied those positions (503 when none did in "
+                              "time, 400 for another value); embedded mode ignores it"}
+_POSITIONS = {"X-Read-After": {"description": "cluster mode: partition:offset of each record of the write",
+                               "schema": {"type": "string"}}}
+
+
 def _body(schema: dict) -> dict:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -77,7 +86,8 @@ SPEC = {
                      "requestBody": _body({"oneOf": [
                          {"$ref": "#/components/schemas/Write"},
                          {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Write"}}]}),
-                     "responses": {"200": _json({"$ref": "#/components/schemas/Saved"}, "applied"),
+                     "responses": {"200": {**_json({"$ref": "#/components/schemas/Saved"}, "applied"),
+                                           "headers": _POSITIONS},
                                    **_errors(*_WRITE_ERRORS)}},
             "get": {"summary": "Read one feature (query form)",
                     "parameters": [{"name": "entity_id", "in": "query", "required": True, "schema": _ID},
@@ -87,7 +97,7 @@ SPEC = {
         },
         "/features/{entity_id}": {
             "parameters": [_ENTITY],
-            "get": {"summary": "All live features of an entity",
+            "get": {"summary": "All live features of an entity", "parameters": [_READ_AFTER],
                     "responses": {"200": _json({"$ref": "#/components/schemas/Entity"}, "the entity"),
                                   **_errors(*_READ_ERRORS)}},
             "delete": {"summary": "Delete an entity", "responses": {"200": _json({"type": "object"}, "deleted"),
@@ -95,7 +105,7 @@ SPEC = {
         },
         "/features/{entity_id}/{name}": {
             "parameters": [_ENTITY, _NAME],
-            "get": {"summary": "One feature", "responses": {
+            "get": {"summary": "One feature", "parameters": [_READ_AFTER], "responses": {
                 "200": _json({"$ref": "#/components/schemas/Feature"}, "the feature"), **_errors(*_READ_ERRORS)}},
             "delete": {"summary": "Delete one feature", "responses": {
                 "200": _json({"type": "object"}, "deleted"), **_errors(400, 401, 403, 404, 503, 507)}},
@@ -106,6 +116,7 @@ SPEC = {
             "delete": {"summary": "Delete the entity named batch", "responses": {
                 "200": _json({"type": "object"}, "deleted"), **_errors(400, 401, 403, 404, 503, 507)}},
             "post": {"summary": "Many entities in one call, results in request order",
+                     "parameters": [_READ_AFTER],
                      "requestBody": _body({
                          "type": "object", "required": ["entity_ids"], "additionalProperties": False, "properties": {
                              "entity_ids": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ID},

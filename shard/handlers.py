@@ -90,26 +90,19 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
-    """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None."""
+    """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None; in cluster
+    mode also until this copy has applied the request's ``after`` offset (another replica may
+    have)."""
     owner = shard.owner
     if owner is not None:
+        after = P.after_of(req) if shard.cluster is not None else None
+        if after is not None and type(after) is not int:
+            raise BadRequest(f"field {P.AFTER!r} must be an offset")
         for eid in eids:
-            why = owner.refusal(eid)
+            why = owner.refusal(eid) if after is None else owner.refusal(eid, after)
             if why is not None:
                 return P.error(P.id_of(req), P.NOT_OWNER, why)
     return None
-
-
-def _unread(shard: ShardState, req: dict, eid: str) -> dict | None:
-    """As :func:`_foreign` for a single-entity read; in cluster mode also ``not_owner`` until
-    this copy has applied the request's ``after`` offset (another replica may have)."""
-    after = P.after_of(req)
-    if after is None or shard.cluster is None:
-        return _foreign(shard, req, (eid,))
-    if type(after) is not int:
-        raise BadRequest(f"field {P.AFTER!r} must be an offset")
-    why = shard.owner.refusal(eid, after)
-    return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 
 def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> Any:
@@ -145,7 +138,7 @@ def handle_ping(shard: ShardState, req: dict) -> dict:
 def handle_get(shard: ShardState, req: dict) -> dict:
     """``{e, f?, after?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
     eid, names = _field(req, P.ENTITY, str), _names(req)
-    refused = _unread(shard, req, eid)
+    refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
     body = shard.store.render_entity(eid, names)
@@ -158,7 +151,7 @@ def handle_get(shard: ShardState, req: dict) -> dict:
 def handle_get1(shard: ShardState, req: dict) -> dict:
     """``{e, n, after?}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
     eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
-    refused = _unread(shard, req, eid)
+    refused = _foreign(shard, req, (eid,))
     if refused is not None:
         return refused
     body = shard.store.render_feature(eid, name)
