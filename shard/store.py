@@ -33,7 +33,7 @@ import msgpack
 import orjson
 
 from common import timefmt
-from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP
+from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP, etag_for
 from shard.aggregate import Aggregator
 from shard.walk import Walk
 
@@ -123,7 +123,7 @@ class Store:
         self._ttl_any = self._default_ttl is not None or any(self._view_ttls.values())
         self._ttls: dict[str, int | None] = {}  # name -> TTL in us, memoised
         self._cap = cache_entities
-        self._json: dict[str, tuple[bytes | None, int]] = {}  # eid -> (entity JSON, valid until)
+        self._json: dict[str, tuple] = {}  # eid -> (entity JSON, valid until[, its ETag])
         self._rows: dict[str, tuple] = {}  # eid -> (names, v, s, ts, valid until)
         self._keys: dict[tuple, tuple] = {}  # interned name lists, so a cache hit is an `is`
         self._ttl_walk = Walk(self.SWEEP_BATCH, self.SWEEP_INTERVAL_US, self.SWEEP_PAUSE_US)
@@ -202,6 +202,22 @@ class Store:
         if self.aggs:
             feats, _ = self._with_aggregates(eid, feats, now, names, every)
         return _render(eid, feats) if feats else None
+
+    def tagged_entity(self, eid: str) -> tuple[bytes, str] | None:
+        """:meth:`render_entity` of every feature, and its ETag (:func:`~common.protocol.etag_for`),
+        kept beside the rendering in the cache once a single-entity read asked for it."""
+        now = self.clock()
+        hit = self._json.get(eid)
+        if hit is not None and now < hit[1] and len(hit) == 3:
+            return hit[0], hit[2]
+        body = self._entity_json(eid, now)
+        if body is None:
+            return None
+        tag = etag_for(body)
+        hit = self._json.get(eid)
+        if hit is not None and hit[0] is body:
+            self._json[eid] = (body, hit[1], tag)
+        return body, tag
 
     def _with_aggregates(self, eid: str, feats: dict, now: int, names=None, plain=None) -> tuple[dict, int]:
         """``feats`` and the entity's aggregates at ``now`` (those in ``names`` if given), as
