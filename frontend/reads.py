@@ -64,10 +64,10 @@ class Read:
 def render(cfg, shard: int, reply) -> Reply:
     """The response to a shard's reply (or exception): its ``body`` with its ETag (the shard's,
     which it keeps with a cached rendering), or the error."""
-    if type(reply) is not dict or not P.is_ok(reply):
+    if type(reply) is not dict or reply.get(P.OK) is not True:  # (P.is_ok)
         return error_reply(reply_failure(shard, reply, cfg))
     body = reply[P.BODY]
-    return 200, {"Etag": P.etag_of(reply) or P.etag_for(body)}, body
+    return 200, {"Etag": reply.get(P.ETAG) or P.etag_for(body)}, body  # (P.etag_of)
 
 
 def _entity(args: tuple) -> tuple[str, dict]:

