@@ -59,11 +59,11 @@ class Headers:
         self.exchange = exchange
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        value = self.exchange.header(_KEYS.get(name) or _key(name))
+        value = self.exchange.fields.get(_KEYS.get(name) or _key(name))  # (what exchange.header reads)
         return default if value is None else value.decode("latin1")
 
     def __contains__(self, name: str) -> bool:
-        return self.exchange.header(_KEYS.get(name) or _key(name)) is not None
+        return (_KEYS.get(name) or _key(name)) in self.exchange.fields
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
