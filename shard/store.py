@@ -14,9 +14,10 @@ backfill is still reported to Feast clients; :meth:`Store.sweep` reclaims a valu
 older than its TTL plus a grace (one more TTL unless configured), a bounded step at a time.
 
 Render caches: reads are served from rendered bytes kept per entity (the native JSON of the
-whole entity, and the Feast row of the last requested feature list), each valid until the first
-moment a TTL or a window could change it, and dropped when the entity changes. They are bounded
-by ``cache_entities``; the blob stays the single source of truth.
+whole entity, with its ETag once a single-entity read asked for it, and the Feast row of the last
+requested feature list), each valid until the first moment a TTL or a window could change it,
+and dropped when the entity changes. They are bounded by ``cache_entities``; the blob stays the
+single source of truth.
 
 Aggregations (``[[aggregations]]``, shard/aggregate.py): a write of an aggregated feature also
 enters its windows, whether or not it wins last-write-wins; its aggregates read as features
