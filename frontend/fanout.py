@@ -22,10 +22,11 @@ def calls_for(ctx, keys: list, build: Callable[[list[int] | None], dict]) -> tup
     """The request ``build(positions)`` for the shard of each group of ``keys`` (entity ids),
     and each group's positions. One shard holding them all gets ``build(None)``: every key, in
     order (no positions list to walk)."""
-    groups = ctx.partitioner.group(keys) if len(keys) > 1 else {ctx.partitioner.shard_for(keys[0]): None}
+    if len(keys) == 1:
+        return [(ctx.partitioner.shard_for(keys[0]), build(None))], [range(1)]
+    groups = ctx.partitioner.group(keys)
     if len(groups) == 1:
-        ((shard, _),) = groups.items()
-        return [(shard, build(None))], [range(len(keys))]
+        return [(next(iter(groups)), build(None))], [range(len(keys))]
     return [(shard, build(pos)) for shard, pos in groups.items()], list(groups.values())
 
 
