@@ -44,11 +44,17 @@ class Freshness:
     def observe(self, stamped: Iterable[tuple[str, int]], now_us: int) -> None:
         """Count each served ``(name, event_us)``, ``sample_every`` times."""
         weight = self.sample_every
+        view_of = self._view_of
+        last = bucket = added = None
         for name, event_us in stamped:
-            counts = self._view_of.get(name) or self._require(name)
-            age_s = (now_us - event_us) / 1e6
-            counts[bisect_left(AGE_BUCKETS_S, age_s)] += weight
-            counts[-1] += age_s * weight
+            counts = view_of.get(name) or self._require(name)
+            if event_us != last:  # an entity's values often share their event time
+                last = event_us
+                age_s = (now_us - event_us) / 1e6
+                bucket = bisect_left(AGE_BUCKETS_S, age_s)
+                added = age_s * weight
+            counts[bucket] += weight
+            counts[-1] += added
 
     def _require(self, name: str) -> list[float]:
         cut = name.find(":")

@@ -92,12 +92,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
     """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None."""
     owner = shard.owner
-    if owner is not None:
-        for eid in eids:
-            why = owner.refusal(eid)
-            if why is not None:
-                return P.error(P.id_of(req), P.NOT_OWNER, why)
-    return None
+    if owner is None:
+        return None
+    first = getattr(owner, "first_refusal", None)  # a SlotOwner's: C-level passes
+    why = first(eids) if first is not None else next(filter(None, map(owner.refusal, eids)), None)
+    return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 
 def _unread(shard: ShardState, req: dict, eid: str) -> dict | None:

@@ -176,9 +176,10 @@ class Store:
     def stamps(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple[str, int]]:
         """``(name, event_us)`` of the values of ``eids`` (those ``names`` only, when given);
         ``live``: not the expired ones."""
-        out, now = [], self.clock()
+        out, now, data = [], self.clock(), self.data
+        live = live and self._ttl_any
         for eid in eids:
-            blob = self.data.get(eid)
+            blob = data.get(eid)
             if blob is None:
                 continue
             feats = _decode(blob)
@@ -186,7 +187,7 @@ class Store:
                 feats = {n: feats[n] for n in names if n in feats}
             if live:
                 feats, _ = self._live(feats, now)
-            out.extend((n, vt[1]) for n, vt in feats.items())
+            out += zip(feats, map(_event_us, feats.values()))
         return out
 
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
