@@ -120,16 +120,19 @@ def _field(req: dict, name: str, typ: type | tuple, optional: bool = False) -> A
     return value
 
 
+_STR = frozenset((str,))
+
+
 def _names(req: dict) -> list | None:
     names = _field(req, P.NAMES, list, optional=True)
-    if names is not None and not all(type(n) is str for n in names):
+    if names is not None and not set(map(type, names)) <= _STR:
         raise BadRequest(f"field {P.NAMES!r} must be a list of strings")
     return names
 
 
 def _eids(req: dict) -> list:
     eids = _field(req, P.ENTITIES, list)
-    if not all(type(e) is str for e in eids):
+    if not set(map(type, eids)) <= _STR:  # (one C-level pass: a batch read's hot path)
         raise BadRequest(f"field {P.ENTITIES!r} must be a list of strings")
     return eids
 
