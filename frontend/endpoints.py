@@ -164,7 +164,9 @@ def _results(ctx, n: int, calls: fanout.Calls, groups: fanout.Groups, replies: l
     limit = ctx.cfg.max_response_bytes
     if size > limit:
         raise APIError(413, f"the response would be {size} bytes; the limit is {limit} (FS_MAX_RESPONSE_BYTES)")
-    return 200, {}, b'{"results":[' + b",".join(parts) + b"]}"
+    parts[0] = b'{"results":[' + parts[0]  # (one copy of the whole body, not three)
+    parts[-1] += b"]}"
+    return 200, {}, b",".join(parts)
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)

@@ -96,7 +96,9 @@ def _online_features(ctx, body: dict, plan, views: list, replies: list) -> Reply
     if size > cfg.max_response_bytes:
         raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
                                               f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-    return 200, {}, b'{"results":[' + b",".join(cols) + b'],"metadata":' + orjson.dumps(meta) + b"}"
+    cols[0] = b'{"results":[' + cols[0]  # (one copy of the whole body, not four)
+    cols[-1] += b'],"metadata":' + orjson.dumps(meta) + b"}"
+    return 200, {}, b",".join(cols)
 
 
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
