@@ -45,7 +45,11 @@ def send(ctx, shard: int, request: dict, done: Callable) -> None:
 
 
 def _settled(done: Callable, fut: asyncio.Future) -> None:
-    done(fut.exception() or fut.result())
+    try:
+        outcome = fut.result()
+    except (Exception, asyncio.CancelledError) as exc:  # answered as a 503 or a 500 by ``ok``
+        outcome = exc
+    done(outcome)
 
 
 def gather(ctx, calls: Calls, done: Callable[[list], None]) -> None:
