@@ -39,15 +39,17 @@ def send(ctx, shard: int, request: dict, done: Callable) -> None:
     In cluster mode a write goes through the client's ``submit`` (it becomes Kafka records)."""
     client = ctx.client
     if ctx.cfg.cluster_kafka and P.kind_of(request) == P.WRITE:
-        client.submit(shard, request).add_done_callback(partial(_settled, done))
+        client.submit(shard, request).add_done_callback(partial(_settled, shard, done))
     else:
         client.send(shard, request, done)
 
 
-def _settled(done: Callable, fut: asyncio.Future) -> None:
+def _settled(shard: int, done: Callable, fut: asyncio.Future) -> None:
     try:
         outcome = fut.result()
-    except (Exception, asyncio.CancelledError) as exc:  # answered as a 503 or a 500 by ``ok``
+    except asyncio.CancelledError:  # (the loop is closing): answered, never left hanging
+        outcome = ShardUnavailable(shard, "call cancelled")
+    except Exception as exc:  # a 500 (``ok`` raises it)
         outcome = exc
     done(outcome)
 
