@@ -74,7 +74,7 @@ class ShardState:
         """Count the ages of the values a read served, for one entity in ``freshness.sample_every``."""
         picked = self.freshness.pick(eids)
         if picked:
-            self.freshness.observe(self.store.stamps(picked, names, live), self.store.clock())
+            self.freshness.observe_entities(self.store.sampled(picked, names, live), self.store.clock())
 
 
 def _memory_bytes() -> int | None:

@@ -182,6 +182,14 @@ class Store:
         ``live``: not the expired ones. Kept per entity until it changes (the metrics sample
         the same entities again: a random entity's blob is cold, and decoding it costs a
         batch read as much as the rest of it)."""
+        out = []
+        for names_of, times in self.sampled(eids, names, live):
+            out += zip(names_of, repeat(times) if type(times) is int else times)
+        return out
+
+    def sampled(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple]:
+        """:meth:`stamps` per entity: ``(names, event times)``, the times an int when the
+        values share one (``Freshness.observe_entities`` takes them)."""
         out, now, memo = [], self.clock(), self._stamps
         key = None if names is None else self._key(names)
         for eid in eids:
@@ -190,8 +198,8 @@ class Store:
                 hit = self._stamped(eid, key, live, now)
                 if hit is None:
                     continue
-            names_of, times = hit[3], hit[4]
-            out += zip(names_of, repeat(times) if type(times) is int else times)
+            if hit[3]:
+                out.append((hit[3], hit[4]))
         return out
 
     def _stamped(self, eid: str, key: tuple | None, live: bool, now: int) -> tuple | None:
