@@ -14,8 +14,10 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 | type      | request fields                          | ok reply fields                         |
 |-----------|-----------------------------------------|-----------------------------------------|
 | ``ping``  | -                                       | ``shard``                               |
-| ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity      |
-| ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature     |
+| ``get``   | ``e`` entity id, ``f`` names or nil     | ``body``: JSON bytes of the entity,     |
+|           |                                         | ``tag``: its ETag                       |
+| ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature,    |
+|           |                                         | ``tag``: its ETag                       |
 | ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
 | ``fget``  | ``es`` entity ids, ``f`` names          | ``v``, ``s``, ``ts``: one row per id    |
 | ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``; | ``written``, ``stale``                  |
@@ -48,6 +50,7 @@ producers' DEALERs send the same kind of frames to, and answers ``stats`` on
 """
 from __future__ import annotations
 
+from hashlib import sha1
 from typing import Any
 
 import msgpack
@@ -80,6 +83,7 @@ EVENT_IDS = "ids"  # write: the event id of each write, or nil (a repeated id co
 ORIGIN = "src"  # write: the source the writes were read from ("kafka:topic/3", "file:/path")
 POSITIONS = "at"  # write: the position in the source of each write (offset, line number)
 BODY = "body"  # JSON bytes of an entity or a feature
+ETAG = "tag"  # get, get1: the body's HTTP ETag (:func:`etag_for`), made where the body is rendered
 PARTS = "parts"  # JSON bytes per entity id, in request order
 VALUES = "v"  # fget rows: value fragments
 STATUSES = "s"  # fget rows: status bytes
@@ -285,9 +289,20 @@ def error(req_id: Any, code: str, reason: str) -> dict:
     return {ID: req_id, OK: False, CODE: code, REASON: reason}
 
 
-def body_reply(req_id: Any, body: bytes) -> dict:
-    """Reply to ``get``/``get1`` (what ``ok(req_id, body=...)`` builds, without its keywords)."""
-    return {BODY: body, ID: req_id, OK: True}
+def body_reply(req_id: Any, body: bytes, etag: str | None = None) -> dict:
+    """Reply to ``get``/``get1`` (what ``ok(req_id, body=..., tag=...)`` builds, without its
+    keywords); ``etag`` is :func:`etag_for` of ``body`` (the shard keeps it with a rendering)."""
+    return {BODY: body, ETAG: etag, ID: req_id, OK: True}
+
+
+def etag_of(reply: dict) -> str | None:
+    """The ETag a ``get``/``get1`` reply carries, or None (a peer that sent none)."""
+    return reply.get(ETAG)
+
+
+def etag_for(body: bytes) -> str:
+    """The HTTP ETag of a read's body, as Tornado computes one: its SHA-1, quoted."""
+    return '"%s"' % sha1(body).hexdigest()
 
 
 def parts_reply(req_id: Any, parts: list) -> dict:

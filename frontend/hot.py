@@ -35,8 +35,8 @@ from frontend.feast.handlers import online_features_endpoint
 from frontend.metrics import REFUSED, counted, method_label
 from frontend.ops import log_request, logged
 
-_ENTITY = re.compile(rb"/features/([^/?]+)\Z")  # as app.ENTITY in the application's routes
-_FEATURE = re.compile(rb"/features/([^/?]+)/([^/?]+)\Z")
+# /features/{entity_id} (as app.ENTITY in the application's routes) or /features/{entity_id}/{name}
+_READ = re.compile(rb"/features/([^/?]+)(?:/([^/?]+))?\Z")
 
 
 _KEYS: dict[str, bytes] = {}  # a header name as the endpoint logic spells it -> its lower-case bytes
@@ -59,11 +59,11 @@ class Headers:
         self.exchange = exchange
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        value = self.exchange.header(_KEYS.get(name) or _key(name))
+        value = self.exchange.fields.get(_KEYS.get(name) or _key(name))  # (what exchange.header reads)
         return default if value is None else value.decode("latin1")
 
     def __contains__(self, name: str) -> bool:
-        return self.exchange.header(_KEYS.get(name) or _key(name)) is not None
+        return (_KEYS.get(name) or _key(name)) in self.exchange.fields
 
     def __getitem__(self, name: str) -> str:
         value = self.get(name)
@@ -89,19 +89,20 @@ class Hot:
         return None if refused is None else partial(self._refused, refused)
 
     def __call__(self, ex):
-        if ex.version == "HTTP/1.1" and ex.header(b"host") is None:
+        fields = ex.fields  # (what ex.header reads, without a call per header)
+        if ex.version == "HTTP/1.1" and b"host" not in fields:
             return None  # Tornado's 400
         if ex.method == "GET":
-            if ex.header(b"if-none-match") is not None:
+            if b"if-none-match" in fields:
                 return None
-            url = ex.url
+            m = _READ.match(ex.url)
             try:
-                m = _FEATURE.match(url)
                 if m is not None:
-                    return partial(self._read, reads.FEATURE, _segments(m))
-                m = _ENTITY.match(url)
-                if m is not None and m.group(1) != b"batch":
-                    return partial(self._read, reads.ENTITY, _segments(m))
+                    eid, name = m.groups()
+                    if name is not None:
+                        return partial(self._read, reads.FEATURE, _segments(m.string, (eid, name)))
+                    if eid != b"batch":
+                        return partial(self._read, reads.ENTITY, _segments(m.string, (eid,)))
             except UnicodeDecodeError:
                 pass
             return None
@@ -142,7 +143,6 @@ class Hot:
                         time.perf_counter() - started)
 
 
-def _segments(m: re.Match) -> tuple:
-    """The path arguments, percent-decoded (only when there is a ``%``), as UTF-8 strings."""
-    groups = m.groups()
-    return tuple(map(bytes.decode, map(unquote_to_bytes, groups) if b"%" in m.string else groups))
+def _segments(url: bytes, groups: tuple) -> tuple:
+    """The path arguments of ``url``, percent-decoded (only when it has a ``%``), as UTF-8 strings."""
+    return tuple(map(bytes.decode, map(unquote_to_bytes, groups) if b"%" in url else groups))

@@ -8,7 +8,6 @@ path (``frontend/fast.py``) both call it and only write what it renders.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from functools import partial
@@ -63,11 +62,12 @@ class Read:
 
 
 def render(cfg, shard: int, reply) -> Reply:
-    """The response to a shard's reply (or exception): its ``body`` with an ETag, or the error."""
-    if type(reply) is not dict or not P.is_ok(reply):
+    """The response to a shard's reply (or exception): its ``body`` with its ETag (the shard's,
+    which it keeps with a cached rendering), or the error."""
+    if type(reply) is not dict or reply.get(P.OK) is not True:  # (P.is_ok)
         return error_reply(reply_failure(shard, reply, cfg))
     body = reply[P.BODY]
-    return 200, {"Etag": '"%s"' % hashlib.sha1(body).hexdigest()}, body
+    return 200, {"Etag": reply.get(P.ETAG) or P.etag_for(body)}, body  # (P.etag_of)
 
 
 def _entity(args: tuple) -> tuple[str, dict]:

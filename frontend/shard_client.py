@@ -214,7 +214,7 @@ class ShardClient:
         pending = self.pending
         timed = self.on_roundtrip is None
         for reply in replies:
-            entry = pending.pop(P.id_of(reply), None) if type(reply) is dict else None
+            entry = pending.pop(reply.get(P.ID), None) if type(reply) is dict else None  # (P.id_of)
             if entry is not None:
                 if not timed:  # the first request of the frame: sent at its deadline - timeout
                     timed = True

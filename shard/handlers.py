@@ -104,10 +104,11 @@ def _unread(shard: ShardState, req: dict, eid: str) -> dict | None:
     this copy has applied the request's ``after`` offset (another replica may have)."""
     after = P.after_of(req)
     if after is None or shard.cluster is None:
-        return _foreign(shard, req, (eid,))
-    if type(after) is not int:
+        why = None if shard.owner is None else shard.owner.refusal(eid)
+    elif type(after) is not int:
         raise BadRequest(f"field {P.AFTER!r} must be an offset")
-    why = shard.owner.refusal(eid, after)
+    else:
+        why = shard.owner.refusal(eid, after)
     return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 
@@ -145,21 +146,31 @@ def handle_ping(shard: ShardState, req: dict) -> dict:
 
 
 def handle_get(shard: ShardState, req: dict) -> dict:
-    """``{e, f?, after?}`` -> ``{body}``: the entity's JSON, or error ``not_found``."""
-    eid, names = _field(req, P.ENTITY, str), _names(req)
+    """``{e, f?, after?}`` -> ``{body, tag}``: the entity's JSON and its ETag, or error ``not_found``."""
+    eid = req.get(P.ENTITY)  # (the checks of _field and _names, without their calls when they pass)
+    if type(eid) is not str:
+        eid = _field(req, P.ENTITY, str)
+    names = None if req.get(P.NAMES) is None else _names(req)
     refused = _unread(shard, req, eid)
     if refused is not None:
         return refused
-    body = shard.store.render_entity(eid, names)
+    if names is None:
+        tagged = shard.store.tagged_entity(eid)
+        body, tag = (None, None) if tagged is None else tagged
+    else:
+        body = shard.store.render_entity(eid, names)
+        tag = None if body is None else P.etag_for(body)
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, NOT_FOUND_DETAIL)
     shard.served([eid], names)
-    return P.body_reply(P.id_of(req), body)
+    return P.body_reply(P.id_of(req), body, tag)
 
 
 def handle_get1(shard: ShardState, req: dict) -> dict:
-    """``{e, n, after?}`` -> ``{body}``: one feature's JSON, or error ``not_found``."""
-    eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
+    """``{e, n, after?}`` -> ``{body, tag}``: one feature's JSON and its ETag, or error ``not_found``."""
+    eid, name = req.get(P.ENTITY), req.get(P.NAME)
+    if type(eid) is not str or type(name) is not str:
+        eid, name = _field(req, P.ENTITY, str), _field(req, P.NAME, str)
     refused = _unread(shard, req, eid)
     if refused is not None:
         return refused
@@ -167,7 +178,7 @@ def handle_get1(shard: ShardState, req: dict) -> dict:
     if body is None:
         return P.error(P.id_of(req), P.NOT_FOUND, "Feature not found")
     shard.served([eid], [name])
-    return P.body_reply(P.id_of(req), body)
+    return P.body_reply(P.id_of(req), body, P.etag_for(body))
 
 
 def handle_mget(shard: ShardState, req: dict) -> dict:
@@ -305,9 +316,9 @@ def dispatch(shard: ShardState, req: Any) -> dict:
     where the type belongs, an id nested 1,000 deep), becomes an error reply."""
     if type(req) is not dict:
         return P.error(None, P.MALFORMED, "a request must be a map")
-    req_id = P.id_of(req)
+    req_id = req.get(P.ID)  # (P.id_of and P.kind_of, without a call each)
     try:
-        kind = P.kind_of(req)
+        kind = req.get(P.TYPE)
         handler = HANDLERS.get(kind) if type(kind) is str else None
         if handler is None:
             return P.error(req_id, P.UNKNOWN_TYPE, f"unknown message type {P.shown(kind)}")

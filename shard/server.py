@@ -6,6 +6,7 @@ import signal
 from typing import Callable
 
 import zmq
+from zmq import NOBLOCK, RCVMORE, SNDMORE, zmq_poll
 
 from common import curve
 from shard.handlers import ShardState, handle_frame
@@ -53,11 +54,10 @@ class Server:
         self.running = False
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        ready = [(self.sock, zmq.POLLIN)]
         wait = self.poll_ms if callable(self.poll_ms) else (lambda: self.poll_ms)
         while self.running:
-            if poller.poll(wait()):
+            if zmq_poll(ready, wait()):
                 self.serve_queued()
             for chore in self.chores:
                 try:
@@ -66,18 +66,36 @@ class Server:
                     log.exception("shard %d: chore %s failed", self.shard.index, getattr(chore, "__name__", chore))
 
     def serve_queued(self) -> None:
-        """Handle what is queued, make its writes durable, then send every reply."""
+        """Handle what is queued, make its writes durable, then send every reply.
+
+        pyzmq's conveniences cost more than a request's work here: ``recv_multipart`` and
+        ``send_multipart`` 6-9 us a message against 1.4-3 us for their frames one by one, and
+        ``get(zmq.EVENTS)`` (an enum per call) twice what ``zmq_poll`` takes to say the same."""
         sock, shard = self.sock, self.shard
+        recv, more = sock.recv, sock.getsockopt
+        ready = [(sock, zmq.POLLIN)]
         replies = []
-        while len(replies) < MAX_PASS and sock.get(zmq.EVENTS) & zmq.POLLIN:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-            if len(frames) != 2:
-                log.warning("shard %d: dropped a message of %d frames", shard.index, len(frames))
-                continue
-            replies.append([frames[0], handle_frame(shard, frames[1])])
+        while True:
+            try:
+                peer = recv(NOBLOCK)
+            except zmq.Again:  # (the caller's poll said a message is there)
+                break
+            frame = recv(NOBLOCK)  # a ROUTER's message has its peer's id and at least one frame
+            if more(RCVMORE):
+                n = 2
+                while more(RCVMORE):
+                    recv(NOBLOCK)
+                    n += 1
+                log.warning("shard %d: dropped a message of %d frames", shard.index, n)
+            else:
+                replies.append((peer, handle_frame(shard, frame)))
+            if len(replies) >= MAX_PASS or not zmq_poll(ready, 0):
+                break
         self.make_durable()
-        for reply in replies:
-            sock.send_multipart(reply)
+        send = sock.send
+        for peer, reply in replies:
+            send(peer, SNDMORE)
+            send(reply)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)

@@ -14,10 +14,11 @@ backfill is still reported to Feast clients; :meth:`Store.sweep` reclaims a valu
 older than its TTL plus a grace (one more TTL unless configured), a bounded step at a time.
 
 Render caches: reads are served from rendered bytes kept per entity (the native JSON of the
-whole entity, and the Feast row of the last requested feature list), each valid until the first
-moment a TTL or a window could change it, and dropped when the entity changes; so are the event
-times the freshness metrics sampled (:meth:`Store.stamps`). They are bounded by
-``cache_entities``; the blob stays the single source of truth.
+whole entity, with its ETag once a single-entity read asked for it, and the Feast row of the last
+requested feature list), each valid until the first moment a TTL or a window could change it,
+and dropped when the entity changes; so are the event times the freshness metrics sampled
+(:meth:`Store.sampled`). They are bounded by ``cache_entities``; the blob stays the single
+source of truth.
 
 Aggregations (``[[aggregations]]``, shard/aggregate.py): a write of an aggregated feature also
 enters its windows, whether or not it wins last-write-wins; its aggregates read as features
@@ -32,10 +33,11 @@ from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import msgpack
+import msgspec
 import orjson
 
 from common import timefmt
-from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP
+from common.protocol import EPOCH_TS, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT, SEP, etag_for
 from shard.aggregate import Aggregator
 from shard.walk import Walk
 
@@ -44,8 +46,7 @@ NEVER = 1 << 62  # "valid until" of a rendering that no TTL will change
 _UNSET = object()
 
 
-def _decode(blob: bytes) -> dict:
-    return msgpack.unpackb(blob, raw=False)
+_decode = msgspec.msgpack.Decoder().decode  # a blob -> its dict: as msgpack.unpackb(raw=False), 2x faster
 
 
 def values_in(blob: bytes) -> int:
@@ -125,7 +126,7 @@ class Store:
         self._ttl_any = self._default_ttl is not None or any(self._view_ttls.values())
         self._ttls: dict[str, int | None] = {}  # name -> TTL in us, memoised
         self._cap = cache_entities
-        self._json: dict[str, tuple[bytes | None, int]] = {}  # eid -> (entity JSON, valid until)
+        self._json: dict[str, tuple] = {}  # eid -> (entity JSON, valid until[, its ETag])
         self._rows: dict[str, tuple] = {}  # eid -> (names, v, s, ts, valid until)
         self._stamps: dict[str, tuple] = {}  # eid -> (names key, live, valid until, names, event times)
         self._keys: dict[tuple, tuple] = {}  # interned name lists, so a cache hit is an `is`
@@ -242,6 +243,22 @@ class Store:
         if self.aggs:
             feats, _ = self._with_aggregates(eid, feats, now, names, every)
         return _render(eid, feats) if feats else None
+
+    def tagged_entity(self, eid: str) -> tuple[bytes, str] | None:
+        """:meth:`render_entity` of every feature, and its ETag (:func:`~common.protocol.etag_for`),
+        kept beside the rendering in the cache once a single-entity read asked for it."""
+        now = self.clock()
+        hit = self._json.get(eid)
+        if hit is not None and now < hit[1] and len(hit) == 3:
+            return hit[0], hit[2]
+        body = self._entity_json(eid, now)
+        if body is None:
+            return None
+        tag = etag_for(body)
+        hit = self._json.get(eid)
+        if hit is not None and hit[0] is body:
+            self._json[eid] = (body, hit[1], tag)
+        return body, tag
 
     def _with_aggregates(self, eid: str, feats: dict, now: int, names=None, plain=None) -> tuple[dict, int]:
         """``feats`` and the entity's aggregates at ``now`` (those in ``names`` if given), as

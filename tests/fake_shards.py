@@ -73,7 +73,8 @@ class FakeShards:
             feats = data.get(req[P.ENTITY])
             if feats is None:
                 return P.error(None, P.NOT_FOUND, "No features found for entity")
-            return P.body_reply(None, _entity_json(req[P.ENTITY], feats, req[P.NAMES]))
+            body = _entity_json(req[P.ENTITY], feats, req[P.NAMES])
+            return P.body_reply(None, body, FAKE_TAG % len(body))  # (get1 replies carry none)
         if kind == P.GET1:
             feats = data.get(req[P.ENTITY], {})
             if req[P.NAME] not in feats:
@@ -98,6 +99,9 @@ class FakeShards:
                 deleted = int(feats.pop(req[P.NAME], None) is not None)
             return P.delete_reply(None, deleted)
         return P.error(None, P.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+
+FAKE_TAG = '"fake-%d"'  # the ETag of a get reply: not the SHA-1 the front end would compute
 
 
 def _entity_json(eid: str, feats: dict, names) -> bytes:

@@ -13,7 +13,8 @@ class FakeDealer:
 
     ``connected = False`` makes a send fail as a DEALER with ``ZMQ_IMMEDIATE`` does when its peer
     is not connected. ``fd`` is the read end of a pipe: a test wakes an event loop's reader by
-    writing to ``wake_fd``."""
+    writing to ``wake_fd``. ``zmq_poll`` sees it readable while frames are queued (``fileno``:
+    a pipe holding a byte per queued frame)."""
 
     def __init__(self, endpoint: str = "") -> None:
         self.endpoint = endpoint
@@ -21,6 +22,7 @@ class FakeDealer:
         self.inbox: deque[bytes] = deque()
         self.connected = True
         self.fd, self.wake_fd = os.pipe()
+        self._queued_r, self._queued_w = os.pipe()  # a byte per frame in the inbox
         self.monitor: FakeMonitor | None = None
         self.options: dict[int, object] = {}
 
@@ -42,14 +44,23 @@ class FakeDealer:
             raise zmq.Again()
         self.sent.append(P.decode(data))
 
+    def fileno(self) -> int:
+        return self._queued_r
+
     def recv(self, flags: int = 0) -> bytes:
         if not self.inbox:
             raise zmq.Again()
+        os.read(self._queued_r, 1)
         return self.inbox.popleft()
 
     def queue(self, *replies: dict) -> None:
         """A frame of replies, as the shard would send it."""
-        self.inbox.append(P.encode(list(replies)))
+        self.push(P.encode(list(replies)))
+
+    def push(self, frame: bytes) -> None:
+        """Queue ``frame`` for :meth:`recv`, whatever it holds."""
+        self.inbox.append(frame)
+        os.write(self._queued_w, b"x")
 
     def get_monitor_socket(self, events: int) -> "FakeMonitor":
         self.monitor = FakeMonitor()
@@ -59,7 +70,7 @@ class FakeDealer:
         pass
 
     def close(self, linger: int | None = None) -> None:
-        for fd in (self.fd, self.wake_fd):
+        for fd in (self.fd, self.wake_fd, self._queued_r, self._queued_w):
             try:
                 os.close(fd)
             except OSError:

@@ -13,7 +13,7 @@ from common.partition import Partitioner
 from frontend import fast, reads
 from frontend.app import make_app, make_context
 from frontend.metrics import REQUESTS
-from tests.fake_shards import FakeShards
+from tests.fake_shards import FAKE_TAG, FakeShards
 
 DRIVER = FeatureView("driver", ("driver_id",), None, ("rate", "trips"))
 
@@ -75,7 +75,10 @@ class ReadsTest(FrontEndCase):
         self.put({"entity_id": "e", "name": "x", "value": 7})
         resp = self.call("GET", "/features/e")
         assert resp.code == 200 and json.loads(resp.body) == {"entity_id": "e", "features": {"x": 7}}
+        assert resp.headers["Etag"] == FAKE_TAG % len(resp.body)  # the shard's, not hashed again
         assert self.call("GET", "/features/e", headers={"If-None-Match": resp.headers["Etag"]}).code == 304
+        one = self.call("GET", "/features/e/x")  # a reply without a tag: the front end hashes the body
+        assert one.code == 200 and one.headers["Etag"] == P.etag_for(one.body)
         assert json.loads(self.call("GET", "/features?entity_id=e&name=x").body) == {"name": "x", "value": 7}
 
     def test_shard_down_is_503_with_retry_after_on_both_paths(self):

@@ -115,7 +115,7 @@ def test_a_retryable_error_backs_off_and_a_refusal_is_dead_lettered(writer):
     (r1,), (r2,) = link.sock.sent
     link.sock.queue(P.error(P.id_of(r1), P.UNAVAILABLE, "log failed"),
                     P.error(P.id_of(r2), P.BAD_REQUEST, "no"))
-    link.sock.inbox.append(b"\xc1")  # a malformed frame is skipped
+    link.sock.push(b"\xc1")  # a malformed frame is skipped
     writer._drain(link)
     assert writer.retries == 1 and [f.sent for f in link.frames] == [0.0]  # only the unavailable one waits
     assert writer.refused == 1 and writer.dead.count == 1

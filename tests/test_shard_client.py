@@ -77,7 +77,7 @@ def test_the_drain_reads_every_queued_frame_and_skips_a_malformed_one(caplog):
         await asyncio.sleep(0)
         (a,), (b, c, d) = sock.sent
         sock.queue(P.body_reply(P.id_of(c), b"c"))  # replies may come in any order, split up
-        sock.inbox.append(b"\xc1 not msgpack")
+        sock.push(b"\xc1 not msgpack")
         sock.queue(P.error(P.id_of(a), P.NOT_FOUND, "No features found for entity"), "not a map",
                    P.body_reply(P.id_of(d), b"d"))
         sock.queue(P.body_reply(12345, b"late"), P.body_reply(P.id_of(b), b"b"))  # 12345: unknown id

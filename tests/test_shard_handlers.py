@@ -54,6 +54,21 @@ def test_entity_reply_has_values_of_their_types_and_newest_event_time(shard):
     assert entity(shard, "u", ["i"])["features"] == {"i": 1}
 
 
+def test_reads_carry_the_etag_of_their_body_kept_with_the_rendering_until_a_write(shard):
+    write(shard, ("u", "x", 1, 1), ("u", "y", 2, 1))
+    first, again = call(shard, P.get("u")), call(shard, P.get("u"))
+    assert P.etag_of(first) == P.etag_for(first[P.BODY]) and P.etag_of(first).startswith('"')
+    assert P.etag_of(again) is P.etag_of(first)  # from the render cache, not hashed again
+    some = call(shard, P.get("u", ["x"]))
+    assert P.etag_of(some) == P.etag_for(some[P.BODY]) != P.etag_of(first)
+    one = call(shard, P.get1("u", "y"))
+    assert P.etag_of(one) == P.etag_for(one[P.BODY])
+    write(shard, ("u", "x", 3, 2))
+    changed = call(shard, P.get("u"))
+    assert P.etag_of(changed) == P.etag_for(changed[P.BODY]) != P.etag_of(first)
+    assert P.etag_of(call(shard, P.get("nobody"))) is None
+
+
 def test_missing_entity_and_feature_are_not_found(shard):
     assert P.code_of(entity(shard, "nobody")) == P.NOT_FOUND
     write(shard, ("u", "x", 1, 1))
