@@ -8,13 +8,16 @@ turn (``--reps`` turns; medians of the figures and of the ratios within a turn):
 - ``fast``: this tree's front end on the httptools engine (``FS_HTTP_ENGINE=fast``);
 - ``tornado``: this tree's front end on Tornado's HTTPServer;
 - ``before``: the front end of another commit (``--against``, default ``main``: the parent of
-  this work), extracted with ``git archive``; skipped with ``--against ''``;
+  this work), extracted with ``git archive``, on this tree's shards; skipped with ``--against ''``;
+- ``before-store`` (with ``--whole-store``): that commit's whole store, its own 2 shards and
+  front end on their own ports, loaded with the same data, so that shard-side changes count too;
 - ``bare``: a bare Tornado handler that reads the same POST body and answers a small JSON;
 - ``canned``: a plain asyncio + httptools protocol answering a canned body (the ceiling).
 
-    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5] [--against main]
+    python3 bench/bench_batch.py [--processes 1 2] [--connections 1 4 16 64] [--seconds 5] [--against main] [--whole-store]
 
-Prints requests/s, p50/p99 latency, feature values served per second, and the ratios.
+Prints requests/s, p50/p99 latency, feature values served per second, the CPU per request of
+the front end and of the shards it reads from, and the ratios.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_http import cpu_s  # noqa: E402
 from tests.support import Cluster, Proc, base_env, free_port, poll_for, request  # noqa: E402
 
-SERVERS = ("bare", "canned", "before", "tornado", "fast")
+SERVERS = ("bare", "canned", "before", "before-store", "tornado", "fast")
 
 ENTITIES = 100_000
 FEATURES = [f"f{i}" for i in range(10)]
@@ -137,11 +140,14 @@ def wrk(url: str, path: str, body_file: str, connections: int, seconds: float, s
     return result
 
 
-def timed(pid: int, *args) -> dict:
-    """:func:`wrk`, plus ``cpu_us``: the CPU time the server ``pid`` used per request."""
-    before = cpu_s(pid)
+def timed(pid: int, shard_pids: list[int], *args) -> dict:
+    """:func:`wrk`, plus ``cpu_us``: the CPU time the server ``pid`` used per request, and
+    ``shards_cpu_us``: that of the shards ``shard_pids`` (none for a reference server)."""
+    before, shards_before = cpu_s(pid), [cpu_s(p) for p in shard_pids]
     result = wrk(*args)
-    result["cpu_us"] = (cpu_s(pid) - before) / max(result["requests"], 1) * 1e6
+    n = max(result["requests"], 1)
+    result["cpu_us"] = (cpu_s(pid) - before) / n * 1e6
+    result["shards_cpu_us"] = sum(cpu_s(p) - b for p, b in zip(shard_pids, shards_before)) / n * 1e6
     return result
 
 
@@ -171,8 +177,20 @@ def start_frontend(cluster: Cluster, name: str, processes: int, tree: Path | Non
     return proc
 
 
+def start_store(tmp: Path, tree: Path, processes: int, shards: int, config: Path) -> tuple[Cluster, Proc]:
+    """The whole store of another ``tree`` (shards and front end) on its own ports; its front end."""
+    tmp.mkdir()
+    store = Cluster(tmp, shards=shards, frontend_processes=processes, config_file=config, shard_timeout_s=10)
+    for i in range(shards):
+        env = store.env()
+        env["PYTHONPATH"] = str(tree)
+        store.shards[i] = Proc([sys.executable, "-P", "-m", "shard", "--index", str(i)], env, tmp / f"shard{i}.log")
+        store.wait_shard(i)
+    return store, start_frontend(store, "before-store", processes, tree)
+
+
 def run(processes: int, connections: list[int], seconds: float, tmp: Path, script: str,
-        shards: int = 2, before: Path | None = None, reps: int = 1) -> list[dict]:
+        shards: int = 2, before: Path | None = None, reps: int = 1, whole_store: bool = False) -> list[dict]:
     config = tmp / "store.toml"
     config.write_text(f'[views.{VIEW}]\njoin_keys = ["driver_id"]\n')
     rows = []
@@ -185,9 +203,17 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
         tornado = start_frontend(cluster, "tornado", processes, http_engine="tornado")
         urls = {"fast": cluster.url, "tornado": tornado.url}
         pids = {"fast": cluster.frontend.pid, "tornado": tornado.pid}
+        ours = [p.pid for p in cluster.shards]
+        shard_pids = {"fast": ours, "tornado": ours}
         if before is not None:
             proc = start_frontend(cluster, "before", processes, before)
-            urls["before"], pids["before"] = proc.url, proc.pid
+            urls["before"], pids["before"], shard_pids["before"] = proc.url, proc.pid, ours
+        if before is not None and whole_store:
+            store, proc = start_store(tmp / f"before-store{processes}", before, processes, shards, config)
+            cluster.others.append(store)  # stopped with the cluster
+            print(f"before-store: loaded at {load(proc.url):,.0f} values/s", flush=True)
+            urls["before-store"], pids["before-store"] = proc.url, proc.pid
+            shard_pids["before-store"] = [p.pid for p in store.shards]
         refs = {"bare": [__file__, "--bare"], "canned": ["-m", "bench._util", "canned", "--port"]}
         if processes > 1:
             del refs["canned"]  # one process only: it is the ceiling of one process
@@ -209,7 +235,8 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
                     check(urls[name], path, lines[0])
                 wrk(urls[name], path, str(body_file), 4, 2, script)  # warm-up (and the render caches)
             for c in connections:
-                turns = [{name: timed(pids[name], urls[name], path, str(body_file), c, seconds, script)
+                turns = [{name: timed(pids[name], shard_pids.get(name, []), urls[name], path, str(body_file), c,
+                                      seconds, script)
                           for name in servers} for _ in range(reps)]
                 for name in servers:
                     got = [t[name] for t in turns]
@@ -219,13 +246,15 @@ def run(processes: int, connections: list[int], seconds: float, tmp: Path, scrip
                            "p50_ms": statistics.median(g["p50_us"] for g in got) / 1000,
                            "p99_ms": statistics.median(g["p99_us"] for g in got) / 1000,
                            "values_per_s": rps * BATCH * len(FEATURES),
-                           "cpu_us": statistics.median(g["cpu_us"] for g in got)}
+                           "cpu_us": statistics.median(g["cpu_us"] for g in got),
+                           "shards_cpu_us": statistics.median(g["shards_cpu_us"] for g in got)}
                     for ref in servers:
                         row[f"x_{ref}"] = statistics.median(t[name]["rps"] / t[ref]["rps"] for t in turns)
                     rows.append(row)
                     ratios = "  ".join(f"{row[f'x_{r}']:.2f}x {r}" for r in servers if r != name)
                     print(f"{processes} proc  {path:22s} c={c:<3d} {name:<8} {rps:8,.0f} req/s  "
-                          f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  {row['cpu_us']:5.0f} us CPU  "
+                          f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  {row['cpu_us']:5.0f} us CPU "
+                          f"(shards {row['shards_cpu_us']:4.0f})  "
                           f"{row['values_per_s'] if name not in refs else 0:12,.0f} values/s  {ratios}", flush=True)
     return rows
 
@@ -241,6 +270,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=1, help="turns per row, each running every server once")
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--against", default="main", help="the commit whose front end is 'before' ('' = none)")
+    parser.add_argument("--whole-store", action="store_true",
+                        help="also run that commit's whole store (its shards too) as 'before-store'")
     args = parser.parse_args()
     print(f"bench_batch: load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,7 +283,8 @@ def main() -> int:
             print(f"before: {args.against} = {extract(args.against, before)}", flush=True)
         rows = []
         for p in args.processes:
-            rows += run(p, args.connections, args.seconds, Path(tmp), str(script), args.shards, before, args.reps)
+            rows += run(p, args.connections, args.seconds, Path(tmp), str(script), args.shards, before, args.reps,
+                        args.whole_store)
     print("load average at the end: %.2f %.2f %.2f" % os.getloadavg())
     fast = [r for r in rows if r["server"] == "fast"]
     for path in ("/features/batch", "/get-online-features"):
@@ -260,17 +292,21 @@ def main() -> int:
         best = max(mine, key=lambda r: r["values_per_s"])
         line = (f"{path}: best {best['values_per_s']:,.0f} values/s ({best['processes']} proc, "
                 f"c={best['connections']}), {best['x_bare']:.2f}x bare")
-        if before is not None:
-            before_best = max((r for r in rows if r["server"] == "before" and r["path"] == path),
-                              key=lambda r: r["values_per_s"])
-            ratio = best["values_per_s"] / before_best["values_per_s"]
-            line += (f"; before's best {before_best['values_per_s']:,.0f} values/s: {ratio:.2f}x "
+        for ref, what in (("before", "its front end on these shards"), ("before-store", "its whole store")):
+            refs = [r for r in rows if r["server"] == ref and r["path"] == path]
+            if not refs:
+                continue
+            ref_best = max(refs, key=lambda r: r["values_per_s"])
+            ratio = best["values_per_s"] / ref_best["values_per_s"]
+            line += (f"\n  {ref} ({what}): best {ref_best['values_per_s']:,.0f} values/s: {ratio:.2f}x "
                      f"[{'met' if ratio >= 2 else 'MISSED'}: target >= 2x]")
-            same = [r for r in rows if r["path"] == path and r["processes"] == best["processes"]
-                    and r["connections"] == best["connections"]]
-            cpu = {r["server"]: r["cpu_us"] for r in same}
-            line += (f"; CPU per request there: fast {cpu['fast']:.0f} us, before {cpu['before']:.0f} us "
-                     f"({cpu['before'] / cpu['fast']:.2f}x values per CPU second)")
+            same = {r["server"]: r for r in rows if r["path"] == path and r["processes"] == best["processes"]
+                    and r["connections"] == best["connections"]}
+            ours, other = same["fast"], same[ref]
+            line += (f"; CPU per request at c={best['connections']}: fast {ours['cpu_us']:.0f} + shards "
+                     f"{ours['shards_cpu_us']:.0f} us, {ref} {other['cpu_us']:.0f} + shards {other['shards_cpu_us']:.0f} us "
+                     f"({(other['cpu_us'] + other['shards_cpu_us']) / (ours['cpu_us'] + ours['shards_cpu_us']):.2f}x "
+                     "values per CPU second of front end and shards)")
         print(line)
     return 0
 

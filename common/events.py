@@ -160,6 +160,14 @@ def check_name(name: Any, limits: Limits, field: str = "name") -> str:
     return name
 
 
+def _good_name(name: Any, limits: Limits, field: str) -> None:
+    """:func:`check_name`, remembering a name that passes (the fast paths look it up first)."""
+    check_name(name, limits, field)
+    good = _GOOD_NAMES.setdefault(limits.max_name_bytes, set())
+    if len(good) < _GOOD_NAMES_MAX:
+        good.add(name)
+
+
 def _check_nested(value: Any, field: str, depth: int) -> None:
     if depth > 64:
         raise EventError(f"{field} is nested too deeply")
@@ -242,9 +250,7 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "", ids: li
             # fast paths first (ingest parses ~10^5 of these a second); the checks they skip would
             # pass, and the field names of an error are only built when there is one
             if name not in good:  # only names that passed check_name under these limits are in it
-                check_name(name, limits, f"{prefix}features name {name!r}"[:300])
-                if len(good) < _GOOD_NAMES_MAX:
-                    good.add(name)
+                _good_name(name, limits, f"{prefix}features name {name!r}"[:300])
             t = type(value)
             if not ((t is float and value - value == 0.0) or (t is int and INT64_MIN <= value <= INT64_MAX)
                     or (t is str and len(value) <= max_str) or t is bool or value is None):
@@ -262,8 +268,13 @@ def parse_event(obj: Any, limits: Limits, now_us: int, prefix: str = "", ids: li
         raise EventError(f"{prefix}name is required (or features)")
     if "value" not in obj:
         raise EventError(f"{prefix}value is required")
-    name = check_name(obj["name"], limits, prefix + "name")
-    value = check_value(obj["value"], limits, prefix + "value")
+    name, value = obj["name"], obj["value"]
+    if type(name) is not str or name not in _GOOD_NAMES.get(limits.max_name_bytes, ()):
+        _good_name(name, limits, prefix + "name")
+    t = type(value)
+    if not ((t is float and value - value == 0.0) or (t is int and INT64_MIN <= value <= INT64_MAX)
+            or (t is str and len(value) <= limits.max_value_bytes // 4) or t is bool or value is None):
+        value = check_value(value, limits, prefix + "value")
     if limits.aggregations and name in limits.checked_names:
         _check_aggregated(name, value, limits.checked_names, prefix + "value")
     event_id = None if "event_id" not in obj else check_event_id(obj["event_id"], prefix + "event_id")
@@ -299,9 +310,7 @@ def check_writes(writes: list, limits: Limits, field: str = "w") -> None:
         if type(eid) is not str or not eid or len(eid) * 4 > max_id or not eid.isascii():
             check_entity_id(eid, limits, f"{field}[{i}] entity id")
         if type(name) is not str or name not in good:
-            check_name(name, limits, f"{field}[{i}] name")
-            if len(good) < _GOOD_NAMES_MAX:
-                good.add(name)
+            _good_name(name, limits, f"{field}[{i}] name")
         t = type(value)
         if not ((t is float and value - value == 0.0) or (t is int and INT64_MIN <= value <= INT64_MAX)
                 or (t is str and len(value) <= max_str) or t is bool or value is None):

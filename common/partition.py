@@ -58,8 +58,14 @@ class Partitioner:
         """Positions of ``entity_ids`` grouped by owning shard, request order kept."""
         table = self.table
         out: dict[int, list[int]] = {}
+        get = out.get
         for pos, eid in enumerate(entity_ids):
-            out.setdefault(table[crc32(eid.encode("utf-8")) % SLOTS], []).append(pos)
+            shard = table[crc32(eid.encode("utf-8")) % SLOTS]
+            positions = get(shard)
+            if positions is None:
+                out[shard] = [pos]
+            else:
+                positions.append(pos)
         return out
 
 

@@ -1,25 +1,23 @@
 """The POST endpoints that take a JSON body and are on the hot paths, implemented once.
 
-An :class:`Endpoint` turns the request body into a :class:`~frontend.errors.Reply`: it parses
-and checks the body, calls the shards and renders the response, raising an ``APIError`` (or a
-Feast error) to refuse. It needs no ``RequestHandler``: the Tornado handler awaits
-``endpoint.run(ctx, body)`` and writes the reply (``BodyHandler.serve``), and the fast engine's
-hot path (``frontend/hot.py``) calls :meth:`Endpoint.start`, which also admits the request as
-the handler's ``prepare`` does.
+An :class:`Endpoint` turns the request body into a :class:`~frontend.errors.Reply` in two steps
+that both engines share: ``plan`` parses and checks the body and builds the shard requests,
+``finish`` renders the shards' replies; either raises an ``APIError`` (or a Feast error) to
+refuse. It needs no ``RequestHandler``: the Tornado handler awaits ``endpoint.run(ctx, body)``
+and writes the reply (``BodyHandler.serve``), and the fast engine's hot path
+(``frontend/hot.py``) calls :meth:`Endpoint.start`, which also admits the request as the
+handler's ``prepare`` does, and runs on shard-reply callbacks, without a future or a task.
 
 - :data:`WRITE`: ``POST /features``
 - :data:`BATCH`: ``POST /features/batch``
-- ``frontend.feast.handlers.GET_ONLINE_FEATURES``: ``POST /get-online-features``
+- ``frontend.feast.handlers.online_features_endpoint``: ``POST /get-online-features``
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from functools import partial
-from typing import Any, Awaitable, Callable
-
-import orjson
+from typing import Any, Callable
 
 from common import timefmt
 from common.events import EventError, check_entity_ids, check_name, loads_json, parse_body
@@ -37,58 +35,84 @@ def parse_json(body: bytes, cfg, size: int | None = None) -> Any:
     received, when more came than ``body`` holds (a chunked body past the limit)."""
     if (len(body) if size is None else size) > cfg.max_body_bytes:
         raise too_large(cfg)
-    if not body.strip():
-        raise APIError(400, "body is empty: send a JSON document")
     try:
         return loads_json(body)
     except ValueError as exc:
+        if not body.strip():
+            raise APIError(400, "body is empty: send a JSON document") from None
         raise APIError(400, f"body is not valid JSON: {exc}") from None
 
 
+Plan = tuple  # (calls, finish): the shard requests of a request, and ``finish(replies) -> Reply``
+
+
 class Endpoint:
-    """One endpoint's logic: ``await run(ctx, body, size)`` -> Reply. ``route`` (its route
-    template) labels its requests in ``/metrics``, ``handler_name`` its log lines; ``error_reply``
-    renders what it raises."""
+    """One endpoint's logic, ``plan(ctx, body, size) -> (calls, finish)``: the body checked and
+    turned into shard requests (``fanout.Calls``), and ``finish``, which renders the replies
+    (one per call, in order) as a Reply. Either raises an ``APIError`` to refuse. ``route`` (its
+    route template) labels its requests in ``/metrics``, ``handler_name`` its log lines;
+    ``error_reply`` renders what it raises."""
 
-    __slots__ = ("handler_name", "route", "mutates", "run", "error_reply", "reads_headers")
+    __slots__ = ("handler_name", "route", "mutates", "plan", "error_reply", "reads_headers")
 
-    def __init__(self, handler_name: str, route: str, mutates: bool, run: Callable[..., Awaitable[Reply]],
+    def __init__(self, handler_name: str, route: str, mutates: bool, plan: Callable[..., Plan],
                  render_error: Callable[[APIError], Reply] = error_reply, reads_headers: bool = False) -> None:
         self.handler_name = handler_name
         self.route = route
         self.mutates = mutates
-        self.run = run
+        self.plan = plan
         self.error_reply = render_error
-        self.reads_headers = reads_headers  # run(ctx, body, size, headers=...): X-Read-After
+        self.reads_headers = reads_headers  # plan(ctx, body, size, headers): X-Read-After
+
+    def _plan(self, ctx, body: bytes, size: int | None, headers) -> Plan:
+        return self.plan(ctx, body, size, headers) if self.reads_headers else self.plan(ctx, body, size)
+
+    async def run(self, ctx, body: bytes, size: int | None = None, headers=None) -> Reply:
+        """Serve a request that a handler has admitted: the Reply, or the ``APIError`` raised."""
+        calls, finish = self._plan(ctx, body, size, headers)
+        return finish(await fanout.replies(ctx, calls) if calls else [])
 
     def start(self, ctx, headers, body: bytes, done: Callable[[Reply], None], started: float | None = None) -> None:
-        """Admit and serve a request without a handler; ``done(reply)`` is called once. The
-        request is counted in ``ctx.metrics`` from ``started`` (``time.perf_counter()`` of its
-        arrival; now when not given) before ``done`` writes it. (Through a handler, ``run`` is
-        called instead and the application counts the request.)"""
+        """Admit and serve a request without a handler, a future or a task: ``done(reply)`` is
+        called once, from the last shard reply's callback. The request is counted in
+        ``ctx.metrics`` from ``started`` (``time.perf_counter()`` of its arrival; now when not
+        given) before ``done`` writes it. (Through a handler, :meth:`run` is awaited instead and
+        the application counts the request.)"""
         done = partial(counted, ctx.metrics, self.route, "POST", started or time.perf_counter(), done)
         try:
             admit(ctx.cfg, self.mutates, headers)
         except APIError as exc:
             done(error_reply(exc))
             return
-        run = self.run(ctx, body, headers=headers) if self.reads_headers else self.run(ctx, body)
-        asyncio.ensure_future(run).add_done_callback(partial(self._finished, done))
-
-    def _finished(self, done: Callable[[Reply], None], task: asyncio.Task) -> None:
         try:
-            reply = task.result()
-        except APIError as exc:  # as BaseHandler's log_exception and write_error
-            if exc.status_code >= 500:
-                log.warning("%s: %d %s", self.handler_name, exc.status_code, exc.detail)
-            reply = self.error_reply(exc)
-        except Exception:
-            log.exception("%s failed", self.handler_name)
-            reply = INTERNAL
+            calls, finish = self._plan(ctx, body, None, headers)
+        except Exception as exc:
+            done(self._refusal(exc))
+            return
+        if calls:
+            fanout.gather(ctx, calls, partial(self._finish, finish, done))
+        else:
+            self._finish(finish, done, [])
+
+    def _finish(self, finish: Callable[[list], Reply], done: Callable[[Reply], None], replies: list) -> None:
+        try:
+            reply = finish(replies)
+        except Exception as exc:
+            reply = self._refusal(exc)
         done(reply)
 
+    def _refusal(self, exc: Exception) -> Reply:
+        """What answers ``exc`` (raised in ``plan`` or ``finish``), as BaseHandler's log_exception
+        and write_error: an APIError's reply, else a logged 500. Called in its ``except``."""
+        if isinstance(exc, APIError):
+            if exc.status_code >= 500:
+                log.warning("%s: %d %s", self.handler_name, exc.status_code, exc.detail)
+            return self.error_reply(exc)
+        log.exception("%s failed", self.handler_name)
+        return INTERNAL
 
-async def write(ctx, body: bytes, size: int | None = None) -> Reply:
+
+def write(ctx, body: bytes, size: int | None = None) -> Plan:
     """``POST /features``: one write or an array of them -> ``{message, written, stale}``."""
     ids = [] if ctx.limits.aggregations else None  # event ids matter to aggregations only
     try:
@@ -97,12 +121,17 @@ async def write(ctx, body: bytes, size: int | None = None) -> Reply:
         raise APIError(exc.status, exc.detail) from None
     if ids is not None and all(i is None for i in ids):
         ids = None
-    written, stale, applied = await fanout.write_all(ctx, writes, ids)
+    calls = fanout.write_calls(ctx, writes, ids)
+    return calls, partial(_written, ctx, calls)
+
+
+def _written(ctx, calls: fanout.Calls, replies: list) -> Reply:
+    written, stale, applied = fanout.write_totals(ctx, calls, replies)
     headers = {READ_AFTER: render_positions(applied)} if applied else {}
-    return 200, headers, orjson.dumps({"message": "feature saved", "written": written, "stale": stale})
+    return 200, headers, b'{"message":"feature saved","written":%d,"stale":%d}' % (written, stale)
 
 
-async def batch(ctx, body: bytes, size: int | None = None, headers=None) -> Reply:
+def batch(ctx, body: bytes, size: int | None = None, headers=None) -> Plan:
     """``POST /features/batch``: ``{entity_ids, features?}`` -> ``{results}`` in request order;
     in cluster mode, with ``X-Read-After``, from replicas that applied those positions."""
     after = read_positions(ctx.cfg, headers)
@@ -117,10 +146,9 @@ async def batch(ctx, body: bytes, size: int | None = None, headers=None) -> Repl
         raise APIError(413, f"entity_ids has {len(eids)} items; the limit is "
                             f"{cfg.max_batch_entities} (FS_MAX_BATCH_ENTITIES)")
     names = body.get("features")
-    extra = body.keys() - {"entity_ids", "features"}
     try:
-        if extra:
-            raise EventError(f"{sorted(extra)[0]} is not a field of a batch read")
+        if len(body) > 1 and not body.keys() <= _BATCH_FIELDS:
+            raise EventError(f"{sorted(body.keys() - _BATCH_FIELDS)[0]} is not a field of a batch read")
         check_entity_ids(eids, limits)
         if names is not None:
             if type(names) is not list or not names:
@@ -129,12 +157,22 @@ async def batch(ctx, body: bytes, size: int | None = None, headers=None) -> Repl
                 check_name(name, limits, f"features[{i}]")
     except EventError as exc:
         raise APIError(exc.status, exc.detail) from None
-    parts = await fanout.read_parts(ctx, eids, names, after)
+    calls, groups = fanout.parts_calls(ctx, eids, names, after)
+    return calls, partial(_results, ctx, len(eids), calls, groups)
+
+
+_BATCH_FIELDS = frozenset(("entity_ids", "features"))
+
+
+def _results(ctx, n: int, calls: fanout.Calls, groups: fanout.Groups, replies: list) -> Reply:
+    parts = fanout.parts_of(ctx, n, calls, groups, replies)
     size = sum(map(len, parts)) + len(parts) + 16
-    if size > cfg.max_response_bytes:
-        raise APIError(413, f"the response would be {size} bytes; the limit is "
-                            f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-    return 200, {}, b'{"results":[' + b",".join(parts) + b"]}"
+    limit = ctx.cfg.max_response_bytes
+    if size > limit:
+        raise APIError(413, f"the response would be {size} bytes; the limit is {limit} (FS_MAX_RESPONSE_BYTES)")
+    parts[0] = b'{"results":[' + parts[0]  # (one copy of the whole body, not three)
+    parts[-1] += b"]}"
+    return 200, {}, b",".join(parts)
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)

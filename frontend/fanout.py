@@ -7,57 +7,117 @@ from __future__ import annotations
 
 import asyncio
 import operator
+from functools import partial
 from typing import Callable
 
 from common import protocol as P
 from frontend.errors import APIError, reply_failure
 from frontend.shard_client import ShardUnavailable
 
-Calls = list  # [(shard, positions in the request, future)]
+Calls = list  # [(shard, request)]: what :func:`replies` or :func:`gather` sends
+Groups = list  # [positions in the request], parallel to the calls
 
 
-def submit(ctx, keys: list, build: Callable[[list[int]], dict]) -> Calls:
-    """Send ``build(positions)`` to the shard of each group of ``keys`` (entity ids); return the calls."""
+def calls_for(ctx, keys: list, build: Callable[[list[int] | None], dict]) -> tuple[Calls, Groups]:
+    """The request ``build(positions)`` for the shard of each group of ``keys`` (entity ids),
+    and each group's positions. One shard holding them all gets ``build(None)``: every key, in
+    order (no positions list to walk)."""
+    if len(keys) == 1:
+        return [(ctx.partitioner.shard_for(keys[0]), build(None))], [range(1)]
+    groups = ctx.partitioner.group(keys)
+    if len(groups) == 1:
+        return [(next(iter(groups)), build(None))], [range(len(keys))]
+    return [(shard, build(pos)) for shard, pos in groups.items()], list(groups.values())
+
+
+def _picked(items: list, pos: list[int] | None) -> list:
+    return items if pos is None else [items[p] for p in pos]
+
+
+def send(ctx, shard: int, request: dict, done: Callable) -> None:
+    """Send one request; ``done(reply or ShardUnavailable)`` is called once (possibly at once).
+    In cluster mode a write goes through the client's ``submit`` (it becomes Kafka records)."""
     client = ctx.client
-    return [(shard, pos, client.submit(shard, build(pos))) for shard, pos in ctx.partitioner.group(keys).items()]
+    if ctx.cfg.cluster_kafka and P.kind_of(request) == P.WRITE:
+        client.submit(shard, request).add_done_callback(partial(_settled, shard, done))
+    else:
+        client.send(shard, request, done)
 
 
-async def outcome(ctx, shard: int, fut: asyncio.Future) -> dict | APIError:
-    """The ok reply of a submitted request, or the HTTP error it failed with."""
+def _settled(shard: int, done: Callable, fut: asyncio.Future) -> None:
     try:
-        reply = await fut
-    except ShardUnavailable as exc:
-        reply = exc
-    failure = reply_failure(shard, reply, ctx.cfg)
-    return reply if failure is None else failure
+        outcome = fut.result()
+    except asyncio.CancelledError:  # (the loop is closing): answered, never left hanging
+        outcome = ShardUnavailable(shard, "call cancelled")
+    except Exception as exc:  # a 500 (``ok`` raises it)
+        outcome = exc
+    done(outcome)
 
 
-async def ok_reply(ctx, shard: int, fut: asyncio.Future) -> dict:
-    """The ok reply of a submitted request; a failure raises its HTTP error."""
-    reply = await outcome(ctx, shard, fut)
-    if isinstance(reply, APIError):
+def gather(ctx, calls: Calls, done: Callable[[list], None]) -> None:
+    """Send every call at once; ``done(replies)`` once all are in: one reply (or exception) per
+    call, in order. No future or task: the last reply's callback calls ``done``."""
+    if len(calls) == 1:
+        shard, request = calls[0]
+        send(ctx, shard, request, lambda reply: done([reply]))
+        return
+    replies = [None] * len(calls)
+    left = [len(calls)]
+
+    def arrived(i: int, reply) -> None:
+        replies[i] = reply
+        left[0] -= 1
+        if not left[0]:
+            done(replies)
+
+    for i, (shard, request) in enumerate(calls):
+        send(ctx, shard, request, partial(arrived, i))
+
+
+async def replies(ctx, calls: Calls) -> list:
+    """:func:`gather` for a coroutine: the replies (or ``ShardUnavailable``) of ``calls``."""
+    futs = [ctx.client.submit(shard, request) for shard, request in calls]
+    out = []
+    for fut in futs:
+        try:
+            out.append(await fut)
+        except ShardUnavailable as exc:
+            out.append(exc)
+    return out
+
+
+def ok(ctx, shard: int, reply) -> dict:
+    """The ok reply; a failure raises its HTTP error (an exception other than ShardUnavailable
+    is raised as it is: a 500)."""
+    if type(reply) is dict and P.is_ok(reply):
+        return reply
+    if isinstance(reply, Exception) and not isinstance(reply, ShardUnavailable):
         raise reply
-    return reply
+    raise reply_failure(shard, reply, ctx.cfg)
 
 
 async def call(ctx, shard: int, request: dict) -> dict:
     """Send one request; the ok reply, or its HTTP error raised."""
-    return await ok_reply(ctx, shard, ctx.client.submit(shard, request))
+    return ok(ctx, shard, (await replies(ctx, [(shard, request)]))[0])
 
 
-async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, int, list]:
-    """Send write tuples (and their event ids, parallel, if given) to their shards
-    concurrently; return (written, stale, the records' ``[partition, offset]`` in cluster mode).
-    Every shard's reply is awaited before the first failure is raised."""
-    calls = submit(ctx, [w[0] for w in writes], lambda pos: P.write(
-        [writes[p] for p in pos], event_ids=None if ids is None else [ids[p] for p in pos]))
+def write_calls(ctx, writes: list, ids: list | None = None) -> Calls:
+    """The write request of each shard for write tuples (and their event ids, parallel, if given)."""
+    return calls_for(ctx, [w[0] for w in writes], lambda pos: P.write(
+        _picked(writes, pos), event_ids=None if ids is None else _picked(ids, pos)))[0]
+
+
+def write_totals(ctx, calls: Calls, replies: list) -> tuple[int, int, list]:
+    """(written, stale, the records' ``[partition, offset]`` in cluster mode) of the replies to
+    :func:`write_calls`; the first failure is raised once every reply is in."""
     written = stale = 0
     failure = None
     applied: list = []
-    for shard, _, fut in calls:
-        reply = await outcome(ctx, shard, fut)
-        if isinstance(reply, APIError):
-            failure = failure or reply
+    for (shard, _), reply in zip(calls, replies):
+        try:
+            reply = ok(ctx, shard, reply)
+        except APIError as exc:
+            failure = failure or exc
             continue
         written += reply[P.WRITTEN]
         stale += reply[P.STALE]
@@ -69,35 +129,45 @@ async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, in
     return written, stale, applied
 
 
-async def read_parts(ctx, eids: list, names: list | None, after: dict[int, int] | None = None) -> list[bytes]:
-    """The JSON object of each entity (``mget``), in request order; with ``after`` (cluster
-    mode: partition -> offset), from copies that applied those offsets."""
-    def build(shard: int, pos: list[int]) -> dict:
-        request = P.mget([eids[p] for p in pos], names)
-        offset = after.get(shard) if after else None
-        return request if offset is None else P.read_after(request, offset)
+async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, int, list]:
+    """Send write tuples to their shards concurrently: :func:`write_totals` of the replies."""
+    calls = write_calls(ctx, writes, ids)
+    return write_totals(ctx, calls, await replies(ctx, calls))
 
-    calls = [(shard, pos, ctx.client.submit(shard, build(shard, pos)))
-             for shard, pos in ctx.partitioner.group(eids).items()]
-    parts: list = [None] * len(eids)
-    for shard, positions, fut in calls:
-        reply = await ok_reply(ctx, shard, fut)
-        for pos, part in zip(positions, reply[P.PARTS]):
+
+def parts_calls(ctx, eids: list, names: list | None, after: dict[int, int] | None = None) -> tuple[Calls, Groups]:
+    """The ``mget`` of ``eids`` to their shards; :func:`parts_of` puts the parts in order. With
+    ``after`` (cluster mode: partition -> offset), from copies that applied those offsets."""
+    calls, groups = calls_for(ctx, eids, lambda pos: P.mget(_picked(eids, pos), names))
+    if after:
+        for shard, request in calls:
+            if shard in after:
+                P.read_after(request, after[shard])
+    return calls, groups
+
+
+def parts_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> list[bytes]:
+    """The JSON object of each of ``n`` entities, in request order; a failure raises."""
+    if len(calls) == 1:
+        return ok(ctx, calls[0][0], replies[0])[P.PARTS]
+    parts: list = [None] * n
+    for (shard, _), positions, reply in zip(calls, groups, replies):
+        for pos, part in zip(positions, ok(ctx, shard, reply)[P.PARTS]):
             parts[pos] = part
     return parts
 
 
-def submit_rows(ctx, eids: list, names: list) -> Calls:
-    """Send the ``fget`` of ``eids``; :func:`gather_rows` collects the rows."""
-    return submit(ctx, eids, lambda pos: P.fget([eids[p] for p in pos], names))
+def rows_calls(ctx, eids: list, names: list) -> tuple[Calls, Groups]:
+    """The ``fget`` of ``eids``; :func:`rows_of` collects the rows."""
+    return calls_for(ctx, eids, lambda pos: P.fget(_picked(eids, pos), names))
 
 
-async def gather_rows(ctx, n: int, calls: Calls) -> tuple:
-    """The (values, statuses, times) rows of :func:`submit_rows`, in request order."""
+def rows_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> tuple:
+    """The (values, statuses, times) rows of :func:`rows_calls`, in request order."""
     v, s, ts = [], [], []
     order = [0] * n
-    for shard, positions, fut in calls:
-        reply = await ok_reply(ctx, shard, fut)
+    for (shard, _), positions, reply in zip(calls, groups, replies):
+        reply = ok(ctx, shard, reply)
         base = len(v)
         v += reply[P.VALUES]
         s += reply[P.STATUSES]

@@ -27,6 +27,7 @@ class Freshness:
         self._countdown = sample_every
         self.views: dict[str, list[float]] = {}  # view -> [count per bucket..., +Inf, sum of ages]
         self._view_of: dict[str, list[float]] = {}  # name -> its view's counts, memoised
+        self._groups: dict[tuple, list] = {}  # names of an entity -> [(view counts, n)], see _group
 
     def pick(self, eids: list) -> list:
         """The entities of a read whose values to look at: every ``sample_every``-th entity
@@ -44,11 +45,44 @@ class Freshness:
     def observe(self, stamped: Iterable[tuple[str, int]], now_us: int) -> None:
         """Count each served ``(name, event_us)``, ``sample_every`` times."""
         weight = self.sample_every
+        view_of = self._view_of
+        last = bucket = added = None
         for name, event_us in stamped:
+            counts = view_of.get(name) or self._require(name)
+            if event_us != last:  # an entity's values often share their event time
+                last = event_us
+                age_s = (now_us - event_us) / 1e6
+                bucket = bisect_left(AGE_BUCKETS_S, age_s)
+                added = age_s * weight
+            counts[bucket] += weight
+            counts[-1] += added
+
+    def observe_entities(self, entries: Iterable[tuple[tuple, object]], now_us: int) -> None:
+        """:meth:`observe` of each entity's ``(names, event times)`` (``Store.sampled``): one
+        event time for all its values (an int) is counted once per view, not once per value."""
+        weight = self.sample_every
+        groups_of = self._groups
+        for names, times in entries:
+            if type(times) is not int:
+                self.observe(zip(names, times), now_us)
+                continue
+            groups = groups_of.get(names) or self._group(names)
+            age_s = (now_us - times) / 1e6
+            bucket = bisect_left(AGE_BUCKETS_S, age_s)
+            for counts, n in groups:
+                counts[bucket] += weight * n
+                counts[-1] += age_s * weight * n
+
+    def _group(self, names: tuple) -> list:
+        """``[(a view's counts, how many of names are in it), ...]``, memoised per name tuple."""
+        by_view: dict[int, list] = {}
+        for name in names:
             counts = self._view_of.get(name) or self._require(name)
-            age_s = (now_us - event_us) / 1e6
-            counts[bisect_left(AGE_BUCKETS_S, age_s)] += weight
-            counts[-1] += age_s * weight
+            by_view.setdefault(id(counts), [counts, 0])[1] += 1
+        if len(self._groups) > 10_000:
+            self._groups.clear()
+        groups = self._groups[names] = [tuple(g) for g in by_view.values()]
+        return groups
 
     def _require(self, name: str) -> list[float]:
         cut = name.find(":")

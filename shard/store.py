@@ -16,8 +16,9 @@ older than its TTL plus a grace (one more TTL unless configured), a bounded step
 Render caches: reads are served from rendered bytes kept per entity (the native JSON of the
 whole entity, with its ETag once a single-entity read asked for it, and the Feast row of the last
 requested feature list), each valid until the first moment a TTL or a window could change it,
-and dropped when the entity changes. They are bounded by ``cache_entities``; the blob stays the
-single source of truth.
+and dropped when the entity changes; so are the event times the freshness metrics sampled
+(:meth:`Store.sampled`). They are bounded by ``cache_entities``; the blob stays the single
+source of truth.
 
 Aggregations (``[[aggregations]]``, shard/aggregate.py): a write of an aggregated feature also
 enters its windows, whether or not it wins last-write-wins; its aggregates read as features
@@ -27,6 +28,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -126,7 +128,9 @@ class Store:
         self._cap = cache_entities
         self._json: dict[str, tuple] = {}  # eid -> (entity JSON, valid until[, its ETag])
         self._rows: dict[str, tuple] = {}  # eid -> (names, v, s, ts, valid until)
+        self._stamps: dict[str, tuple] = {}  # eid -> (names key, live, valid until, names, event times)
         self._keys: dict[tuple, tuple] = {}  # interned name lists, so a cache hit is an `is`
+        self._name_sets: dict[tuple, tuple] = {}  # interned names of entities, shared by their _stamps
         self._ttl_walk = Walk(self.SWEEP_BATCH, self.SWEEP_INTERVAL_US, self.SWEEP_PAUSE_US)
         self._agg_walk = Walk(Aggregator.SWEEP_BATCH, self.SWEEP_INTERVAL_US, Aggregator.SWEEP_PAUSE_US)
         self._pack = msgpack.Packer(use_bin_type=True).pack  # reused: packb builds one per call
@@ -176,19 +180,55 @@ class Store:
 
     def stamps(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple[str, int]]:
         """``(name, event_us)`` of the values of ``eids`` (those ``names`` only, when given);
-        ``live``: not the expired ones."""
-        out, now = [], self.clock()
-        for eid in eids:
-            blob = self.data.get(eid)
-            if blob is None:
-                continue
-            feats = _decode(blob)
-            if names is not None:
-                feats = {n: feats[n] for n in names if n in feats}
-            if live:
-                feats, _ = self._live(feats, now)
-            out.extend((n, vt[1]) for n, vt in feats.items())
+        ``live``: not the expired ones. Kept per entity until it changes (the metrics sample
+        the same entities again: a random entity's blob is cold, and decoding it costs a
+        batch read as much as the rest of it)."""
+        out = []
+        for names_of, times in self.sampled(eids, names, live):
+            out += zip(names_of, repeat(times) if type(times) is int else times)
         return out
+
+    def sampled(self, eids: Iterable[str], names: Sequence[str] | None, live: bool = True) -> list[tuple]:
+        """:meth:`stamps` per entity: ``(names, event times)``, the times an int when the
+        values share one (``Freshness.observe_entities`` takes them)."""
+        out, now, memo = [], self.clock(), self._stamps
+        key = None if names is None else self._key(names)
+        for eid in eids:
+            hit = memo.get(eid)
+            if hit is None or hit[0] is not key or hit[1] is not live or now >= hit[2]:
+                hit = self._stamped(eid, key, live, now)
+                if hit is None:
+                    continue
+            if hit[3]:
+                out.append((hit[3], hit[4]))
+        return out
+
+    def _stamped(self, eid: str, key: tuple | None, live: bool, now: int) -> tuple | None:
+        blob = self.data.get(eid)
+        if blob is None:
+            return None
+        feats = _decode(blob)
+        if key is not None:
+            feats = {n: feats[n] for n in key if n in feats}
+        until = NEVER
+        if live and self._ttl_any:
+            feats, until = self._live(feats, now)
+        times = tuple(map(_event_us, feats.values()))
+        if times and times.count(times[0]) == len(times):
+            times = times[0]  # one event time for all: an int, not a tuple of them
+        entry = (key, live, until, self._key(feats, self._name_sets), times)
+        self._remember(self._stamps, eid, entry)
+        return entry
+
+    def _key(self, names, interned: dict | None = None) -> tuple:
+        """``names`` as an interned tuple: equal lists share one (a cache hit is an ``is``).
+        ``interned``: the table (default: the requested name lists')."""
+        interned = self._keys if interned is None else interned
+        key = tuple(names)
+        key = interned.setdefault(key, key)
+        if len(interned) > 1000:
+            interned.clear()
+        return key
 
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
         """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
@@ -284,10 +324,7 @@ class Store:
     def render_rows(self, eids: Iterable[str], names: Sequence[str]) -> tuple[list, list, list]:
         """Feast rows of ``eids`` for ``names``: the ``v``, ``s``, ``ts`` lists of an ``fget``
         reply (see common/protocol.py). Expired values are ``OUTSIDE_MAX_AGE`` with their value."""
-        key = tuple(names)
-        key = self._keys.setdefault(key, key)
-        if len(self._keys) > 1000:
-            self._keys.clear()
+        key = self._key(names)
         now = self.clock()
         cache = self._rows
         vs, ss, tss = [], [], []
@@ -348,6 +385,7 @@ class Store:
     def _forget(self, eid: str) -> None:
         self._json.pop(eid, None)
         self._rows.pop(eid, None)
+        self._stamps.pop(eid, None)
 
     # ---- writes
     def apply(self, writes: Iterable[Sequence[Any]], meta: Sequence | None = None,
@@ -427,7 +465,7 @@ class Store:
         self.data.update(blobs)
         self.values += added
         touched = self.aggs.apply(aggregate[0], *aggregate[1], aggregate[2]) if aggregate is not None else ()
-        if self._json or self._rows:
+        if self._json or self._rows or self._stamps:
             forget = self._forget
             for eid in blobs:
                 forget(eid)

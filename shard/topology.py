@@ -42,6 +42,15 @@ class SlotOwner:
                 f"{self.n_shards} shards that shard {self.index} serves: the caller's FS_SHARDS "
                 f"or endpoint list differs")
 
+    def first_refusal(self, eids) -> str | None:
+        """:meth:`refusal` of the first of ``eids`` this shard does not own, or None: the
+        check of a batch read, without a call per entity while they are all its own."""
+        table, index, crc32 = self.table, self.index, zlib.crc32
+        for eid in eids:
+            if table[crc32(eid.encode("utf-8")) % SLOTS] != index:
+                return self.refusal(eid)
+        return None
+
     def describe(self) -> list:
         """``[shards, index, digest]``, sent in ping replies."""
         return [self.n_shards, self.index, self.digest]

@@ -208,3 +208,20 @@ def test_freshness_samples_one_entity_in_n_across_reads_and_weighs_it_n():
     bounds = snap["bounds"]
     assert snap["views"]["v"][bounds.index(60.0)] == 8 and snap["views"]["v"][-1] == 240.0
     assert snap["views"]["w"][bounds.index(60.0)] == 4
+
+
+def test_freshness_of_whole_entities_counts_as_value_by_value():
+    """``observe_entities`` (one event time per entity counted once per view) counts what
+    ``observe`` counts for the same values, one by one."""
+    entities = [(("v:a", "v:b", "w:a", "none"), 5_000_000), (("v:a", "w:b"), (1_000_000, 29_000_000)),
+                (("w:a",), 0), ((), 7)]
+    by_entity, by_value = Freshness(sample_every=3), Freshness(sample_every=3)
+    by_entity.observe_entities(entities, now_us=30_000_000)
+    by_entity.observe_entities(entities[:1], now_us=40_000_000)  # the memoised views again
+    for now, ents in ((30_000_000, entities), (40_000_000, entities[:1])):
+        for names, times in ents:
+            by_value.observe(zip(names, [times] * len(names) if type(times) is int else times), now_us=now)
+    got, want = by_entity.snapshot(), by_value.snapshot()
+    assert got["views"].keys() == want["views"].keys() == {"v", "w", "none"}
+    for view, counts in want["views"].items():
+        assert got["views"][view] == pytest.approx(counts)

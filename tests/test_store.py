@@ -152,3 +152,33 @@ def test_no_cache_renders_every_time():
     assert st.render_entity("a") is not first and st.render_entity("a") == first
     st.render_rows(["a"], ["x"])
     assert not st._json and not st._rows
+
+
+def decoded_stamps(st: Store, eid: str, names=None, live=True) -> list:
+    """What :meth:`Store.stamps` must return: from the blob itself, every time."""
+    feats = st.features(eid) or {}
+    if names is not None:
+        feats = {n: feats[n] for n in names if n in feats}
+    if live:
+        feats = {n: vt for n, vt in feats.items()
+                 if st.ttl_of(n) is None or st.clock() <= vt[1] + st.ttl_of(n)}
+    return [(n, vt[1]) for n, vt in feats.items()]
+
+
+def test_sampled_event_times_are_kept_until_the_entity_or_the_clock_changes_them():
+    now = [NOW]
+    st = Store(clock=lambda: now[0], view_ttls={"v:": 60})
+    st.apply([["a", "v:x", 1, NOW - 30_000_000], ["a", "y", 2, TS], ["a", "z", 3, TS], ["b", "y", 1, TS]])
+    for names, live in ((None, True), (["z", "v:x", "nope"], True), (["y", "z"], False)):
+        assert st.stamps(["a", "b", "nobody"], names, live) == (
+            decoded_stamps(st, "a", names, live) + decoded_stamps(st, "b", names, live))
+    assert st.stamps(["a"], None) == st.stamps(["a"], None)  # kept: the second is not decoded
+    st.apply([["a", "y", 5, TS + 1]])  # a write drops what was kept
+    assert ("y", TS + 1) in st.stamps(["a"], None) and st.stamps(["a"], None) == decoded_stamps(st, "a")
+    now[0] += 31_000_000  # v:x expires: a live sample no longer counts it
+    assert st.stamps(["a"], None) == decoded_stamps(st, "a") and ("v:x", NOW - 30_000_000) not in st.stamps(["a"], None)
+    assert ("v:x", NOW - 30_000_000) in st.stamps(["a"], None, live=False)
+    st.delete("a", "z")
+    assert st.stamps(["a"], ["z"]) == []
+    st.delete("b")
+    assert st.stamps(["b"], None) == []

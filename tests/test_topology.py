@@ -24,6 +24,9 @@ def test_a_shard_refuses_what_its_slot_table_gives_another_shard():
         reply = dispatch(state, req)
         assert P.code_of(reply) == P.NOT_OWNER, (req, reply)
         assert "belongs to shard 1" in P.reason_of(reply) and "2 shards" in P.reason_of(reply)
+    batch = dispatch(state, P.mget([mine, mine, theirs, mine], req_id=4))  # the first foreign id is named
+    assert P.code_of(batch) == P.NOT_OWNER and f"entity {theirs!r}" in P.reason_of(batch)
+    assert P.is_ok(dispatch(state, P.mget([mine, mine], req_id=5)))
     assert state.store.data.keys() == {mine}  # nothing of the refused write was applied
     assert P.code_of(dispatch(state, P.write([[1, "x", 1, 5]], req_id=3))) == P.BAD_REQUEST
 

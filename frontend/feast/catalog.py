@@ -53,8 +53,13 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("&", "%26").replace("=", "%3D")
 
 
+_KEY_TYPES = frozenset((int, str))
+
+
 def _key_text(key: str, values: list) -> list[str]:
     """The join key's values as strings: integers and strings only, as Feast's entity keys."""
+    if set(map(type, values)) <= _KEY_TYPES:
+        return list(map(str, values))
     for i, v in enumerate(values):
         t = type(v)
         if t is not str and t is not int:

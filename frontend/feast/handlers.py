@@ -11,7 +11,7 @@ from common import protocol as P
 from common import timefmt
 from frontend import fanout
 from frontend.base import APIError, BaseHandler, BodyHandler
-from frontend.endpoints import Endpoint, parse_json
+from frontend.endpoints import Endpoint, Plan, parse_json
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.errors import FeastFailure, ShapeError, failure_reply
@@ -58,20 +58,34 @@ class GetOnlineFeaturesHandler(FeastHandler):
 
     read_methods = frozenset(("GET", "HEAD", "OPTIONS", "POST"))
 
+    def initialize(self, ctx, catalog: Catalog, endpoint: Endpoint) -> None:
+        super().initialize(ctx, catalog)
+        self.endpoint = endpoint
+
     async def post(self) -> None:
-        self.write_reply(await get_online_features(self.catalog, self.ctx, self.body(), self._size))
+        await self.serve(self.endpoint)
 
 
-async def get_online_features(catalog: Catalog, ctx, raw: bytes, size: int | None = None) -> Reply:
-    """The logic of ``POST /get-online-features`` (its handler's docstring has the shapes)."""
+def plan_online_features(catalog: Catalog, ctx, raw: bytes, size: int | None = None) -> Plan:
+    """The logic of ``POST /get-online-features`` (its handler's docstring has the shapes): the
+    ``fget`` of each view's entities, and what renders their rows."""
     body = parse_body(raw, ctx.cfg, size)
+    plan = plan_read(body, catalog, ctx.cfg, ctx.limits)
+    calls, views = [], []
+    if plan.n:
+        for _, eids, stored in plan.views:
+            view_calls, groups = fanout.rows_calls(ctx, eids, stored)
+            views.append((len(eids), len(stored), len(calls), view_calls, groups))
+            calls += view_calls
+    return calls, partial(_online_features, ctx, body, plan, views)
+
+
+def _online_features(ctx, body: dict, plan, views: list, replies: list) -> Reply:
     cfg = ctx.cfg
-    plan = plan_read(body, catalog, cfg, ctx.limits)
-    pending = [fanout.submit_rows(ctx, eids, stored) for _, eids, stored in plan.views] if plan.n else []
-    per_view = []
-    for (_, eids, stored), calls in zip(plan.views, pending):
-        per_view.append(view_columns(await fanout.gather_rows(ctx, len(eids), calls), len(stored)))
-    if not plan.n:
+    if plan.n:
+        per_view = [view_columns(fanout.rows_of(ctx, n, view_calls, groups, replies[first:first + len(view_calls)]), m)
+                    for n, m, first, view_calls, groups in views]
+    else:
         per_view = [[empty_column()] * len(stored) for _, _, stored in plan.views]
     cols = [key_column(col) for col in plan.entity_columns.values()]
     cols += [per_view[v][j] for v, j in plan.refs]
@@ -82,13 +96,15 @@ async def get_online_features(catalog: Catalog, ctx, raw: bytes, size: int | Non
     if size > cfg.max_response_bytes:
         raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
                                               f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-    return 200, {}, b'{"results":[' + b",".join(cols) + b'],"metadata":' + orjson.dumps(meta) + b"}"
+    cols[0] = b'{"results":[' + cols[0]  # (one copy of the whole body, not four)
+    cols[-1] += b'],"metadata":' + orjson.dumps(meta) + b"}"
+    return 200, {}, b",".join(cols)
 
 
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
-    """``POST /get-online-features`` for the fast engine's hot path, with ``catalog``."""
-    return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False, partial(get_online_features, catalog),
-                    failure_reply)
+    """``POST /get-online-features`` with ``catalog``, for its handler and the fast engine's hot path."""
+    return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False,
+                    partial(plan_online_features, catalog), failure_reply)
 
 
 class WriteToOnlineStoreHandler(FeastHandler):
@@ -150,7 +166,8 @@ def routes(ctx) -> list[tuple[str, type[tornado.web.RequestHandler], dict]]:
     """The Feast routes with their handler arguments."""
     catalog = Catalog.from_config(ctx.cfg)
     return [
-        (r"/get-online-features", GetOnlineFeaturesHandler, {"ctx": ctx, "catalog": catalog}),
+        (r"/get-online-features", GetOnlineFeaturesHandler,
+         {"ctx": ctx, "catalog": catalog, "endpoint": online_features_endpoint(catalog)}),
         (r"/write-to-online-store", WriteToOnlineStoreHandler, {"ctx": ctx, "catalog": catalog}),
         (r"/push", PushHandler, {"ctx": ctx, "catalog": catalog}),
         (r"/health", HealthHandler, {"ctx": ctx}),
