@@ -138,12 +138,16 @@ async def write_all(ctx, writes: list, ids: list | None = None) -> tuple[int, in
 def parts_calls(ctx, eids: list, names: list | None, after: dict[int, int] | None = None) -> tuple[Calls, Groups]:
     """The ``mget`` of ``eids`` to their shards; :func:`parts_of` puts the parts in order. With
     ``after`` (cluster mode: partition -> offset), from copies that applied those offsets."""
-    calls, groups = calls_for(ctx, eids, lambda pos: P.mget(_picked(eids, pos), names))
+    return _after(calls_for(ctx, eids, lambda pos: P.mget(_picked(eids, pos), names)), after)
+
+
+def _after(planned: tuple[Calls, Groups], after: dict[int, int] | None) -> tuple[Calls, Groups]:
+    """``planned``, each read stamped with its partition's offset in ``after`` (X-Read-After)."""
     if after:
-        for shard, request in calls:
+        for shard, request in planned[0]:
             if shard in after:
                 P.read_after(request, after[shard])
-    return calls, groups
+    return planned
 
 
 def parts_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> list[bytes]:
@@ -157,9 +161,9 @@ def parts_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> list[b
     return parts
 
 
-def rows_calls(ctx, eids: list, names: list) -> tuple[Calls, Groups]:
-    """The ``fget`` of ``eids``; :func:`rows_of` collects the rows."""
-    return calls_for(ctx, eids, lambda pos: P.fget(_picked(eids, pos), names))
+def rows_calls(ctx, eids: list, names: list, after: dict[int, int] | None = None) -> tuple[Calls, Groups]:
+    """The ``fget`` of ``eids`` (with ``after``: as :func:`parts_calls`); :func:`rows_of` collects the rows."""
+    return _after(calls_for(ctx, eids, lambda pos: P.fget(_picked(eids, pos), names)), after)
 
 
 def rows_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> tuple:

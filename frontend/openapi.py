@@ -128,6 +128,7 @@ SPEC = {
         },
         "/get-online-features": {"post": {
             "summary": "Feast feature-server compatible read (docs/FEAST.md)",
+            "parameters": [_READ_AFTER],
             "requestBody": _body({
                 "type": "object", "required": ["entities"], "properties": {
                     "entities": _COLUMNS,

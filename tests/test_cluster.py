@@ -205,6 +205,28 @@ def test_a_batch_read_with_a_write_position_waits_for_it_on_every_partition(clus
     assert status == 400 and "partition:offset" in body["detail"], body
 
 
+def test_a_feast_read_with_a_write_position_waits_for_it_on_every_partition(cluster):
+    """``POST /get-online-features`` honours ``X-Read-After`` as the batch read does: each
+    partition's ``fget`` is answered only by a copy that has applied that partition's offset."""
+    ids = [f"feast-after-{i}" for i in range(6)]  # several partitions
+    status, headers, _ = request("POST", cluster.url + "/features", [{"entity_id": e, "features": {"st:v": i}}
+                                                                     for i, e in enumerate(ids)])
+    assert status == 200 and len(headers["X-Read-After"].split(",")) > 1, headers
+    second = f"http://127.0.0.1:{cluster.second_port}"  # a front end that did not take the write
+    poll_for(lambda: request("GET", second + "/readyz")[0] == 200, 20, what="the second front end")
+    query = {"entities": {"driver_id": ids}, "features": ["st:v"]}
+    status, _, body = request("POST", second + "/get-online-features", query,
+                              headers={"X-Read-After": headers["X-Read-After"]})
+    assert status == 200, body
+    assert body["results"][1]["values"] == list(range(6)) and set(body["results"][1]["statuses"]) == {"PRESENT"}, body
+    p = partition_of(ids[0], PARTITIONS)
+    status, _, body = request("POST", second + "/get-online-features", query,
+                              headers={"X-Read-After": f"{p}:{10**9}"})
+    assert status == 503 and f"partition {p} " in body["detail"] and "not yet 1000000000" in body["detail"], body
+    status, _, body = request("POST", cluster.url + "/get-online-features", query, headers={"X-Read-After": "1:x"})
+    assert status == 400 and "partition:offset" in body["detail"], body
+
+
 def test_killing_a_shard_fails_no_read(cluster):
     loop = Loop(cluster, write=True)
     loop.start()

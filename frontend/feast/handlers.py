@@ -11,6 +11,7 @@ from common import protocol as P
 from common import timefmt
 from frontend import fanout
 from frontend.base import APIError, BaseHandler, BodyHandler
+from frontend.cluster_writes import read_positions
 from frontend.endpoints import Endpoint, Plan, parse_json
 from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
@@ -66,15 +67,17 @@ class GetOnlineFeaturesHandler(FeastHandler):
         await self.serve(self.endpoint)
 
 
-def plan_online_features(catalog: Catalog, ctx, raw: bytes, size: int | None = None) -> Plan:
+def plan_online_features(catalog: Catalog, ctx, raw: bytes, size: int | None = None, headers=None) -> Plan:
     """The logic of ``POST /get-online-features`` (its handler's docstring has the shapes): the
-    ``fget`` of each view's entities, and what renders their rows."""
+    ``fget`` of each view's entities, and what renders their rows; in cluster mode, with
+    ``X-Read-After``, from replicas that applied those positions."""
+    after = read_positions(ctx.cfg, headers)
     body = parse_body(raw, ctx.cfg, size)
     plan = plan_read(body, catalog, ctx.cfg, ctx.limits)
     calls, views = [], []
     if plan.n:
         for _, eids, stored in plan.views:
-            view_calls, groups = fanout.rows_calls(ctx, eids, stored)
+            view_calls, groups = fanout.rows_calls(ctx, eids, stored, after)
             views.append((len(eids), len(stored), len(calls), view_calls, groups))
             calls += view_calls
     return calls, partial(_online_features, ctx, body, plan, views)
@@ -104,7 +107,7 @@ def _online_features(ctx, body: dict, plan, views: list, replies: list) -> Reply
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
     """``POST /get-online-features`` with ``catalog``, for its handler and the fast engine's hot path."""
     return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False,
-                    partial(plan_online_features, catalog), failure_reply)
+                    partial(plan_online_features, catalog), failure_reply, reads_headers=True)
 
 
 class WriteToOnlineStoreHandler(FeastHandler):
