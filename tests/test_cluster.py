@@ -184,47 +184,34 @@ def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster
     assert (status, body["detail"]) == (404, "Feature not found")
 
 
-def test_a_batch_read_with_a_write_position_waits_for_it_on_every_partition(cluster):
-    """``POST /features/batch`` honours ``X-Read-After`` as the single-entity reads do: each
-    partition's ``mget`` is answered only by a copy that has applied that partition's offset."""
-    eids = [f"batch-after:{i}" for i in range(6)]  # several partitions
-    status, headers, _ = request("POST", cluster.url + "/features", [{"entity_id": e, "features": {"v": i}}
+def _batch_values(eids: list, name: str):
+    return {"entity_ids": eids}, lambda body: [r["features"] for r in body["results"]] == [
+        {name: i} for i in range(len(eids))]
+
+
+def _feast_values(eids: list, name: str):
+    return {"entities": {"driver_id": eids}, "features": [name]}, lambda body: (
+        body["results"][1]["values"] == list(range(len(eids))) and set(body["results"][1]["statuses"]) == {"PRESENT"})
+
+
+@pytest.mark.parametrize("path, query", [("/features/batch", _batch_values), ("/get-online-features", _feast_values)])
+def test_a_many_entity_read_with_a_write_position_waits_for_it_on_every_partition(cluster, path, query):
+    """The batch and Feast reads honour ``X-Read-After`` as the single-entity reads do: each
+    partition's ``mget`` / ``fget`` is answered only by a copy that has applied that partition's offset."""
+    eids = [f"after{path.replace('/', '-')}:{i}" for i in range(6)]  # several partitions
+    body, matches = query(eids, "st:v")
+    status, headers, _ = request("POST", cluster.url + "/features", [{"entity_id": e, "features": {"st:v": i}}
                                                                      for i, e in enumerate(eids)])
     assert status == 200 and len(headers["X-Read-After"].split(",")) > 1, headers
     second = f"http://127.0.0.1:{cluster.second_port}"  # a front end that did not take the write
     poll_for(lambda: request("GET", second + "/readyz")[0] == 200, 20, what="the second front end")
-    status, _, body = request("POST", second + "/features/batch", {"entity_ids": eids},
-                              headers={"X-Read-After": headers["X-Read-After"]})
-    assert status == 200 and [r["features"] for r in body["results"]] == [{"v": i} for i in range(6)], body
+    status, _, got = request("POST", second + path, body, headers={"X-Read-After": headers["X-Read-After"]})
+    assert status == 200 and matches(got), got
     p = partition_of(eids[0], PARTITIONS)
-    status, _, body = request("POST", second + "/features/batch", {"entity_ids": eids},
-                              headers={"X-Read-After": f"{p}:{10**9}"})
-    assert status == 503 and f"partition {p} " in body["detail"] and "not yet 1000000000" in body["detail"], body
-    status, _, body = request("POST", cluster.url + "/features/batch", {"entity_ids": eids},
-                              headers={"X-Read-After": "1:x"})
-    assert status == 400 and "partition:offset" in body["detail"], body
-
-
-def test_a_feast_read_with_a_write_position_waits_for_it_on_every_partition(cluster):
-    """``POST /get-online-features`` honours ``X-Read-After`` as the batch read does: each
-    partition's ``fget`` is answered only by a copy that has applied that partition's offset."""
-    ids = [f"feast-after-{i}" for i in range(6)]  # several partitions
-    status, headers, _ = request("POST", cluster.url + "/features", [{"entity_id": e, "features": {"st:v": i}}
-                                                                     for i, e in enumerate(ids)])
-    assert status == 200 and len(headers["X-Read-After"].split(",")) > 1, headers
-    second = f"http://127.0.0.1:{cluster.second_port}"  # a front end that did not take the write
-    poll_for(lambda: request("GET", second + "/readyz")[0] == 200, 20, what="the second front end")
-    query = {"entities": {"driver_id": ids}, "features": ["st:v"]}
-    status, _, body = request("POST", second + "/get-online-features", query,
-                              headers={"X-Read-After": headers["X-Read-After"]})
-    assert status == 200, body
-    assert body["results"][1]["values"] == list(range(6)) and set(body["results"][1]["statuses"]) == {"PRESENT"}, body
-    p = partition_of(ids[0], PARTITIONS)
-    status, _, body = request("POST", second + "/get-online-features", query,
-                              headers={"X-Read-After": f"{p}:{10**9}"})
-    assert status == 503 and f"partition {p} " in body["detail"] and "not yet 1000000000" in body["detail"], body
-    status, _, body = request("POST", cluster.url + "/get-online-features", query, headers={"X-Read-After": "1:x"})
-    assert status == 400 and "partition:offset" in body["detail"], body
+    status, _, got = request("POST", second + path, body, headers={"X-Read-After": f"{p}:{10**9}"})
+    assert status == 503 and f"partition {p} " in got["detail"] and "not yet 1000000000" in got["detail"], got
+    status, _, got = request("POST", cluster.url + path, body, headers={"X-Read-After": "1:x"})
+    assert status == 400 and "partition:offset" in got["detail"], got
 
 
 def test_killing_a_shard_fails_no_read(cluster):
