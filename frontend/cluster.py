@@ -41,6 +41,18 @@ class PartitionUnavailable(ShardUnavailable):
         self.shard = partition
 
 
+def _outcome(p: int, done: Callable, fut: asyncio.Future) -> None:
+    """``done`` with a submitted call's reply or exception; a cancelled call (the loop is
+    closing) is answered as an unavailable partition, never left hanging."""
+    try:
+        outcome = fut.result()
+    except asyncio.CancelledError:
+        outcome = ShardUnavailable(p, "call cancelled")
+    except Exception as exc:  # a 500 (``fanout.ok`` raises it)
+        outcome = exc
+    done(outcome)
+
+
 class _Only:
     """The reply callback of a read sent to the only caught-up replica of its partition: done,
     unless it failed (then rounds again within the deadline)."""
@@ -100,7 +112,12 @@ class ClusterClient:
 
     # ---- the ShardClient interface, by partition
     def send(self, p: int, request: dict, done: Callable) -> None:
-        """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others."""
+        """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others. A
+        write or a delete becomes Kafka records (:meth:`submit`); ``done`` gets its outcome."""
+        kind = P.kind_of(request)
+        if kind == P.WRITE or kind == P.DELETE:
+            self.submit(p, request).add_done_callback(partial(_outcome, p, done))
+            return
         candidates = self.router.candidates(p)
         if len(candidates) == 1:  # the common case, without the retry's bookkeeping
             self.shards.send(self.router.links.get(candidates[0]) or self.router.link(candidates[0]), request,

@@ -5,7 +5,6 @@ Native and Feast endpoints both read and write through these functions.
 """
 from __future__ import annotations
 
-import asyncio
 import operator
 from functools import partial
 from typing import Callable
@@ -34,32 +33,12 @@ def _picked(items: list, pos: list[int] | None) -> list:
     return items if pos is None else [items[p] for p in pos]
 
 
-def send(ctx, shard: int, request: dict, done: Callable) -> None:
-    """Send one request; ``done(reply or ShardUnavailable)`` is called once (possibly at once).
-    In cluster mode a write goes through the client's ``submit`` (it becomes Kafka records)."""
-    client = ctx.client
-    if ctx.cfg.cluster_kafka and P.kind_of(request) == P.WRITE:
-        client.submit(shard, request).add_done_callback(partial(_settled, shard, done))
-    else:
-        client.send(shard, request, done)
-
-
-def _settled(shard: int, done: Callable, fut: asyncio.Future) -> None:
-    try:
-        outcome = fut.result()
-    except asyncio.CancelledError:  # (the loop is closing): answered, never left hanging
-        outcome = ShardUnavailable(shard, "call cancelled")
-    except Exception as exc:  # a 500 (``ok`` raises it)
-        outcome = exc
-    done(outcome)
-
-
 def gather(ctx, calls: Calls, done: Callable[[list], None]) -> None:
     """Send every call at once; ``done(replies)`` once all are in: one reply (or exception) per
     call, in order. No future or task: the last reply's callback calls ``done``."""
     if len(calls) == 1:
         shard, request = calls[0]
-        send(ctx, shard, request, lambda reply: done([reply]))
+        ctx.client.send(shard, request, lambda reply: done([reply]))
         return
     replies = [None] * len(calls)
     left = [len(calls)]
@@ -70,8 +49,9 @@ def gather(ctx, calls: Calls, done: Callable[[list], None]) -> None:
         if not left[0]:
             done(replies)
 
+    send = ctx.client.send
     for i, (shard, request) in enumerate(calls):
-        send(ctx, shard, request, partial(arrived, i))
+        send(shard, request, partial(arrived, i))
 
 
 async def replies(ctx, calls: Calls) -> list:

@@ -89,6 +89,15 @@ def _memory_bytes() -> int | None:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _after(shard: ShardState, req: dict) -> int | None:
+    """The offset a cluster-mode read must have applied here (``after``), or None; 400 when it
+    is not an offset. Embedded mode ignores it."""
+    after = P.after_of(req) if shard.cluster is not None else None
+    if after is not None and type(after) is not int:
+        raise BadRequest(f"field {P.AFTER!r} must be an offset")
+    return after
+
+
 def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
     """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None; in cluster
     mode also until this copy has applied the request's ``after`` offset (another replica may
@@ -96,27 +105,22 @@ def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
     owner = shard.owner
     if owner is None:
         return None
-    after = P.after_of(req) if shard.cluster is not None else None
+    after = _after(shard, req)
     if after is None:
         first = getattr(owner, "first_refusal", None)  # a SlotOwner's: C-level passes
         why = first(eids) if first is not None else next(filter(None, map(owner.refusal, eids)), None)
-    elif type(after) is not int:
-        raise BadRequest(f"field {P.AFTER!r} must be an offset")
     else:
         why = next(filter(None, (owner.refusal(eid, after) for eid in eids)), None)
     return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 
 def _unread(shard: ShardState, req: dict, eid: str) -> dict | None:
-    """As :func:`_foreign` for a single-entity read; in cluster mode also ``not_owner`` until
-    this copy has applied the request's ``after`` offset (another replica may have)."""
-    after = P.after_of(req)
-    if after is None or shard.cluster is None:
-        why = None if shard.owner is None else shard.owner.refusal(eid)
-    elif type(after) is not int:
-        raise BadRequest(f"field {P.AFTER!r} must be an offset")
-    else:
-        why = shard.owner.refusal(eid, after)
+    """:func:`_foreign` of a single-entity read, without its passes over many ids."""
+    owner = shard.owner
+    if owner is None:
+        return None
+    after = _after(shard, req)
+    why = owner.refusal(eid) if after is None else owner.refusal(eid, after)
     return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 
