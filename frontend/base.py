@@ -153,5 +153,4 @@ class BodyHandler(BaseHandler):
 
     async def serve(self, endpoint: Endpoint) -> None:
         """Serve ``endpoint`` (``frontend/endpoints.py``) with this request's body."""
-        headers = {"headers": self.request.headers} if endpoint.reads_headers else {}
-        self.write_reply(await endpoint.run(self.ctx, self.body(), self._size, **headers))
+        self.write_reply(await endpoint.run(self.ctx, self.body(), self._size, self.request.headers))

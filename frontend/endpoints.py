@@ -47,29 +47,25 @@ Plan = tuple  # (calls, finish): the shard requests of a request, and ``finish(r
 
 
 class Endpoint:
-    """One endpoint's logic, ``plan(ctx, body, size) -> (calls, finish)``: the body checked and
+    """One endpoint's logic, ``plan(ctx, body, size, headers) -> (calls, finish)``: the body checked and
     turned into shard requests (``fanout.Calls``), and ``finish``, which renders the replies
     (one per call, in order) as a Reply. Either raises an ``APIError`` to refuse. ``route`` (its
     route template) labels its requests in ``/metrics``, ``handler_name`` its log lines;
     ``error_reply`` renders what it raises."""
 
-    __slots__ = ("handler_name", "route", "mutates", "plan", "error_reply", "reads_headers")
+    __slots__ = ("handler_name", "route", "mutates", "plan", "error_reply")
 
     def __init__(self, handler_name: str, route: str, mutates: bool, plan: Callable[..., Plan],
-                 render_error: Callable[[APIError], Reply] = error_reply, reads_headers: bool = False) -> None:
+                 render_error: Callable[[APIError], Reply] = error_reply) -> None:
         self.handler_name = handler_name
         self.route = route
         self.mutates = mutates
         self.plan = plan
         self.error_reply = render_error
-        self.reads_headers = reads_headers  # plan(ctx, body, size, headers): X-Read-After
-
-    def _plan(self, ctx, body: bytes, size: int | None, headers) -> Plan:
-        return self.plan(ctx, body, size, headers) if self.reads_headers else self.plan(ctx, body, size)
 
     async def run(self, ctx, body: bytes, size: int | None = None, headers=None) -> Reply:
         """Serve a request that a handler has admitted: the Reply, or the ``APIError`` raised."""
-        calls, finish = self._plan(ctx, body, size, headers)
+        calls, finish = self.plan(ctx, body, size, headers)
         return finish(await fanout.replies(ctx, calls) if calls else [])
 
     def start(self, ctx, headers, body: bytes, done: Callable[[Reply], None], started: float | None = None) -> None:
@@ -85,7 +81,7 @@ class Endpoint:
             done(error_reply(exc))
             return
         try:
-            calls, finish = self._plan(ctx, body, None, headers)
+            calls, finish = self.plan(ctx, body, None, headers)
         except Exception as exc:
             done(self._refusal(exc))
             return
@@ -112,7 +108,7 @@ class Endpoint:
         return INTERNAL
 
 
-def write(ctx, body: bytes, size: int | None = None) -> Plan:
+def write(ctx, body: bytes, size: int | None = None, headers=None) -> Plan:
     """``POST /features``: one write or an array of them -> ``{message, written, stale}``."""
     ids = [] if ctx.limits.aggregations else None  # event ids matter to aggregations only
     try:
@@ -176,4 +172,4 @@ def _results(ctx, n: int, calls: fanout.Calls, groups: fanout.Groups, replies: l
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)
-BATCH = Endpoint("BatchHandler", "/features/batch", False, batch, reads_headers=True)
+BATCH = Endpoint("BatchHandler", "/features/batch", False, batch)

@@ -107,7 +107,7 @@ def _online_features(ctx, body: dict, plan, views: list, replies: list) -> Reply
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
     """``POST /get-online-features`` with ``catalog``, for its handler and the fast engine's hot path."""
     return Endpoint("GetOnlineFeaturesHandler", "/get-online-features", False,
-                    partial(plan_online_features, catalog), failure_reply, reads_headers=True)
+                    partial(plan_online_features, catalog), failure_reply)
 
 
 class WriteToOnlineStoreHandler(FeastHandler):
