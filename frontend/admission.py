@@ -57,6 +57,11 @@ def hard_head_bytes(cfg) -> int:
     return HARD_HEAD_FACTOR * (cfg.http_max_header_bytes + cfg.http_max_request_line_bytes)
 
 
+def line_bytes(method: str, target, version: str) -> int:
+    """The size of a request line as the limit counts it: method, target, version, two spaces."""
+    return len(method) + len(target) + len(version) + 2
+
+
 def header_bytes(pairs) -> int:
     """The size of a header block as the limit counts it: ``name: value`` and CRLF per header."""
     return sum(len(k) + len(v) + 4 for k, v in pairs)
@@ -87,8 +92,8 @@ class Gate:
 
     def admit_request(self, request: httputil.HTTPServerRequest) -> Reply | None:
         """:meth:`admit` for a request of Tornado's engine."""
-        line = len(request.method) + len(request.uri) + len(request.version) + 2
-        return self.admit(request, line, header_bytes(request.headers.get_all()))
+        return self.admit(request, line_bytes(request.method, request.uri, request.version),
+                          header_bytes(request.headers.get_all()))
 
     def _refusal(self, line: int, headers: int) -> Reply:
         cfg = self.cfg

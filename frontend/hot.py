@@ -84,7 +84,7 @@ class Hot:
     def admit(self, ex):
         """None, with ``ex`` entered in ``ctx.active``; or what answers its refusal."""
         fields = ex.fields_bytes
-        refused = self.gate.admit(ex, len(ex.method) + len(ex.url) + len(ex.version) + 2,
+        refused = self.gate.admit(ex, admission.line_bytes(ex.method, ex.url, ex.version),
                                   admission.header_bytes(ex.raw_headers) if fields is None else fields)
         return None if refused is None else partial(self._refused, refused)
 

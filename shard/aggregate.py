@@ -92,10 +92,6 @@ class WindowState:
         self._layout: tuple | None = None  # layout_at(horizon), once worked out
 
     # ---- layout
-    def bounds(self, now: int) -> list[int]:
-        """``B_k`` of each level at ``now``: level k holds event times in ``[B_k, B_(k-1))``."""
-        return [b for b, _, _ in layout_at(self.spec, now)]
-
     def _layout_for(self, now: int) -> tuple:
         if now == self.horizon:
             if self._layout is None:
