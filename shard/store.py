@@ -416,7 +416,7 @@ class Store:
         """
         if self.aggs and type(writes) is not list:
             writes = list(writes)
-        data_get, unpack = self.data.get, msgpack.unpackb
+        data_get = self.data.get
         merged: dict[str, dict] = {}  # eid -> its features, decoded and updated
         changed: dict[str, dict] = {}  # the entities with at least one write that was not stale
         written = stale = added = mark = 0
@@ -431,7 +431,7 @@ class Store:
                 feats = merged.get(eid)
                 if feats is None:
                     blob = data_get(eid)
-                    feats = merged[eid] = {} if blob is None else unpack(blob, raw=False)
+                    feats = merged[eid] = {} if blob is None else _decode(blob)
                 last = eid
             if type(name) is not str or type(ts) is not int:
                 raise TypeError("name is not a string or event time not an integer")
