@@ -249,15 +249,16 @@ class Store:
         kept beside the rendering in the cache once a single-entity read asked for it."""
         now = self.clock()
         hit = self._json.get(eid)
-        if hit is None or now >= hit[1]:
-            hit = self._rendered(eid, now, tagged=True)
-            if hit is None:
-                return None
-        if hit[0] is None:
+        if hit is not None and now < hit[1] and len(hit) == 3:
+            return hit[0], hit[2]
+        body = self._entity_json(eid, now)
+        if body is None:
             return None
-        if len(hit) == 2:  # rendered by a batch read, which needs no ETag
-            hit = self._json[eid] = (hit[0], hit[1], etag_for(hit[0]))
-        return hit[0], hit[2]
+        tag = etag_for(body)
+        hit = self._json.get(eid)
+        if hit is not None and hit[0] is body:
+            self._json[eid] = (body, hit[1], tag)
+        return body, tag
 
     def _with_aggregates(self, eid: str, feats: dict, now: int, names=None, plain=None) -> tuple[dict, int]:
         """``feats`` and the entity's aggregates at ``now`` (those in ``names`` if given), as
@@ -273,13 +274,6 @@ class Store:
         hit = self._json.get(eid)
         if hit is not None and now < hit[1]:
             return hit[0]
-        hit = self._rendered(eid, now)
-        return None if hit is None else hit[0]
-
-    def _rendered(self, eid: str, now: int, tagged: bool = False) -> tuple | None:
-        """Render the entity at ``now`` and keep the rendering: ``(JSON or None, valid until)``,
-        with its ETag third when ``tagged`` (and there is JSON); None, and nothing kept, when
-        the shard has nothing of it."""
         blob = self.data.get(eid)
         if blob is None and not self.aggs.has(eid):
             return None
@@ -290,9 +284,8 @@ class Store:
         body = _render(eid, feats) if feats else None
         if body is not None and self._cap > 0:
             body = memoryview(body).tobytes()  # orjson's buffer holds 4 KiB; keep an exact copy
-        entry = (body, until, etag_for(body)) if tagged and body is not None else (body, until)
-        self._remember(self._json, eid, entry)
-        return entry
+        self._remember(self._json, eid, (body, until))
+        return body
 
     def render_feature(self, eid: str, name: str) -> bytes | None:
         """JSON bytes ``{"entity_id","name","value","event_timestamp"}``, or None."""
