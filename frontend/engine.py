@@ -715,8 +715,8 @@ class Exchange(httputil.HTTPConnection):
         self.response_started = True
         if type(headers) is not bytes:
             lines = b""
-            for name, value in headers.items():  # (concatenated: half the time of %-formatting each line)
-                lines += (_names.get(name) or _header_name(name)) + b": " + str(value).encode("latin1") + b"\r\n"
+            for name, value in headers.items():
+                lines += b"%s: %s\r\n" % (_names.get(name) or _header_name(name), str(value).encode("latin1"))
             headers = lines
         if self.version == "HTTP/1.1":
             if not (self.keep_alive and self.complete):
@@ -726,9 +726,7 @@ class Exchange(httputil.HTTPConnection):
         length = len(body)
         if self.method == "HEAD":
             body = b""
-        transport = conn.transport  # (conn.write without the future it returns: nothing waits on it here)
-        if not transport.is_closing():
-            transport.write(b"%s%sContent-Length: %d\r\n\r\n%s" % (_head(status, content_type), headers, length, body))
+        conn.write(b"%s%sContent-Length: %d\r\n\r\n%s" % (_head(status, content_type), headers, length, body))
         self._response_finished()
 
 

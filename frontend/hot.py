@@ -100,9 +100,9 @@ class Hot:
                 if m is not None:
                     eid, name = m.groups()
                     if name is not None:
-                        return partial(self._read, reads.FEATURE, _segments(m.string, eid, name))
+                        return partial(self._read, reads.FEATURE, _segments(m.string, (eid, name)))
                     if eid != b"batch":
-                        return partial(self._read, reads.ENTITY, _segments(m.string, eid))
+                        return partial(self._read, reads.ENTITY, _segments(m.string, (eid,)))
             except UnicodeDecodeError:
                 pass
             return None
@@ -143,10 +143,6 @@ class Hot:
                         time.perf_counter() - started)
 
 
-def _segments(url: bytes, eid: bytes, name: bytes | None = None) -> tuple:
-    """The path arguments of ``url`` (its entity id, and feature name if any), percent-decoded
-    (only when it has a ``%``), as UTF-8 strings. (Two explicit decodes: half the time of
-    ``tuple(map(...))`` over the groups.)"""
-    if b"%" in url:
-        eid, name = unquote_to_bytes(eid), None if name is None else unquote_to_bytes(name)
-    return (eid.decode(),) if name is None else (eid.decode(), name.decode())
+def _segments(url: bytes, groups: tuple) -> tuple:
+    """The path arguments of ``url``, percent-decoded (only when it has a ``%``), as UTF-8 strings."""
+    return tuple(map(bytes.decode, map(unquote_to_bytes, groups) if b"%" in url else groups))
