@@ -82,8 +82,9 @@ def make_context(cfg: Config, client) -> Context:
                    metrics=Metrics(cfg.metrics_dir, cfg.metrics))
 
 
-def make_client(cfg: Config):
-    """The shard client: one link per shard, or (cluster mode) partitions over found shards."""
+def make_client(cfg: Config, process: int = 0):
+    """The shard client: one link per shard, or (cluster mode) partitions over found shards;
+    ``process`` is which of the front end's processes this is."""
     if not cfg.cluster_kafka:
         return _shard_client(cfg, cfg.endpoints())
     from common import membership
@@ -95,7 +96,7 @@ def make_client(cfg: Config):
                             {"cleanup.policy": "compact"})
     reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
     writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
-    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions)
+    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions, process)
 
 
 def _shard_client(cfg: Config, endpoints) -> ShardClient:
@@ -152,12 +153,13 @@ def _start_tornado(cfg: Config, delegate, sockets) -> tornado.httpserver.HTTPSer
     return server
 
 
-async def serve(cfg: Config, sockets) -> None:
-    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
+async def serve(cfg: Config, sockets, process: int = 0) -> None:
+    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT, as the front end's
+    process number ``process``.
 
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
-    client = make_client(cfg)
+    client = make_client(cfg, process)
     ctx = make_context(cfg, client)
     client.on_roundtrip = ctx.metrics.shard_roundtrip
     client.start()

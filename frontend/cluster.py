@@ -53,35 +53,38 @@ def _outcome(p: int, done: Callable, fut: asyncio.Future) -> None:
     done(outcome)
 
 
-class _Only:
-    """The reply callback of a read sent to the only caught-up replica of its partition: done,
-    unless it failed (then rounds again within the deadline)."""
+class _Attempt:
+    """The reply callback of a read sent to ``candidates[i]``: done, unless the reply means
+    another replica must be asked (:meth:`ClusterClient.retry`)."""
 
-    __slots__ = ("client", "p", "request", "done", "candidates", "deadline")
+    __slots__ = ("client", "p", "request", "done", "candidates", "i", "deadline")
 
-    def __init__(self, client, p: int, request: dict, done: Callable, candidates: list, deadline: float) -> None:
+    def __init__(self, client, p: int, request: dict, done: Callable, candidates: list, i: int,
+                 deadline: float) -> None:
         self.client, self.p, self.request, self.done = client, p, request, done
-        self.candidates, self.deadline = candidates, deadline
+        self.candidates, self.i, self.deadline = candidates, i, deadline
 
     def __call__(self, reply) -> None:
         if type(reply) is dict and P.CODE not in reply:
             self.done(reply)
-        elif not self.client.retry(self.p, self.request, self.done, self.candidates, 0, self.deadline,
-                                   self.candidates[0], reply):
+        elif not self.client.retry(self.p, self.request, self.done, self.candidates, self.i, self.deadline,
+                                   self.candidates[self.i], reply):
             self.done(reply)
 
 
 class ClusterClient:
     """Partitions as shards, over a ``ShardClient`` whose links are added as shards appear."""
 
-    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int) -> None:
+    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int,
+                 process: int = 0) -> None:
         self.cfg = cfg
         self.shards = shards
         self.reader = reader
         self.writer = writer
         self.partitions = partitions
         self.timeout_s = cfg.shard_timeout_s
-        self.router = Router(reader.view, partitions, shards.add_link)
+        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica,
+                             process=process)
         self.watch = AppliedWatch(self.router, shards)
         self._poller: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,7 +124,7 @@ class ClusterClient:
         candidates = self.router.candidates(p)
         if len(candidates) == 1:  # the common case, without the retry's bookkeeping
             self.shards.send(self.router.links.get(candidates[0]) or self.router.link(candidates[0]), request,
-                             _Only(self, p, request, done, candidates, time.monotonic() + self.timeout_s))
+                             _Attempt(self, p, request, done, candidates, 0, time.monotonic() + self.timeout_s))
             return
         self._attempt(p, request, done, candidates, 0, time.monotonic() + self.timeout_s,
                       "no live replica has caught up")
@@ -138,14 +141,9 @@ class ClusterClient:
         if i >= len(candidates) or left <= 0:
             done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
             return
-        endpoint = candidates[i]
         share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
-
-        def on_reply(reply) -> None:
-            if not self.retry(p, request, done, candidates, i, deadline, endpoint, reply):
-                done(reply)
-
-        self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
+        self.shards.send(self.router.link(candidates[i]), request,
+                         _Attempt(self, p, request, done, candidates, i, deadline), timeout_s=share)
 
     def retry(self, p: int, request: dict, done: Callable, candidates: list, i: int, deadline: float,
               endpoint: str, reply) -> bool:
