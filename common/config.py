@@ -160,9 +160,8 @@ class Config:
     cluster_topic: str = setting("features", "the topic every write goes to", EVERY)
     cluster_partitions: int = setting(16, "partitions of the topic when it is created", EVERY, at_least=1)
     replica: str = setting("a", "this shard's replica set (one consumer group each)", [S])
-    cluster_read_replica: str | None = setting(None, "the replica set a front end reads from first, then the others "
-                                               "('*': every read the next replica)", [F],
-                                               shown="unset, each front-end process picks one in turn")
+    cluster_read_replica: str | None = setting(None, "the replica set a front end reads from first (its zone's), "
+                                               "then the others", [F], shown="unset, every replica in turn")
     cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
                                             shown="where it binds")
     cluster_heartbeat_s: float = setting(1.0, "between a shard's membership records", [S], above=0)
@@ -421,8 +420,8 @@ def _check(cfg: Config) -> None:
     if cfg.cluster_kafka:  # any index only picks the port
         if not _set_name(cfg.replica):
             raise ConfigError(f"FS_REPLICA must be letters, digits, '-' or '_', not {cfg.replica!r}")
-        if cfg.cluster_read_replica not in (None, "*") and not _set_name(cfg.cluster_read_replica):
-            raise ConfigError(f"FS_CLUSTER_READ_REPLICA must be a replica set's name or '*', "
+        if cfg.cluster_read_replica is not None and not _set_name(cfg.cluster_read_replica):
+            raise ConfigError(f"FS_CLUSTER_READ_REPLICA must be letters, digits, '-' or '_', "
                               f"not {cfg.cluster_read_replica!r}")
     elif not cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")

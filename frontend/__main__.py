@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_child(task_id: int) -> int:
         logs.setup(cfg, "frontend", task_id)
         log.info("front-end process %d (pid %d)", task_id, os.getpid())
-        run_loop(cfg, serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True), task_id))
+        run_loop(cfg, serve(cfg, tornado.netutil.bind_sockets(port, cfg.http_host, reuse_port=True)))
         return 0
 
     try:

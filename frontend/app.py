@@ -82,9 +82,8 @@ def make_context(cfg: Config, client) -> Context:
                    metrics=Metrics(cfg.metrics_dir, cfg.metrics))
 
 
-def make_client(cfg: Config, process: int = 0):
-    """The shard client: one link per shard, or (cluster mode) partitions over found shards;
-    ``process`` is which of the front end's processes this is."""
+def make_client(cfg: Config):
+    """The shard client: one link per shard, or (cluster mode) partitions over found shards."""
     if not cfg.cluster_kafka:
         return _shard_client(cfg, cfg.endpoints())
     from common import membership
@@ -96,7 +95,7 @@ def make_client(cfg: Config, process: int = 0):
                             {"cleanup.policy": "compact"})
     reader = membership.Reader(cfg.cluster_kafka, cfg.cluster_topic)
     writer = Writer(cfg.cluster_kafka, cfg.cluster_topic, cfg.cluster_apply_timeout_s)
-    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions, process)
+    return ClusterClient(cfg, _shard_client(cfg, []), reader, writer, partitions)
 
 
 def _shard_client(cfg: Config, endpoints) -> ShardClient:
@@ -153,13 +152,12 @@ def _start_tornado(cfg: Config, delegate, sockets) -> tornado.httpserver.HTTPSer
     return server
 
 
-async def serve(cfg: Config, sockets, process: int = 0) -> None:
-    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT, as the front end's
-    process number ``process``.
+async def serve(cfg: Config, sockets) -> None:
+    """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
 
     Single-entity GETs take the fast path of ``frontend/fast.py``; the rest go to the application.
     """
-    client = make_client(cfg, process)
+    client = make_client(cfg)
     ctx = make_context(cfg, client)
     client.on_roundtrip = ctx.metrics.shard_roundtrip
     client.start()

@@ -75,16 +75,14 @@ class _Attempt:
 class ClusterClient:
     """Partitions as shards, over a ``ShardClient`` whose links are added as shards appear."""
 
-    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int,
-                 process: int = 0) -> None:
+    def __init__(self, cfg, shards, reader: membership.Reader, writer: Writer, partitions: int) -> None:
         self.cfg = cfg
         self.shards = shards
         self.reader = reader
         self.writer = writer
         self.partitions = partitions
         self.timeout_s = cfg.shard_timeout_s
-        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica,
-                             process=process)
+        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica)
         self.watch = AppliedWatch(self.router, shards)
         self._poller: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -2,12 +2,10 @@
 
 The membership :class:`~common.membership.View` says which live shards have caught up on each
 partition. A read goes to one of them: replicas that confirmed this process's last write to the
-partition first, so a writer reads its own write; then those of the replica set this front end
-reads from (``FS_CLUSTER_READ_REPLICA``: a zone's own set; unset, each front-end process picks
-one set in turn by its process number, so several processes still spread the load and each
-keeps its requests batched on a few shards); then the other sets. With ``*`` every read takes
-the next replica in turn instead. A shard that does not answer, or answers ``not_owner``, is
-skipped and the next one is tried within the request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
+partition first, so a writer reads its own write; then, with ``FS_CLUSTER_READ_REPLICA`` (a
+zone's own replica set), the owners in that set, then the others; without it, each owner first
+in turn, spreading load. A shard that does not answer, or answers ``not_owner``, is skipped and
+the next one is tried within the request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
 as endpoints appear (``connect(endpoint) -> link index``).
 """
 from __future__ import annotations
@@ -26,11 +24,9 @@ class Router:
     """Candidates per partition, from the membership view."""
 
     def __init__(self, view: View, partitions: int, connect: Callable[[str], int],
-                 clock: Callable[[], float] = time.monotonic, read_replica: str | None = None,
-                 process: int = 0) -> None:
+                 clock: Callable[[], float] = time.monotonic, read_replica: str | None = None) -> None:
         self.view = view
-        self.read_replica = read_replica  # FS_CLUSTER_READ_REPLICA: a set's name, "*" or None
-        self.process = process  # which of the front end's processes this is (picks a set when None)
+        self.read_replica = read_replica  # FS_CLUSTER_READ_REPLICA: the set read first, or None
         self.partitions = partitions
         self.connect = connect
         self.clock = clock
@@ -58,20 +54,10 @@ class Router:
             self._table_at, self._table_version = now, self.view.version
         return self._table
 
-    def preferred(self, replica_of: dict[str, str]) -> str | None:
-        """The replica set reads go to first: FS_CLUSTER_READ_REPLICA's, or one of the live sets
-        picked by this process's number; None with ``*`` (every read takes the next replica)."""
-        if self.read_replica == "*":
-            return None
-        if self.read_replica is not None:
-            return self.read_replica
-        sets = sorted(set(replica_of.values()))
-        return sets[self.process % len(sets)] if sets else None
-
     def _orders(self, owners: list[str], replica_of: dict[str, str]) -> list[list[str]]:
-        """The orders in which to try a partition's ``owners``, used in turn: each owner first
-        in turn with ``*``; else one order, the preferred set's owners first."""
-        home = self.preferred(replica_of)
+        """The orders in which to try a partition's ``owners``, used in turn: with a read replica
+        set, one (its owners first); else each owner first in turn."""
+        home = self.read_replica
         if home is None:
             return [owners[k:] + owners[:k] for k in range(len(owners))]
         return [sorted(owners, key=lambda e: replica_of.get(e) != home)]  # (a stable sort)

@@ -90,8 +90,8 @@ def router_over(owners: dict[str, list[int]], partitions: int = 2, replicas: dic
     return R.Router(view, partitions, index.__getitem__, **kwargs)
 
 
-def test_with_star_candidates_rotate_and_put_replicas_with_our_write_first():
-    router = router_over({"tcp://a": [0, 1], "tcp://b": [0], "tcp://c": [0]}, read_replica="*")
+def test_candidates_rotate_and_put_replicas_with_our_write_first():
+    router = router_over({"tcp://a": [0, 1], "tcp://b": [0], "tcp://c": [0]})
     firsts = {router.candidates(0)[0] for _ in range(6)}
     assert firsts == {"tcp://a", "tcp://b", "tcp://c"}  # load spreads over replicas
     assert router.candidates(1) == ["tcp://a"]
@@ -104,17 +104,16 @@ SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
 OWNERS = {"tcp://a0": [0], "tcp://a1": [1], "tcp://b0": [0, 1]}  # set a: 2 shards, set b: 1
 
 
-@pytest.mark.parametrize("process, home", [(0, "a"), (1, "b"), (2, "a")])
-def test_each_front_end_process_reads_from_one_replica_set_in_turn(process, home):
-    router = router_over(OWNERS, replicas=SETS, process=process)
+def test_a_read_replica_set_is_read_first_every_time():
+    router = router_over(OWNERS, replicas=SETS, read_replica="a")
     for p in (0, 1):
         got = [router.candidates(p) for _ in range(4)]
-        assert all(c == got[0] for c in got)  # sticky: no rotation per read
-        assert SETS[got[0][0]] == home and sorted(got[0]) == sorted(e for e, ps in OWNERS.items() if p in ps)
+        assert all(c == got[0] for c in got)  # no rotation per read
+        assert SETS[got[0][0]] == "a" and sorted(got[0]) == sorted(e for e, ps in OWNERS.items() if p in ps)
 
 
 def test_a_named_read_replica_comes_first_and_our_write_still_goes_first():
-    router = router_over(OWNERS, replicas=SETS, read_replica="b", process=0)
+    router = router_over(OWNERS, replicas=SETS, read_replica="b")
     assert router.candidates(0) == ["tcp://b0", "tcp://a0"]
     router.wrote(0, "tcp://a0")  # only a0 applied our newest write yet: read it there
     assert router.candidates(0) == ["tcp://a0", "tcp://b0"]
@@ -127,7 +126,6 @@ def test_a_named_read_replica_comes_first_and_our_write_still_goes_first():
 def test_the_read_replica_setting_is_checked():
     base = {"FS_CLUSTER_KAFKA": "127.0.0.1:9092"}
     assert config.load([], environ={**base, "FS_CLUSTER_READ_REPLICA": "zone-b"}).cluster_read_replica == "zone-b"
-    assert config.load([], environ={**base, "FS_CLUSTER_READ_REPLICA": "*"}).cluster_read_replica == "*"
     with pytest.raises(ConfigError, match="FS_CLUSTER_READ_REPLICA"):
         config.load([], environ={**base, "FS_CLUSTER_READ_REPLICA": "a b"})
 
