@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from functools import partial
 from typing import Callable
@@ -28,7 +29,7 @@ from frontend.shard_client import ShardUnavailable, _settle
 
 log = logging.getLogger("frontend.cluster")
 
-MEMBERSHIP_POLL_S = 0.02  # how often the membership topic is read
+MEMBERSHIP_WAIT_S = 0.5  # the membership thread's longest wait in Kafka (and for close)
 ROUND_PAUSE_S = 0.02  # between two rounds over the replicas of a partition, within the deadline
 ATTEMPT_SHARE = 0.5  # one replica gets at most this share of the deadline, so another can answer
 
@@ -84,7 +85,8 @@ class ClusterClient:
         self.timeout_s = cfg.shard_timeout_s
         self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica)
         self.watch = AppliedWatch(self.router, shards)
-        self._poller: asyncio.TimerHandle | None = None
+        self._members: threading.Thread | None = None
+        self._closing = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -95,18 +97,30 @@ class ClusterClient:
         self._loop = loop or asyncio.get_running_loop()
         self.shards.start(self._loop)
         self.reader.catch_up(5.0)
-        self._read_members()
+        self._members = threading.Thread(target=self._read_members, name="membership", daemon=True)
+        self._members.start()
 
     def _read_members(self) -> None:
-        try:
-            self.reader.poll(0)
-        except Exception:  # a broker hiccup: the view just ages; never stop the loop
-            log.exception("membership read failed")
-        self._poller = self._loop.call_later(MEMBERSHIP_POLL_S, self._read_members)
+        """The membership thread: wait in Kafka for records and hand them to the loop, which alone
+        applies them to the view. The loop itself never calls into Kafka: on a busy machine a
+        consumer call with no wait at all stalled it for about a millisecond, 50 times a second."""
+        while not self._closing.is_set():
+            try:
+                msgs = self.reader.fetch(MEMBERSHIP_WAIT_S)
+            except Exception:  # a broker hiccup: the view just ages; never stop reading
+                log.exception("membership read failed")
+                self._closing.wait(MEMBERSHIP_WAIT_S)
+                continue
+            if msgs and not self._closing.is_set():
+                try:
+                    self._loop.call_soon_threadsafe(self.reader.apply, msgs)
+                except RuntimeError:  # the loop has closed
+                    return
 
     def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        self._closing.set()
+        if self._members is not None:
+            self._members.join(MEMBERSHIP_WAIT_S + 1.0)
         self.shards.close()
         self.writer.close()
         self.reader.close()
