@@ -98,17 +98,20 @@ def _after(shard: ShardState, req: dict) -> int | None:
     return after
 
 
-def _foreign(shard: ShardState, req: dict, eids) -> dict | None:
+def _foreign(shard: ShardState, req: dict, eids, rows: bool = False) -> dict | None:
     """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None; in cluster
     mode also until this copy has applied the request's ``after`` offset (another replica may
-    have)."""
+    have). ``rows``: a Feast read's (see :meth:`Store.unheld`)."""
     owner = shard.owner
     if owner is None:
         return None
     after = _after(shard, req)
     if after is None:
         first = getattr(owner, "first_refusal", None)  # a SlotOwner's: C-level passes
-        why = first(eids) if first is not None else next(filter(None, map(owner.refusal, eids)), None)
+        if first is not None:  # (it refuses nothing stored here: only the other ids are hashed)
+            why = first(shard.store.unheld(eids, rows))
+        else:
+            why = next(filter(None, map(owner.refusal, eids)), None)
     else:
         why = next(filter(None, (owner.refusal(eid, after) for eid in eids)), None)
     return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
@@ -207,7 +210,7 @@ def handle_mget(shard: ShardState, req: dict) -> dict:
 def handle_fget(shard: ShardState, req: dict) -> dict:
     """``{es, f}`` -> ``{v, s, ts}``: one Feast row per entity id, in request order."""
     eids = _eids(req)
-    refused = _foreign(shard, req, eids)
+    refused = _foreign(shard, req, eids, rows=True)
     if refused is not None:
         return refused
     names = _names(req)

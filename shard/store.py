@@ -28,7 +28,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
-from itertools import repeat
+from itertools import filterfalse, repeat
 from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -230,6 +230,14 @@ class Store:
             interned.clear()
         return key
 
+    def unheld(self, eids: Iterable[str], rows: bool = False) -> Iterable[str]:
+        """The ids of ``eids`` that hold nothing here (lazily). A batch read checks only these for
+        ownership: every value stored was checked when it was written (or recovered under this
+        data directory's slot table), so an entity held here is this shard's. The render cache
+        of the read (``rows``: Feast's) is asked first: the read then finds its entries warm."""
+        cached = self._rows if rows else self._json
+        return filterfalse(self.data.__contains__, filterfalse(cached.__contains__, eids))
+
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
         """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
         now = self.clock()
@@ -305,32 +313,39 @@ class Store:
             return None
         return _render_one(eid, name, vt)
 
-    def render_many(self, eids: Iterable[str], names: Sequence[str] | None = None) -> list[bytes]:
+    def render_many(self, eids: Sequence[str], names: Sequence[str] | None = None) -> list[bytes]:
         """One JSON object per id, in order; a missing entity is ``{"entity_id","detail"}``."""
         now = self.clock()
-        out = []
         if names is None:
-            cache = self._json
-            for eid in eids:
-                hit = cache.get(eid)
+            hits = list(map(self._json.get, eids))
+            if None not in hits and min(map(_until, hits), default=NEVER) > now:
+                bodies = list(map(_first, hits))  # every id's rendering cached and valid: C-level passes
+                if None not in bodies:
+                    return bodies
+            out = []
+            for eid, hit in zip(eids, hits):
                 body = hit[0] if hit is not None and now < hit[1] else self._entity_json(eid, now)
                 out.append(body if body is not None else _missing_json(eid))
             return out
+        out = []
         for eid in eids:
             body = self.render_entity(eid, names)
             out.append(body if body is not None else _missing_json(eid))
         return out
 
-    def render_rows(self, eids: Iterable[str], names: Sequence[str]) -> tuple[list, list, list]:
+    def render_rows(self, eids: Sequence[str], names: Sequence[str]) -> tuple[list, list, list]:
         """Feast rows of ``eids`` for ``names``: the ``v``, ``s``, ``ts`` lists of an ``fget``
         reply (see common/protocol.py). Expired values are ``OUTSIDE_MAX_AGE`` with their value."""
         key = self._key(names)
         now = self.clock()
-        cache = self._rows
+        rows = list(map(self._rows.get, eids))
+        if eids and None not in rows:  # every row cached: checked and split in C-level passes
+            keys, vs, ss, tss, until = zip(*rows)
+            if keys.count(key) == len(keys) and min(until) > now:
+                return list(vs), list(ss), list(tss)
         vs, ss, tss = [], [], []
-        for eid in eids:
-            row = cache.get(eid)
-            if row is None or row[0] is not key or now >= row[4]:
+        for eid, row in zip(eids, rows):
+            if row is None or row[0] != key or now >= row[4]:
                 row = self._render_row(eid, key, now)
             vs.append(row[1])
             ss.append(row[2])
@@ -578,3 +593,4 @@ def _render(eid: str, feats: dict) -> bytes:
 
 
 _event_us = itemgetter(1)  # of a [value, event_us] pair
+_first, _until = itemgetter(0), itemgetter(1)  # of a cached (rendering, valid until, ...) entry
