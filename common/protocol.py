@@ -18,8 +18,7 @@ one of two shapes, built only by :func:`ok` and :func:`error`::
 |           |                                         | ``tag``: its ETag                       |
 | ``get1``  | ``e``, ``n`` name                       | ``body``: JSON bytes of the feature,    |
 |           |                                         | ``tag``: its ETag                       |
-| ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON of each id, in order,   |
-|           |                                         | joined by :data:`SEP` in one bytes      |
+| ``mget``  | ``es`` entity ids, ``f`` names or nil   | ``parts``: JSON bytes per id, in order  |
 | ``fget``  | ``es`` entity ids, ``f`` names          | ``v``, ``s``, ``ts``: one row per id    |
 | ``write`` | ``w``: ``[[e, n, value, ts_us], ...]``; | ``written``, ``stale``                  |
 |           | optional, parallel to ``w``: ``ids``    |                                         |
@@ -86,7 +85,7 @@ ORIGIN = "src"  # write: the source the writes were read from ("kafka:topic/3", 
 POSITIONS = "at"  # write: the position in the source of each write (offset, line number)
 BODY = "body"  # JSON bytes of an entity or a feature
 ETAG = "tag"  # get, get1: the body's HTTP ETag (:func:`etag_for`), made where the body is rendered
-PARTS = "parts"  # the JSON of each entity id, in request order, joined by SEP
+PARTS = "parts"  # JSON bytes per entity id, in request order
 VALUES = "v"  # fget rows: value fragments
 STATUSES = "s"  # fget rows: status bytes
 TIMES = "ts"  # fget rows: event-time fragments
@@ -127,8 +126,8 @@ CODES = (NOT_FOUND, BAD_REQUEST, UNKNOWN_TYPE, MALFORMED, UNAVAILABLE, DISK_FULL
          NOT_APPLIED)
 
 
-# fget rows and mget parts
-SEP = b"\x1f"  # separates the fragments of one row, or the parts of an mget; never part of JSON text
+# fget rows
+SEP = b"\x1f"  # separates the fragments of one row; never part of JSON text
 PRESENT, NOT_FOUND_S, NULL_VALUE, OUTSIDE_MAX_AGE = b"P", b"N", b"U", b"O"  # status bytes
 FEAST_STATUS = {ord(PRESENT): "PRESENT", ord(NOT_FOUND_S): "NOT_FOUND",
                 ord(NULL_VALUE): "NULL_VALUE", ord(OUTSIDE_MAX_AGE): "OUTSIDE_MAX_AGE"}
@@ -317,14 +316,8 @@ def etag_for(body: bytes) -> str:
 
 
 def parts_reply(req_id: Any, parts: list) -> dict:
-    """Reply to ``mget``: the parts joined by :data:`SEP` into one bytes, one object to encode
-    and decode instead of one per entity (:func:`parts_in` splits them)."""
-    return ok(req_id, **{PARTS: SEP.join(parts)})
-
-
-def parts_in(reply: dict) -> list[bytes]:
-    """The JSON object of each entity of an ``mget`` reply, in request order."""
-    return reply[PARTS].split(SEP)
+    """Reply to ``mget``."""
+    return ok(req_id, **{PARTS: parts})
 
 
 def rows_reply(req_id: Any, values: list, statuses: list, times: list) -> dict:

@@ -161,12 +161,14 @@ _BATCH_FIELDS = frozenset(("entity_ids", "features"))
 
 
 def _results(ctx, n: int, calls: fanout.Calls, groups: fanout.Groups, replies: list) -> Reply:
-    results = fanout.parts_of(ctx, n, calls, groups, replies)
-    size = len(results) + 1 + 16
+    parts = fanout.parts_of(ctx, n, calls, groups, replies)
+    size = sum(map(len, parts)) + len(parts) + 16
     limit = ctx.cfg.max_response_bytes
     if size > limit:
         raise APIError(413, f"the response would be {size} bytes; the limit is {limit} (FS_MAX_RESPONSE_BYTES)")
-    return 200, {}, b"".join((b'{"results":[', results, b"]}"))
+    parts[0] = b'{"results":[' + parts[0]  # (one copy of the whole body, not three)
+    parts[-1] += b"]}"
+    return 200, {}, b",".join(parts)
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)

@@ -130,17 +130,15 @@ def _after(planned: tuple[Calls, Groups], after: dict[int, int] | None) -> tuple
     return planned
 
 
-def parts_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> bytes:
-    """The JSON objects of ``n`` entities, in request order, joined by commas; a failure raises.
-    (A shard joins its parts by ``P.SEP``: one shard's reply becomes the list with one C-level
-    pass, and several are split and merged.)"""
+def parts_of(ctx, n: int, calls: Calls, groups: Groups, replies: list) -> list[bytes]:
+    """The JSON object of each of ``n`` entities, in request order; a failure raises."""
     if len(calls) == 1:
-        return ok(ctx, calls[0][0], replies[0])[P.PARTS].replace(P.SEP, b",")
+        return ok(ctx, calls[0][0], replies[0])[P.PARTS]
     parts: list = [None] * n
     for (shard, _), positions, reply in zip(calls, groups, replies):
-        for pos, part in zip(positions, P.parts_in(ok(ctx, shard, reply))):
+        for pos, part in zip(positions, ok(ctx, shard, reply)[P.PARTS]):
             parts[pos] = part
-    return b",".join(parts)
+    return parts
 
 
 def rows_calls(ctx, eids: list, names: list, after: dict[int, int] | None = None) -> tuple[Calls, Groups]:

@@ -79,7 +79,7 @@ def test_missing_entity_and_feature_are_not_found(shard):
 
 def test_mget_answers_in_request_order_with_missing_ones(shard):
     write(shard, ("a", "x", 1, 1), ("b", "x", 2, 1))
-    parts = P.parts_in(call(shard, P.mget(["b", "zz", "a", "b"])))
+    parts = call(shard, P.mget(["b", "zz", "a", "b"]))[P.PARTS]
     bodies = [orjson.loads(p) for p in parts]
     assert [b["entity_id"] for b in bodies] == ["b", "zz", "a", "b"]
     assert bodies[1] == {"entity_id": "zz", "detail": "No features found for entity"}
