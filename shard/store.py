@@ -28,7 +28,7 @@ their event time.
 from __future__ import annotations
 
 from functools import lru_cache
-from itertools import filterfalse, repeat
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -230,14 +230,6 @@ class Store:
             interned.clear()
         return key
 
-    def unheld(self, eids: Iterable[str], rows: bool = False) -> Iterable[str]:
-        """The ids of ``eids`` that hold nothing here (lazily). A batch read checks only these for
-        ownership: every value stored was checked when it was written (or recovered under this
-        data directory's slot table), so an entity held here is this shard's. The render cache
-        of the read (``rows``: Feast's) is asked first: the read then finds its entries warm."""
-        cached = self._rows if rows else self._json
-        return filterfalse(self.data.__contains__, filterfalse(cached.__contains__, eids))
-
     def render_entity(self, eid: str, names: Sequence[str] | None = None) -> bytes | None:
         """JSON bytes ``{"entity_id","features","last_updated"}`` of the live values, or None."""
         now = self.clock()
@@ -313,39 +305,52 @@ class Store:
             return None
         return _render_one(eid, name, vt)
 
-    def render_many(self, eids: Sequence[str], names: Sequence[str] | None = None) -> list[bytes]:
+    def cached_many(self, eids: Sequence[str]) -> list[bytes] | None:
+        """:meth:`render_many` of every feature of ``eids`` when each one's rendering is cached
+        and still valid (so each is held here), in C-level passes; else None."""
+        hits = list(map(self._json.get, eids))
+        if None in hits or min(map(_until, hits), default=NEVER) <= self.clock():
+            return None
+        bodies = list(map(_first, hits))
+        return None if None in bodies else bodies
+
+    def render_many(self, eids: Iterable[str], names: Sequence[str] | None = None) -> list[bytes]:
         """One JSON object per id, in order; a missing entity is ``{"entity_id","detail"}``."""
         now = self.clock()
+        out = []
         if names is None:
-            hits = list(map(self._json.get, eids))
-            if None not in hits and min(map(_until, hits), default=NEVER) > now:
-                bodies = list(map(_first, hits))  # every id's rendering cached and valid: C-level passes
-                if None not in bodies:
-                    return bodies
-            out = []
-            for eid, hit in zip(eids, hits):
+            cache = self._json
+            for eid in eids:
+                hit = cache.get(eid)
                 body = hit[0] if hit is not None and now < hit[1] else self._entity_json(eid, now)
                 out.append(body if body is not None else _missing_json(eid))
             return out
-        out = []
         for eid in eids:
             body = self.render_entity(eid, names)
             out.append(body if body is not None else _missing_json(eid))
         return out
 
-    def render_rows(self, eids: Sequence[str], names: Sequence[str]) -> tuple[list, list, list]:
+    def cached_rows(self, eids: Sequence[str], names: Sequence[str]) -> tuple[list, list, list] | None:
+        """:meth:`render_rows` when every row is cached for ``names`` and still valid (so each
+        entity is held here), in C-level passes; else None."""
+        rows = list(map(self._rows.get, eids))
+        if not eids or None in rows:
+            return None
+        keys, vs, ss, tss, until = zip(*rows)
+        if keys.count(self._key(names)) != len(keys) or min(until) <= self.clock():
+            return None
+        return list(vs), list(ss), list(tss)
+
+    def render_rows(self, eids: Iterable[str], names: Sequence[str]) -> tuple[list, list, list]:
         """Feast rows of ``eids`` for ``names``: the ``v``, ``s``, ``ts`` lists of an ``fget``
         reply (see common/protocol.py). Expired values are ``OUTSIDE_MAX_AGE`` with their value."""
         key = self._key(names)
         now = self.clock()
-        rows = list(map(self._rows.get, eids))
-        if eids and None not in rows:  # every row cached: checked and split in C-level passes
-            keys, vs, ss, tss, until = zip(*rows)
-            if keys.count(key) == len(keys) and min(until) > now:
-                return list(vs), list(ss), list(tss)
+        cache = self._rows
         vs, ss, tss = [], [], []
-        for eid, row in zip(eids, rows):
-            if row is None or row[0] != key or now >= row[4]:
+        for eid in eids:
+            row = cache.get(eid)
+            if row is None or row[0] is not key or now >= row[4]:
                 row = self._render_row(eid, key, now)
             vs.append(row[1])
             ss.append(row[2])
