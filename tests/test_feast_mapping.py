@@ -149,7 +149,7 @@ def test_push_sources_map_to_views():
 
 
 def columns(rows, m):
-    return [orjson.loads(c) for c in view_columns(rows, m)]
+    return [orjson.loads(b"".join(c)) for c in view_columns(rows, m)]
 
 
 def test_rows_become_columns_in_request_order():
@@ -165,7 +165,7 @@ def test_rows_become_columns_in_request_order():
 
 
 def test_join_key_column_echoes_the_request():
-    assert orjson.loads(key_column([1, "x"])) == {"values": [1, "x"], "statuses": ["PRESENT", "PRESENT"],
+    assert orjson.loads(b"".join(key_column([1, "x"]))) == {"values": [1, "x"], "statuses": ["PRESENT", "PRESENT"],
                                                   "event_timestamps": ["1970-01-01T00:00:00Z"] * 2}
 
 
