@@ -29,6 +29,9 @@ def feast_error(exc: FeastFailure) -> dict:
 
 def test_one_join_key_value_is_the_entity_id():
     assert entity_ids(["driver_id"], [[1001, "1001", "a b", -3]], LIMITS) == ["1001", "1001", "a b", "-3"]
+    ints = [0, 7, -3, 2**63 - 1, -2**63]  # integers only: rendered in one pass, as str() renders each
+    assert entity_ids(["driver_id"], [ints], LIMITS) == list(map(str, ints))
+    assert entity_ids(["driver_id"], [[1, 2**64]], LIMITS) == ["1", str(2**64)]  # beyond 64 bits too
 
 
 def test_compound_keys_join_escaped_pairs_in_join_key_order():
