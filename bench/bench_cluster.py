@@ -2,11 +2,12 @@
 scale-out, all on one machine with a Tansu broker, every process real, figures from one run.
 
 - ``reads``: ``GET /features/e{i}`` at 64 connections (wrk), cluster mode (replica set a of 2
-  shards, b of 1, the broker) vs embedded mode (2 shards), same entities, runs paired and
-  repeated; the ratio of medians, and the CPU each process used per request (``/proc``).
-- ``footprint``: the same reads against a cluster of the embedded mode's size (one replica set of
-  2 shards; the broker besides), after the others: what is the read path and what the extra
-  shard's and the broker's share of 2 cores.
+  shards, b of 1, the broker) vs embedded mode with as many shard processes (3) and with 2,
+  same entities, runs in turns and repeated; the ratio of medians, and the CPU each process used
+  per request (``/proc``). The reference with as many shards compares the modes; the one with 2
+  shows what a third shard process costs on 2 cores.
+- ``footprint``: the same reads against a cluster of one replica set of 2 shards (the broker
+  besides) vs embedded mode's 2 shards, after the others.
 - ``writes``: ``POST /features`` of one value at 64 and 1 connections; cluster (through Kafka,
   200 once applied) vs embedded (straight to a shard).
 - ``bootstrap``: one partition of N entities x 10 values held by a shard; the values/s of a peer
@@ -117,25 +118,31 @@ def cpu_line(rows: list) -> str:
             + f"; all {1e6 * sum(total.values()) / n:.0f} us/request")
 
 
-def bench_reads(embedded: Cluster, cluster: KafkaCluster, n: int, duration: float, reps: int, label: str) -> None:
-    """Paired wrk runs of whole-entity GETs at 64 connections, with each process's CPU."""
-    rows = {"embedded": [], "cluster": []}
+def bench_reads(stores: dict, n: int, duration: float, reps: int, label: str) -> None:
+    """Whole-entity GETs at 64 connections against each of ``stores`` (name -> Cluster; the last
+    one is the cluster, the others its references) in turn, ``reps`` turns; with each process's CPU."""
+    rows = {name: [] for name in stores}
     for _ in range(reps):
-        for mode, c in (("embedded", embedded), ("cluster", cluster)):
-            rows[mode].append(measured(c, lambda: wrk(c.url, 64, duration, read_script(n))))
-    med = {m: statistics.median(r.rps for r, _ in rs) for m, rs in rows.items()}
-    errors = {m: sum(r.errors + r.non2xx for r, _ in rs) for m, rs in rows.items()}
-    print(f"read   64 conns, {label}: embedded {med['embedded']:8.0f} req/s   cluster {med['cluster']:8.0f} req/s"
-          f"   ratio {ratio(med['cluster'], med['embedded']):.2f}x (pairs "
-          f"{', '.join(f'{ratio(c.rps, e.rps):.2f}' for (e, _), (c, _) in zip(rows['embedded'], rows['cluster']))})"
-          f"  errors/non-2xx {errors['embedded']}/{errors['cluster']}", flush=True)
-    for mode in ("embedded", "cluster"):
-        print(f"  CPU {mode:8}: {cpu_line(rows[mode])}", flush=True)
+        for name, c in stores.items():
+            rows[name].append(measured(c, lambda: wrk(c.url, 64, duration, read_script(n))))
+    *refs, mine = stores
+    med = {name: statistics.median(r.rps for r, _ in rs) for name, rs in rows.items()}
+    errors = sum(r.errors + r.non2xx for rs in rows.values() for r, _ in rs)
+    print(f"read   64 conns, {label}: {mine} {med[mine]:8.0f} req/s, errors/non-2xx {errors}", flush=True)
+    for ref in refs:
+        pairs = [ratio(c.rps, e.rps) for (e, _), (c, _) in zip(rows[ref], rows[mine])]
+        print(f"  against {ref} {med[ref]:8.0f} req/s: ratio {ratio(med[mine], med[ref]):.2f}x "
+              f"(turns {', '.join(f'{x:.2f}' for x in pairs)}; median of turns {statistics.median(pairs):.2f}x)",
+              flush=True)
+    for name in stores:
+        print(f"  CPU {name}: {cpu_line(rows[name])}", flush=True)
 
 
-def bench_reads_writes(embedded: Cluster, cluster: KafkaCluster, n: int, duration: float, reps: int) -> dict:
+def bench_reads_writes(embedded: Cluster, embedded3: Cluster, cluster: KafkaCluster, n: int, duration: float,
+                       reps: int) -> dict:
     out = {}
-    bench_reads(embedded, cluster, n, duration, reps, "2 replica sets (a: 2 shards, b: 1) and the broker")
+    bench_reads({"embedded, 3 shards": embedded3, "embedded, 2 shards": embedded, "cluster": cluster}, n, duration,
+                reps, "2 replica sets (a: 2 shards, b: 1; 3 shard processes) and the broker")
     for kind, script, conns in (("write", post_script(n), 64), ("write", post_script(n), 1)):
         rows = {"embedded": [], "cluster": []}
         for _ in range(reps):
@@ -312,7 +319,10 @@ def main() -> int:
                     embedded.start()
                     load_entities(embedded.endpoints, args.entities, FEATURES)
                 if "reads" in only:
-                    bench_reads_writes(embedded, c, args.entities, args.duration, args.reps)
+                    (tmp / "embedded3").mkdir()
+                    with Cluster(tmp / "embedded3", shards=3) as embedded3:
+                        load_entities(embedded3.endpoints, args.entities, FEATURES)
+                        bench_reads_writes(embedded, embedded3, c, args.entities, args.duration, args.reps)
                 if "failover" in only:
                     bench_failover(c, args.entities)
                 if "scaleout" in only:
@@ -323,8 +333,8 @@ def main() -> int:
                     small = KafkaCluster(broker, tmp / "small", partitions=8, shard_timeout_s=1.0,
                                          kafka_fetch_wait_ms=args.fetch_wait_ms)
                     start_cluster(small, ("a0", "a1"), args.entities)
-                    bench_reads(embedded, small, args.entities, args.duration, args.reps,
-                                "equal footprint: 1 replica set of 2 shards and the broker")
+                    bench_reads({"embedded, 2 shards": embedded, "cluster": small}, args.entities, args.duration,
+                                args.reps, "1 replica set of 2 shards (2 shard processes) and the broker")
             finally:
                 if embedded is not None:
                     embedded.stop()

@@ -160,6 +160,8 @@ class Config:
     cluster_topic: str = setting("features", "the topic every write goes to", EVERY)
     cluster_partitions: int = setting(16, "partitions of the topic when it is created", EVERY, at_least=1)
     replica: str = setting("a", "this shard's replica set (one consumer group each)", [S])
+    cluster_read_replica: str | None = setting(None, "the replica set a front end reads from first (its zone's), "
+                                               "then the others", [F], shown="unset, every replica in turn")
     cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
                                             shown="where it binds")
     cluster_heartbeat_s: float = setting(1.0, "between a shard's membership records", [S], above=0)
@@ -416,7 +418,15 @@ def _check(cfg: Config) -> None:
         # endpoints given explicitly decide the shard count
         object.__setattr__(cfg, "shards", len(cfg.shard_endpoints))
     if cfg.cluster_kafka:  # any index only picks the port
-        if not cfg.replica or not cfg.replica.replace("-", "").replace("_", "").isalnum():
+        if not _set_name(cfg.replica):
             raise ConfigError(f"FS_REPLICA must be letters, digits, '-' or '_', not {cfg.replica!r}")
+        if cfg.cluster_read_replica is not None and not _set_name(cfg.cluster_read_replica):
+            raise ConfigError(f"FS_CLUSTER_READ_REPLICA must be letters, digits, '-' or '_', "
+                              f"not {cfg.cluster_read_replica!r}")
     elif not cfg.shard_index < cfg.shards:
         raise ConfigError(f"shard index {cfg.shard_index} is outside 0..{cfg.shards - 1}")
+
+
+def _set_name(name: str) -> bool:
+    """Whether ``name`` can name a replica set (letters, digits, '-' and '_')."""
+    return bool(name) and name.replace("-", "").replace("_", "").isalnum()

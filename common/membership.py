@@ -171,7 +171,15 @@ class Reader:
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Apply what has arrived; return how many records."""
-        msgs = self.consumer.consume(1000, timeout_s)
+        return self.apply(self.fetch(timeout_s))
+
+    def fetch(self, timeout_s: float) -> list:
+        """What has arrived, waiting up to ``timeout_s`` for something (a thread may wait here
+        while another one applies: the consumer's calls release the GIL)."""
+        return self.consumer.consume(1000, timeout_s)
+
+    def apply(self, msgs: list) -> int:
+        """Apply messages that :meth:`fetch` returned; return how many."""
         for msg in msgs:
             if msg.error() is None:
                 self.view.update(msg.key(), msg.value())

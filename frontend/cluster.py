@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from functools import partial
 from typing import Callable
@@ -28,7 +29,7 @@ from frontend.shard_client import ShardUnavailable, _settle
 
 log = logging.getLogger("frontend.cluster")
 
-MEMBERSHIP_POLL_S = 0.02  # how often the membership topic is read
+MEMBERSHIP_WAIT_S = 0.5  # the membership thread's longest wait in Kafka (and for close)
 ROUND_PAUSE_S = 0.02  # between two rounds over the replicas of a partition, within the deadline
 ATTEMPT_SHARE = 0.5  # one replica gets at most this share of the deadline, so another can answer
 
@@ -53,21 +54,22 @@ def _outcome(p: int, done: Callable, fut: asyncio.Future) -> None:
     done(outcome)
 
 
-class _Only:
-    """The reply callback of a read sent to the only caught-up replica of its partition: done,
-    unless it failed (then rounds again within the deadline)."""
+class _Attempt:
+    """The reply callback of a read sent to ``candidates[i]``: done, unless the reply means
+    another replica must be asked (:meth:`ClusterClient.retry`)."""
 
-    __slots__ = ("client", "p", "request", "done", "candidates", "deadline")
+    __slots__ = ("client", "p", "request", "done", "candidates", "i", "deadline")
 
-    def __init__(self, client, p: int, request: dict, done: Callable, candidates: list, deadline: float) -> None:
+    def __init__(self, client, p: int, request: dict, done: Callable, candidates: list, i: int,
+                 deadline: float) -> None:
         self.client, self.p, self.request, self.done = client, p, request, done
-        self.candidates, self.deadline = candidates, deadline
+        self.candidates, self.i, self.deadline = candidates, i, deadline
 
     def __call__(self, reply) -> None:
         if type(reply) is dict and P.CODE not in reply:
             self.done(reply)
-        elif not self.client.retry(self.p, self.request, self.done, self.candidates, 0, self.deadline,
-                                   self.candidates[0], reply):
+        elif not self.client.retry(self.p, self.request, self.done, self.candidates, self.i, self.deadline,
+                                   self.candidates[self.i], reply):
             self.done(reply)
 
 
@@ -81,9 +83,10 @@ class ClusterClient:
         self.writer = writer
         self.partitions = partitions
         self.timeout_s = cfg.shard_timeout_s
-        self.router = Router(reader.view, partitions, shards.add_link)
+        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica)
         self.watch = AppliedWatch(self.router, shards)
-        self._poller: asyncio.TimerHandle | None = None
+        self._members: threading.Thread | None = None
+        self._closing = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -94,18 +97,30 @@ class ClusterClient:
         self._loop = loop or asyncio.get_running_loop()
         self.shards.start(self._loop)
         self.reader.catch_up(5.0)
-        self._read_members()
+        self._members = threading.Thread(target=self._read_members, name="membership", daemon=True)
+        self._members.start()
 
     def _read_members(self) -> None:
-        try:
-            self.reader.poll(0)
-        except Exception:  # a broker hiccup: the view just ages; never stop the loop
-            log.exception("membership read failed")
-        self._poller = self._loop.call_later(MEMBERSHIP_POLL_S, self._read_members)
+        """The membership thread: wait in Kafka for records and hand them to the loop, which alone
+        applies them to the view. The loop itself never calls into Kafka: on a busy machine a
+        consumer call with no wait at all stalled it for about a millisecond, 50 times a second."""
+        while not self._closing.is_set():
+            try:
+                msgs = self.reader.fetch(MEMBERSHIP_WAIT_S)
+            except Exception:  # a broker hiccup: the view just ages; never stop reading
+                log.exception("membership read failed")
+                self._closing.wait(MEMBERSHIP_WAIT_S)
+                continue
+            if msgs and not self._closing.is_set():
+                try:
+                    self._loop.call_soon_threadsafe(self.reader.apply, msgs)
+                except RuntimeError:  # the loop has closed
+                    return
 
     def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        self._closing.set()
+        if self._members is not None:
+            self._members.join(MEMBERSHIP_WAIT_S + 1.0)
         self.shards.close()
         self.writer.close()
         self.reader.close()
@@ -121,7 +136,7 @@ class ClusterClient:
         candidates = self.router.candidates(p)
         if len(candidates) == 1:  # the common case, without the retry's bookkeeping
             self.shards.send(self.router.links.get(candidates[0]) or self.router.link(candidates[0]), request,
-                             _Only(self, p, request, done, candidates, time.monotonic() + self.timeout_s))
+                             _Attempt(self, p, request, done, candidates, 0, time.monotonic() + self.timeout_s))
             return
         self._attempt(p, request, done, candidates, 0, time.monotonic() + self.timeout_s,
                       "no live replica has caught up")
@@ -138,14 +153,9 @@ class ClusterClient:
         if i >= len(candidates) or left <= 0:
             done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
             return
-        endpoint = candidates[i]
         share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
-
-        def on_reply(reply) -> None:
-            if not self.retry(p, request, done, candidates, i, deadline, endpoint, reply):
-                done(reply)
-
-        self.shards.send(self.router.link(endpoint), request, on_reply, timeout_s=share)
+        self.shards.send(self.router.link(candidates[i]), request,
+                         _Attempt(self, p, request, done, candidates, i, deadline), timeout_s=share)
 
     def retry(self, p: int, request: dict, done: Callable, candidates: list, i: int, deadline: float,
               endpoint: str, reply) -> bool:

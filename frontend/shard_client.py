@@ -132,15 +132,17 @@ class ShardClient:
              timeout_s: float | None = None) -> None:
         """Send ``request`` (a builder's map, without an id) to ``shard``; ``done`` is called
         once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
-        returns when the shard is not connected. ``timeout_s`` (default: the client's) bounds it."""
+        returns when the shard is not connected. ``timeout_s`` (at most the client's, which is the
+        default) bounds it."""
         req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
         if self._sweeper is None:  # the sweep sleeps while nothing is in flight
             self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        self.pending[req_id] = (done, deadline, shard)
-        if timeout_s is not None and timeout_s < self.timeout_s:  # out of deadline order
-            self._short[req_id] = deadline
+        now = time.monotonic()
+        # pending: in deadline order for the sweep, and the deadline - timeout_s is when it was sent
+        self.pending[req_id] = (done, now + self.timeout_s, shard)
+        if timeout_s is not None and timeout_s < self.timeout_s:
+            self._short[req_id] = now + timeout_s
         link = self.links[shard]
         if idle and not self._flush_scheduled:
             self._send(link, [request])

@@ -277,9 +277,10 @@ class Store:
         blob = self.data.get(eid)
         if blob is None and not self.aggs.has(eid):
             return None
-        feats, until = self._live({} if blob is None else _decode(blob), now)
-        if self.aggs:
-            feats, agg_until = self._with_aggregates(eid, feats, now, None, feats)
+        every = {} if blob is None else _decode(blob)
+        feats, until = self._live(every, now)
+        if self.aggs:  # (``every``, as the named and Feast reads: an expired value still marks reclaimed windows)
+            feats, agg_until = self._with_aggregates(eid, feats, now, None, every)
             until = min(until, agg_until)
         body = _render(eid, feats) if feats else None
         if body is not None and self._cap > 0:

@@ -53,6 +53,26 @@ def test_aggregates_read_with_the_entitys_other_features():
     assert orjson.loads(st.render_entity("u", ["clicks_max_1h", "name"]))["features"] == {"clicks_max_1h": 5, "name": "ann"}
 
 
+def test_reclaimed_windows_read_empty_in_every_read_path_after_their_value_expired():
+    """A TTL on the aggregated feature itself: once its value has expired and its windows were
+    reclaimed, the whole-entity read shows the empty windows as the named and Feast reads do."""
+    clock = Clock(NOW)
+    st = store(clock, ttl_s=3600, grace_s=10 * 86400)  # the expired value stays until the grace ends
+    st.apply([["u", "clicks", 5, NOW - 600 * US], ["u", "name", "ann", NOW - 600 * US]])
+    clock.now = NOW + 2 * 86400 * US
+    st.apply([["u", "name", "bob", clock.now - US]])  # a live value, so the entity is there
+    for _ in range(100):
+        st.sweep()
+        clock.now += st.SWEEP_INTERVAL_US
+    assert len(st.aggs) == 0 and st.stats()["agg_reclaimed"] == 1
+    named = orjson.loads(st.render_entity("u", ["clicks_count_24h", "name"]))["features"]
+    assert named == {"clicks_count_24h": 0, "name": "bob"}
+    whole = entity(st, "u")
+    assert whole["clicks_count_24h"] == 0 and whole["clicks_mean_1h"] is None and "clicks" not in whole
+    vs, ss, _ = st.render_rows(["u"], ["clicks_count_24h"])
+    assert vs == [b"0"] and ss == [P.PRESENT]
+
+
 def test_the_render_cache_never_serves_a_stale_window():
     clock = Clock(NOW)
     st = store(clock)

@@ -9,7 +9,8 @@ import pytest
 
 from common import membership as M
 from common import protocol as P
-from common.config import Config
+from common import config
+from common.config import Config, ConfigError
 from common.murmur2 import KafkaPartitioner, partition_of
 from common.records import records
 from frontend import cluster as C
@@ -78,12 +79,15 @@ class FakeClient:
         return fut
 
 
-def router_over(owners: dict[str, list[int]], partitions: int = 2) -> R.Router:
+def router_over(owners: dict[str, list[int]], partitions: int = 2, replicas: dict[str, str] | None = None,
+                **kwargs) -> R.Router:
+    """A router over members (endpoint -> partitions), each its own replica set unless ``replicas``
+    names them (endpoint -> set)."""
     view = M.View()
     for i, (endpoint, parts) in enumerate(owners.items()):
-        publish(view, f"r{i}", endpoint, {p: (0, True) for p in parts})
+        publish(view, (replicas or {}).get(endpoint, f"r{i}"), endpoint, {p: (0, True) for p in parts})
     index = {e: i for i, e in enumerate(owners)}
-    return R.Router(view, partitions, index.__getitem__)
+    return R.Router(view, partitions, index.__getitem__, **kwargs)
 
 
 def test_candidates_rotate_and_put_replicas_with_our_write_first():
@@ -94,6 +98,36 @@ def test_candidates_rotate_and_put_replicas_with_our_write_first():
     router.wrote(0, "tcp://c")
     assert all(router.candidates(0)[0] == "tcp://c" for _ in range(6))
     assert sorted(router.candidates(0)) == ["tcp://a", "tcp://b", "tcp://c"]
+
+
+SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
+OWNERS = {"tcp://a0": [0], "tcp://a1": [1], "tcp://b0": [0, 1]}  # set a: 2 shards, set b: 1
+
+
+def test_a_read_replica_set_is_read_first_every_time():
+    router = router_over(OWNERS, replicas=SETS, read_replica="a")
+    for p in (0, 1):
+        got = [router.candidates(p) for _ in range(4)]
+        assert all(c == got[0] for c in got)  # no rotation per read
+        assert SETS[got[0][0]] == "a" and sorted(got[0]) == sorted(e for e, ps in OWNERS.items() if p in ps)
+
+
+def test_a_named_read_replica_comes_first_and_our_write_still_goes_first():
+    router = router_over(OWNERS, replicas=SETS, read_replica="b")
+    assert router.candidates(0) == ["tcp://b0", "tcp://a0"]
+    router.wrote(0, "tcp://a0")  # only a0 applied our newest write yet: read it there
+    assert router.candidates(0) == ["tcp://a0", "tcp://b0"]
+    router.confirmed(0, "tcp://b0")
+    assert router.candidates(0) == ["tcp://b0", "tcp://a0"]
+    absent = router_over(OWNERS, replicas=SETS, read_replica="z")  # a set with no member: the others
+    assert sorted(absent.candidates(1)) == ["tcp://a1", "tcp://b0"]
+
+
+def test_the_read_replica_setting_is_checked():
+    base = {"FS_CLUSTER_KAFKA": "127.0.0.1:9092"}
+    assert config.load([], environ={**base, "FS_CLUSTER_READ_REPLICA": "zone-b"}).cluster_read_replica == "zone-b"
+    with pytest.raises(ConfigError, match="FS_CLUSTER_READ_REPLICA"):
+        config.load([], environ={**base, "FS_CLUSTER_READ_REPLICA": "a b"})
 
 
 class FakeShards:

@@ -152,3 +152,22 @@ def test_each_reply_frame_reports_one_round_trip_for_its_shard():
         assert [shard for shard, _ in seen] == [1, 1]  # two frames sent, two answered: one each
         assert all(0 <= seconds < 1.0 for _, seconds in seen)
     run(test)
+
+
+def test_a_call_with_a_shorter_timeout_fails_at_it_and_reports_its_true_round_trip():
+    async def test(client, socks):
+        seen = []
+        client.on_roundtrip = lambda shard, seconds: seen.append(seconds)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        short = loop.create_future()
+        client.send(1, P.get("never answered"), short.set_result, timeout_s=0.1)
+        assert isinstance(await asyncio.wait_for(short, 2.0), ShardUnavailable)
+        assert 0.1 <= loop.time() - started < 0.9  # at its own timeout, not the client's 1 s
+        answered = loop.create_future()
+        client.send(0, P.get("a"), answered.set_result, timeout_s=0.5)
+        answer(socks[0], socks[0].sent[-1])
+        await wake(socks[0])
+        assert (await asyncio.wait_for(answered, 2.0))[P.BODY] == b"a"
+        assert len(seen) == 1 and 0 <= seen[0] < 0.1  # not inflated by the 0.5 s it did not use
+    run(test)
