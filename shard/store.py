@@ -310,8 +310,10 @@ class Store:
         """:meth:`render_many` of every feature of ``eids`` when each one's rendering is cached
         and still valid (so each is held here), in C-level passes; else None."""
         hits = list(map(self._json.get, eids))
-        if None in hits or min(map(_until, hits), default=NEVER) <= self.clock():
+        if None in hits:
             return None
+        if (self._ttl_any or self.aggs) and min(map(_until, hits), default=NEVER) <= self.clock():
+            return None  # (with neither, every rendering holds for ever)
         bodies = list(map(_first, hits))
         return None if None in bodies else bodies
 

@@ -63,8 +63,9 @@ def view_columns(rows: tuple[list, list, list], m: int) -> list[Column]:
         scols = [_same(_TOKENS[P.PRESENT[0]], n)] * m
     else:
         scols = [b",".join(map(_TOKENS.__getitem__, statuses[j::m])) for j in range(m)]
-    if P.SEP not in b"".join(t_rows):
-        tcols = [b",".join(t_rows)] * m
+    stamps = b",".join(t_rows)
+    if P.SEP not in stamps:  # each row's names share one event time
+        tcols = [stamps] * m
     else:
         tcols = [b",".join(c) for c in zip(*[t.split(P.SEP) if P.SEP in t else [t] * m for t in t_rows])]
     return [_column(b",".join(vcols[j]), scols[j], tcols[j]) for j in range(m)]
