@@ -103,7 +103,7 @@ class ClusterClient:
     def _read_members(self) -> None:
         """The membership thread: wait in Kafka for records and hand them to the loop, which alone
         applies them to the view. The loop itself never calls into Kafka: on a busy machine a
-        consumer call with no wait at all stalled it for about a millisecond, 50 times a second."""
+        consumer call with no wait at all stalled it by up to about a millisecond, 50 times a second."""
         while not self._closing.is_set():
             try:
                 msgs = self.reader.fetch(MEMBERSHIP_WAIT_S)

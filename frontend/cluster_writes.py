@@ -1,29 +1,34 @@
 """Cluster mode, front-end side: writes go to Kafka, then wait for an owner to apply them.
 
 :class:`Writer` produces the records of a write (``common.records.records``: one per entity)
-with an idempotent producer (``acks=all``) from the asyncio loop, and :class:`AppliedWatch` asks the partitions' caught-up owners for their applied offsets
-(``offsets``) until one has passed each record's offset. See docs/CLUSTER.md, "Writes".
+with an idempotent producer (``acks=all``), whose delivery reports a thread of its own collects
+and hands to the asyncio loop (confluent-kafka's asyncio pattern: the loop never waits in
+Kafka), and :class:`AppliedWatch` asks the partitions' caught-up owners for their applied
+offsets (``offsets``) until one has passed each record's offset. See docs/CLUSTER.md, "Writes".
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from common import protocol as P
 from frontend.cluster_router import Router
 from frontend.errors import APIError
+from frontend.shard_client import _settle
 
 log = logging.getLogger("frontend.cluster")
 
 READ_AFTER = "X-Read-After"  # a write's reply: where its records are; sent back on a read, that read
 # is served only by a replica that has applied them (read-your-writes through any front end)
 
-PUMP_S = 0.001  # how often delivery reports are collected while records are in flight
+REPORTS_WAIT_S = 0.1  # the delivery-report thread's longest wait in Kafka (and for close)
 WATCH_S = 0.002  # how often owners are asked for their offsets while a write waits
 
 
 class Writer:
-    """An idempotent Kafka producer driven from the asyncio loop."""
+    """An idempotent Kafka producer: records produced from the asyncio loop, delivery reports
+    collected by a thread (``producer.poll`` runs their callbacks there)."""
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float, producer=None) -> None:
         if producer is None:
@@ -36,7 +41,16 @@ class Writer:
         self.producer = producer
         self.topic = topic
         self.in_flight = 0
-        self._pump: asyncio.TimerHandle | None = None
+        self._closing = threading.Event()
+        self._reports = threading.Thread(target=self._collect, name="kafka-reports", daemon=True)
+        self._reports.start()
+
+    def _collect(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self.producer.poll(REPORTS_WAIT_S)
+            except Exception:  # a callback's failure is logged; the reports go on
+                log.exception("collecting Kafka delivery reports failed")
 
     async def send(self, recs: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
         """Produce ``recs``; return each one's (partition, offset) once Kafka acked all of them.
@@ -46,30 +60,19 @@ class Writer:
         for key, value in recs:
             fut = loop.create_future()
             try:
-                self.producer.produce(self.topic, value, key=key, on_delivery=_delivered(fut))
+                self.producer.produce(self.topic, value, key=key, on_delivery=_delivered(loop, fut))
             except BufferError:
                 raise KafkaRefused("the Kafka producer's queue is full") from None
             self.in_flight += 1
             futs.append(fut)
-        self._schedule(loop)
         try:
             return list(await asyncio.gather(*futs))
         finally:
             self.in_flight -= len(futs)
 
-    def _schedule(self, loop) -> None:
-        if self._pump is None:
-            self._pump = loop.call_later(PUMP_S, self._poll, loop)
-
-    def _poll(self, loop) -> None:
-        self._pump = None
-        self.producer.poll(0)
-        if self.in_flight:
-            self._schedule(loop)
-
     def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+        self._closing.set()
+        self._reports.join(REPORTS_WAIT_S + 1.0)
         self.producer.flush(2)
 
 
@@ -77,14 +80,15 @@ class KafkaRefused(Exception):
     """Kafka did not acknowledge a record."""
 
 
-def _delivered(fut: asyncio.Future):
+def _delivered(loop: asyncio.AbstractEventLoop, fut: asyncio.Future):
+    """The delivery callback of one record (run by the reports thread): settles ``fut`` on the
+    loop with its (partition, offset), or :class:`KafkaRefused`."""
     def done(err, msg) -> None:
-        if fut.done():
-            return
-        if err is not None:
-            fut.set_exception(KafkaRefused(str(err)))
-        else:
-            fut.set_result((msg.partition(), msg.offset()))
+        outcome = KafkaRefused(str(err)) if err is not None else (msg.partition(), msg.offset())
+        try:
+            loop.call_soon_threadsafe(_settle, fut, outcome)
+        except RuntimeError:  # the loop has closed: nobody waits any more
+            pass
     return done
 
 

@@ -454,6 +454,7 @@ class Tail:
         self.probe_s = 2 * cfg.kafka_fetch_wait_ms / 1000 + 0.02  # an idle round: a fetch is answered in it
         self.awake_until = time.monotonic() + AWAKE_S
         self.parked: set[int] = set()  # serving partitions taken out of the consumer's assignment while idle
+        self._settled = False  # every serving partition is parked: nothing to park until something changes
         self._probe_at = 0.0
         self._unassigned: list = []  # TopicPartitions whose incremental_assign failed: retried
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
@@ -614,6 +615,7 @@ class Tail:
         if self.transfers or self._unassigned:
             self._step_transfers()
         if flipped:
+            self._settled = False
             self.changed()
         if self.idle_fetch_s:
             self._pace(now)
@@ -628,6 +630,7 @@ class Tail:
         """Fetch every fetch wait for ``seconds`` from now (a writer waits, a read wants a newer
         offset, the assignment changed)."""
         self.awake_until = max(self.awake_until, time.monotonic() + seconds)
+        self._settled = False
         if self.parked:
             self._unpark()
 
@@ -639,7 +642,8 @@ class Tail:
             self.wake(self.probe_s)  # one idle round
             self._probe_at = now + self.idle_fetch_s
         else:
-            self._park()
+            if not self._settled:  # (asking for the assignment every pass cost an idle shard 1% of a core)
+                self._park()
             if self._probe_at <= now:
                 self._probe_at = now + self.idle_fetch_s
 
@@ -657,6 +661,7 @@ class Tail:
                 log.debug("parking %s: %s", [tp.partition for tp in todo], exc)
                 return
             self.parked.update(tp.partition for tp in todo)
+        self._settled = True
 
     def _unpark(self) -> None:
         from confluent_kafka import TopicPartition

@@ -19,8 +19,9 @@ log = logging.getLogger("shard")
 
 CLUSTER_POLL_MS = 5  # the tail is read this often while it fetches: a record is applied within this of its arrival
 TRANSFER_POLL_MS = 1  # the same while a partition arrives from a peer (its chunks do not wake the loop)
-CHORES_S = 0.02  # membership, heartbeats, freeing and snapshots run at most this often (and the
-# tail while its partitions are paused, for the rebalance callbacks and its idle rounds)
+CHORES_S = 0.02  # heartbeats, freeing and snapshots run at most this often
+PARKED_POLL_S = 0.05  # the tail while its partitions are parked (for the rebalance callbacks and its idle rounds)
+MEMBERS_POLL_S = 0.1  # the membership topic is read this often (and whenever a peer is wanted)
 LEAVE_S = 30.0  # the longest a stopping shard waits for its partitions to be taken over
 
 
@@ -46,6 +47,7 @@ class ClusterShard:
         self.publisher = membership.Writer(cfg.cluster_kafka, cfg.cluster_topic)
         self._published = 0.0
         self._chores_at = 0.0
+        self._members_at = 0.0
         self.leaving: float | None = None  # monotonic time of the SIGTERM
         self._stopped: Callable[[], None] = lambda: None
         self._snapshot_at = time.monotonic()
@@ -84,16 +86,18 @@ class ClusterShard:
                    for m in self.reader.view.owners(p))
 
     def tick(self) -> None:
-        """One loop pass: apply new records; every CHORES_S, read membership, heartbeat, free,
-        snapshot."""
+        """One loop pass: apply new records (every pass while they flow); every CHORES_S,
+        heartbeat, free, snapshot; every MEMBERS_POLL_S, read membership."""
         now = time.monotonic()
         if self.leaving is None and (now >= self._tail_at or self.tail.transfers):  # not every pass under reads
             self.tail.poll(0)
-            self._tail_at = now + 0.8 * (CLUSTER_POLL_MS / 1000 if self.tail.awake else CHORES_S)
+            self._tail_at = now + (0.8 * CLUSTER_POLL_MS / 1000 if self.tail.awake else PARKED_POLL_S)
         if now < self._chores_at:
             return
         self._chores_at = now + CHORES_S
-        self.reader.poll(0)
+        if now >= self._members_at:
+            self.reader.poll(0)
+            self._members_at = now + MEMBERS_POLL_S
         if self.child is not None:
             self._reap(os.WNOHANG)
         if self.leaving is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import orjson
 import pytest
@@ -200,20 +201,27 @@ def test_records_group_an_entitys_events_by_time():
 
 
 class FakeProducer:
+    """A producer whose ``poll`` (from the Writer's reports thread) acks what was produced."""
+
     def __init__(self, fail: str | None = None) -> None:
         self.fail = fail
         self.queued = []
         self.offset = 0
+        self.cond = threading.Condition()
 
     def produce(self, topic, value, key, on_delivery):
-        self.queued.append((key, on_delivery))
+        with self.cond:
+            self.queued.append((key, on_delivery))
+            self.cond.notify()
 
-    def poll(self, _timeout):
-        for key, cb in self.queued:
+    def poll(self, timeout):
+        with self.cond:
+            self.cond.wait_for(lambda: self.queued, timeout)
+            queued, self.queued = self.queued, []
+        for key, cb in queued:
             self.offset += 1
             msg = type("Msg", (), {"partition": lambda s: len(key) % 2, "offset": lambda s, o=self.offset: o})()
             cb(self.fail, msg)
-        self.queued.clear()
 
     def flush(self, _timeout):
         self.poll(0)
@@ -221,7 +229,11 @@ class FakeProducer:
 
 def test_writer_returns_partitions_and_offsets_or_refuses():
     async def run(producer):
-        return await W.Writer("", "t", 1.0, producer).send([(b"ab", b"{}"), (b"abc", b"{}")])
+        writer = W.Writer("", "t", 1.0, producer)
+        try:
+            return await asyncio.wait_for(writer.send([(b"ab", b"{}"), (b"abc", b"{}")]), 5)
+        finally:
+            writer.close()
 
     assert asyncio.run(run(FakeProducer())) == [(0, 1), (1, 2)]
     with pytest.raises(W.KafkaRefused, match="Local: Message timed out"):
