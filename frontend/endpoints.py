@@ -162,13 +162,14 @@ _BATCH_FIELDS = frozenset(("entity_ids", "features"))
 
 def _results(ctx, n: int, calls: fanout.Calls, groups: fanout.Groups, replies: list) -> Reply:
     parts = fanout.parts_of(ctx, n, calls, groups, replies)
-    size = sum(map(len, parts)) + len(parts) + 16
+    parts[0] = b'{"results":[' + parts[0]  # (one copy of the whole body, not three)
+    parts[-1] += b"]}"
+    body = b",".join(parts)  # (measured once joined: a pass over the parts to add up their sizes cost as much)
+    size = len(body) + 3  # (as the parts' sizes, a comma each and 16 bytes were counted)
     limit = ctx.cfg.max_response_bytes
     if size > limit:
         raise APIError(413, f"the response would be {size} bytes; the limit is {limit} (FS_MAX_RESPONSE_BYTES)")
-    parts[0] = b'{"results":[' + parts[0]  # (one copy of the whole body, not three)
-    parts[-1] += b"]}"
-    return 200, {}, b",".join(parts)
+    return 200, {}, body
 
 
 WRITE = Endpoint("FeaturesHandler", "/features", True, write)

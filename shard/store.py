@@ -306,6 +306,17 @@ class Store:
             return None
         return _render_one(eid, name, vt)
 
+    def cached_many(self, eids: Sequence[str]) -> list[bytes] | None:
+        """:meth:`render_many` of every feature of ``eids`` when each one's rendering is cached
+        and still valid (so each is held here), in C-level passes; else None."""
+        hits = list(map(self._json.get, eids))
+        if None in hits:
+            return None
+        if (self._ttl_any or self.aggs) and min(map(_until, hits), default=NEVER) <= self.clock():
+            return None  # (with neither, every rendering holds for ever)
+        bodies = list(map(_first, hits))
+        return None if None in bodies else bodies
+
     def render_many(self, eids: Iterable[str], names: Sequence[str] | None = None) -> list[bytes]:
         """One JSON object per id, in order; a missing entity is ``{"entity_id","detail"}``."""
         now = self.clock()
@@ -321,6 +332,17 @@ class Store:
             body = self.render_entity(eid, names)
             out.append(body if body is not None else _missing_json(eid))
         return out
+
+    def cached_rows(self, eids: Sequence[str], names: Sequence[str]) -> tuple[list, list, list] | None:
+        """:meth:`render_rows` when every row is cached for ``names`` and still valid (so each
+        entity is held here), in C-level passes; else None."""
+        rows = list(map(self._rows.get, eids))
+        if not eids or None in rows:
+            return None
+        keys, vs, ss, tss, until = zip(*rows)
+        if keys.count(self._key(names)) != len(keys) or min(until) <= self.clock():
+            return None
+        return list(vs), list(ss), list(tss)
 
     def render_rows(self, eids: Iterable[str], names: Sequence[str]) -> tuple[list, list, list]:
         """Feast rows of ``eids`` for ``names``: the ``v``, ``s``, ``ts`` lists of an ``fget``
@@ -579,3 +601,4 @@ def _render(eid: str, feats: dict) -> bytes:
 
 
 _event_us = itemgetter(1)  # of a [value, event_us] pair
+_first, _until = itemgetter(0), itemgetter(1)  # of a cached (rendering, valid until, ...) entry

@@ -99,6 +99,27 @@ def test_a_batch_across_shards_keeps_the_request_order():
     assert [r["features"].get("x") for r in results] == [0, 1, 2, 3, 4, None]
 
 
+def test_a_response_over_the_limit_names_its_size_and_one_at_it_passes():
+    shards = SyncShards(2)
+    eids = on(0, n=2) + on(1, n=2)
+    for i, eid in enumerate(eids):
+        shards.data[Partitioner(2).shard_for(eid)][eid] = {"x": i}
+    (status, _, body), = started(endpoints.BATCH, ctx_of(shards), {"entity_ids": eids})
+    size = len(body) + 3  # the parts, a comma each and 16 bytes
+    (status, _, refusal), = started(endpoints.BATCH, ctx_of(shards, max_response_bytes=size - 1), {"entity_ids": eids})
+    assert (status, orjson.loads(refusal)["detail"]) == (
+        413, f"the response would be {size} bytes; the limit is {size - 1} (FS_MAX_RESPONSE_BYTES)")
+    assert started(endpoints.BATCH, ctx_of(shards, max_response_bytes=size), {"entity_ids": eids})[0][2] == body
+    feast = online_features_endpoint(Catalog.from_config(ctx_of(shards).cfg))
+    ask = {"entities": {"driver_id": [1, 2]}, "features": ["driver:x"]}
+    (_, _, body), = started(feast, ctx_of(shards), ask)
+    cols = orjson.loads(body)["results"]
+    size = sum(len(orjson.dumps(c)) for c in cols) + len(cols) + 64  # the columns, a comma each and 64 bytes
+    (status, _, refusal), = started(feast, ctx_of(shards, max_response_bytes=size - 1), ask)
+    assert (status, orjson.loads(orjson.loads(refusal))["message"]) == (  # (Feast's detail: JSON in a string)
+        413, f"the response would be {size} bytes; the limit is {size - 1} (FS_MAX_RESPONSE_BYTES)")
+
+
 def test_a_refusal_and_a_failing_render_are_answered_once():
     shards = SyncShards(2)
     ctx = ctx_of(shards)

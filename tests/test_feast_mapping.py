@@ -29,6 +29,9 @@ def feast_error(exc: FeastFailure) -> dict:
 
 def test_one_join_key_value_is_the_entity_id():
     assert entity_ids(["driver_id"], [[1001, "1001", "a b", -3]], LIMITS) == ["1001", "1001", "a b", "-3"]
+    ints = [0, 7, -3, 2**63 - 1, -2**63]  # integers only: rendered in one pass, as str() renders each
+    assert entity_ids(["driver_id"], [ints], LIMITS) == list(map(str, ints))
+    assert entity_ids(["driver_id"], [[1, 2**64]], LIMITS) == ["1", str(2**64)]  # beyond 64 bits too
 
 
 def test_compound_keys_join_escaped_pairs_in_join_key_order():
@@ -149,7 +152,7 @@ def test_push_sources_map_to_views():
 
 
 def columns(rows, m):
-    return [orjson.loads(c) for c in view_columns(rows, m)]
+    return [orjson.loads(b"".join(c)) for c in view_columns(rows, m)]
 
 
 def test_rows_become_columns_in_request_order():
@@ -165,7 +168,7 @@ def test_rows_become_columns_in_request_order():
 
 
 def test_join_key_column_echoes_the_request():
-    assert orjson.loads(key_column([1, "x"])) == {"values": [1, "x"], "statuses": ["PRESENT", "PRESENT"],
+    assert orjson.loads(b"".join(key_column([1, "x"]))) == {"values": [1, "x"], "statuses": ["PRESENT", "PRESENT"],
                                                   "event_timestamps": ["1970-01-01T00:00:00Z"] * 2}
 
 

@@ -43,6 +43,23 @@ def rows(st, eids, names):
     return out
 
 
+def test_a_batch_is_served_from_the_caches_only_while_every_rendering_there_is_valid(clock):
+    st = store(clock, view_ttls={"v:": 10})
+    st.apply([("a", "v:x", 1, T0), ("b", "v:x", 2, T0 - 5 * S), ("c", "w:y", 3, T0)])
+    names = ["v:x", "w:y"]
+    assert st.cached_many(["a", "b"]) is None and st.cached_rows(["a", "b"], names) is None  # nothing rendered yet
+    bodies, got = st.render_many(["a", "b", "c"]), st.render_rows(["a", "b", "c"], names)
+    assert st.cached_many(["c", "a", "b"]) == [bodies[2], bodies[0], bodies[1]]
+    assert st.cached_rows(["c", "a", "b"], names) == tuple([r[2], r[0], r[1]] for r in got)
+    assert st.cached_many(["a", "zz"]) is None and st.cached_rows(["a", "zz"], names) is None  # zz: not cached
+    assert st.cached_rows(["a", "b"], ["v:x"]) is None  # rows of another name list
+    clock.now = T0 + 5 * S + 1  # b's value has expired: its renderings are stale
+    assert st.cached_many(["a", "b"]) is None and st.cached_rows(["a", "b"], names) is None
+    assert st.cached_many(["a", "c"]) == [bodies[0], bodies[2]]
+    st.apply([("a", "v:x", 9, T0 + 6 * S)])  # a write drops a's renderings
+    assert st.cached_many(["a", "c"]) is None and st.cached_rows(["a", "c"], names) is None
+
+
 def test_native_reads_omit_expired_values_and_entities(clock):
     st = store(clock, ttl_s=10)
     st.apply([("u", "old", 1, T0 - 11 * S), ("u", "new", 2, T0 - 5 * S), ("gone", "x", 3, T0 - 20 * S)])

@@ -27,6 +27,9 @@ def test_a_shard_refuses_what_its_slot_table_gives_another_shard():
     batch = dispatch(state, P.mget([mine, mine, theirs, mine], req_id=4))  # the first foreign id is named
     assert P.code_of(batch) == P.NOT_OWNER and f"entity {theirs!r}" in P.reason_of(batch)
     assert P.is_ok(dispatch(state, P.mget([mine, mine], req_id=5)))
+    assert P.is_ok(dispatch(state, P.fget([mine], ["x"], req_id=6)))
+    for req in (P.mget([mine, theirs]), P.fget([mine, theirs], ["x"])):  # mine's renderings are cached now
+        assert P.code_of(dispatch(state, P.stamp(req, 7) and req)) == P.NOT_OWNER, req
     assert state.store.data.keys() == {mine}  # nothing of the refused write was applied
     assert P.code_of(dispatch(state, P.write([[1, "x", 1, 5]], req_id=3))) == P.BAD_REQUEST
 

@@ -17,7 +17,7 @@ from frontend.errors import Reply
 from frontend.feast.catalog import Catalog
 from frontend.feast.errors import FeastFailure, ShapeError, failure_reply
 from frontend.feast.plan import body_field, columns, df_writes, flag, plan_read
-from frontend.feast.render import empty_column, key_column, view_columns
+from frontend.feast.render import column_size, empty_column, key_column, response, view_columns
 
 
 def check_body(handler: BodyHandler) -> dict:
@@ -95,13 +95,11 @@ def _online_features(ctx, body: dict, plan, views: list, replies: list) -> Reply
     meta = {"feature_names": [*plan.entity_columns, *plan.names]}
     if flag(body, "include_feature_view_version_metadata"):
         meta["feature_view_metadata"] = [{"name": name, "version": 0} for name, _, _ in plan.views]
-    size = sum(map(len, cols)) + len(cols) + 64
+    size = sum(map(column_size, cols)) + len(cols) + 64
     if size > cfg.max_response_bytes:
         raise FeastFailure(413, "FeastError", f"the response would be {size} bytes; the limit is "
                                               f"{cfg.max_response_bytes} (FS_MAX_RESPONSE_BYTES)")
-    cols[0] = b'{"results":[' + cols[0]  # (one copy of the whole body, not four)
-    cols[-1] += b'],"metadata":' + orjson.dumps(meta) + b"}"
-    return 200, {}, b",".join(cols)
+    return 200, {}, response(cols, b',"metadata":' + orjson.dumps(meta) + b"}")
 
 
 def online_features_endpoint(catalog: Catalog) -> Endpoint:
