@@ -123,7 +123,8 @@ class ClusterClient:
             self._members.join(MEMBERSHIP_WAIT_S + 1.0)
         self.shards.close()
         self.writer.close()
-        self.reader.close()
+        if self._members is None or not self._members.is_alive():  # (never under a thread still in it)
+            self.reader.close()
 
     # ---- the ShardClient interface, by partition
     def send(self, p: int, request: dict, done: Callable) -> None:

@@ -40,7 +40,6 @@ class Writer:
                                  "logger": logging.getLogger("frontend.kafka")})
         self.producer = producer
         self.topic = topic
-        self.in_flight = 0
         self._closing = threading.Event()
         self._reports = threading.Thread(target=self._collect, name="kafka-reports", daemon=True)
         self._reports.start()
@@ -62,18 +61,22 @@ class Writer:
             try:
                 self.producer.produce(self.topic, value, key=key, on_delivery=_delivered(loop, fut))
             except BufferError:
+                for sent in futs:  # their reports still come, and nobody waits for them
+                    sent.add_done_callback(_retrieved)
                 raise KafkaRefused("the Kafka producer's queue is full") from None
-            self.in_flight += 1
             futs.append(fut)
-        try:
-            return list(await asyncio.gather(*futs))
-        finally:
-            self.in_flight -= len(futs)
+        return list(await asyncio.gather(*futs))
 
     def close(self) -> None:
         self._closing.set()
         self._reports.join(REPORTS_WAIT_S + 1.0)
         self.producer.flush(2)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """Take a future's outcome, so that a failure nobody awaits is not logged as unretrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class KafkaRefused(Exception):

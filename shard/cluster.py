@@ -585,6 +585,8 @@ class Tail:
                 log.warning("incremental_assign %s: %s; retried", [tp.partition for tp in todo], exc)
                 self._unassigned = [tp for tp in todo if self.parts.held.get(tp.partition) is not None
                                     and self.parts.held[tp.partition].assigned]
+                return
+            self._settled = False  # assigned: serving ones among them are parked again when idle
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Apply the records that arrived; mark partitions that reached their end as serving;

@@ -55,7 +55,7 @@ class ClusterShard:
         self.gen = 1 + max(files.generations(self.dir)[0], default=0) if self.dir and os.path.isdir(self.dir) else 1
         self.child: tuple[int, int, float, int] | None = None  # the snapshot writer: pid, gen, started, changes
         self.tail = Tail(cfg, self.parts, self._peers, ctx, self.publish, cfg.cluster_tail_records)
-        self.parts.behind = self.tail.wake
+        self.parts.behind = self.wake
         self._tail_at = 0.0
 
     def _peers(self, p: int) -> list[tuple[str, int]]:
@@ -71,8 +71,14 @@ class ClusterShard:
 
     def offsets(self) -> dict[int, tuple[int, bool]]:
         """What ``offsets`` answers; a writer waits for it, so the tail fetches at full speed."""
-        self.tail.wake()
+        self.wake()
         return self.parts.states()
+
+    def wake(self) -> None:
+        """Fetch at full speed from this loop pass on (a writer waits, or a read wants an offset
+        not applied yet), not after the parked tail's next poll."""
+        self.tail.wake()
+        self._tail_at = 0.0
 
     def publish(self) -> None:
         """Tell the membership topic what this shard holds now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import orjson
@@ -238,6 +239,28 @@ def test_writer_returns_partitions_and_offsets_or_refuses():
     assert asyncio.run(run(FakeProducer())) == [(0, 1), (1, 2)]
     with pytest.raises(W.KafkaRefused, match="Local: Message timed out"):
         asyncio.run(run(FakeProducer(fail="Local: Message timed out")))
+
+
+def test_a_full_producer_queue_refuses_the_write_and_leaves_no_unretrieved_failure(caplog):
+    class Full(FakeProducer):
+        def produce(self, topic, value, key, on_delivery):
+            if self.queued or self.offset:  # the second record does not fit
+                raise BufferError("Local: Queue full")
+            super().produce(topic, value, key, on_delivery)
+
+    async def run():
+        writer = W.Writer("", "t", 1.0, Full(fail="Local: Message timed out"))
+        try:
+            with pytest.raises(W.KafkaRefused, match="queue is full"):
+                await writer.send([(b"a", b"{}"), (b"b", b"{}")])
+        finally:
+            writer.close()  # the first record's report (a failure) has come by now
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 def test_applied_watch_waits_for_an_owner_to_pass_the_offset():
