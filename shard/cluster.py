@@ -93,6 +93,13 @@ class Partitions:
         state = "is not held here" if h is None else "has not caught up here"
         return f"partition {p} of entity {eid!r} {state}"
 
+    def first_refusal(self, eids, after: int | None = None, held: bool = False) -> str | None:
+        """:meth:`refusal` of the first of ``eids`` that this shard may not answer for, or None.
+        ``held`` changes nothing: a copy that is moving away still holds what it rendered."""
+        if after is None:
+            return next(filter(None, map(self.refusal, eids)), None)
+        return next(filter(None, (self.refusal(eid, after) for eid in eids)), None)
+
     def states(self) -> dict[int, tuple[int, bool]]:
         """``{partition: (next offset, serving)}`` of the partitions assigned to this shard, or
         still served while they move."""

@@ -101,20 +101,12 @@ def _after(shard: ShardState, req: dict) -> int | None:
 def _foreign(shard: ShardState, req: dict, eids, held: bool = False) -> dict | None:
     """The ``not_owner`` reply when one of ``eids`` is not this shard's, else None; in cluster
     mode also until this copy has applied the request's ``after`` offset (another replica may
-    have). ``held``: each of ``eids`` is held here (a read found every rendering cached), so a
-    SlotOwner, which refuses nothing this shard stores, need not hash them."""
+    have). ``held``: each of ``eids`` is held here (a read found every rendering cached), which
+    the owner may take as proof enough (``first_refusal``)."""
     owner = shard.owner
     if owner is None:
         return None
-    after = _after(shard, req)
-    if after is None:
-        first = getattr(owner, "first_refusal", None)  # a SlotOwner's: C-level passes
-        if first is not None:
-            why = None if held else first(eids)
-        else:
-            why = next(filter(None, map(owner.refusal, eids)), None)
-    else:
-        why = next(filter(None, (owner.refusal(eid, after) for eid in eids)), None)
+    why = owner.first_refusal(eids, _after(shard, req), held)
     return None if why is None else P.error(P.id_of(req), P.NOT_OWNER, why)
 
 

@@ -42,9 +42,14 @@ class SlotOwner:
                 f"{self.n_shards} shards that shard {self.index} serves: the caller's FS_SHARDS "
                 f"or endpoint list differs")
 
-    def first_refusal(self, eids) -> str | None:
+    def first_refusal(self, eids, after: None = None, held: bool = False) -> str | None:
         """:meth:`refusal` of the first of ``eids`` this shard does not own, or None: the
-        check of a batch read, without a call per entity while they are all its own."""
+        check of a batch read, without a call per entity while they are all its own.
+        ``held``: each of ``eids`` is stored here, and this shard stores only what it owns (each
+        write was checked, a data directory of another table refuses to start): nothing to hash.
+        (``after``, an offset to have applied, exists in cluster mode only.)"""
+        if held:
+            return None
         table, index, crc32 = self.table, self.index, zlib.crc32
         for eid in eids:
             if table[crc32(eid.encode("utf-8")) % SLOTS] != index:

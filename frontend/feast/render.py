@@ -39,8 +39,9 @@ def response(cols: list[Column], tail: bytes) -> bytes:
     for col in cols:
         pieces += col
         pieces.append(b",")
-    pieces[-1] = b"]"  # (the last column's comma)
-    pieces.append(tail)
+    if cols:
+        pieces.pop()  # (the last column's comma)
+    pieces += (b"]", tail)
     return b"".join(pieces)
 
 
