@@ -173,8 +173,8 @@ class Config:
                                              above=0)
     cluster_tail_records: int = setting(100_000, "own snapshot this close to a peer's copy: no transfer", [S],
                                         at_least=0)
-    cluster_idle_fetch_s: float = setting(0.25, "a shard no writer waited on for 2 s fetches new records this "
-                                          "often, not every fetch wait (0: always)", [S], at_least=0)
+    cluster_idle_fetch_s: float = setting(0.25, "a shard no writer waited on for 2 s looks for new records this "
+                                          "often (one ListOffsets), not every fetch wait (0: always)", [S], at_least=0)
     # --- this process
     shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
     config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",
