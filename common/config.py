@@ -161,7 +161,11 @@ class Config:
     cluster_partitions: int = setting(16, "partitions of the topic when it is created", EVERY, at_least=1)
     replica: str = setting("a", "this shard's replica set (one consumer group each)", [S])
     cluster_read_replica: str | None = setting(None, "the replica set a front end reads from first (its zone's), "
-                                               "then the others", [F], shown="unset, every replica in turn")
+                                               "then the others", [F], shown="unset, every replica set alike")
+    cluster_read_spread: str = setting("partition", "how reads spread over a partition's replicas: 'partition' "
+                                       "(each partition read on one preferred replica, partitions shared out "
+                                       "evenly) or 'request' (each replica first in turn)", [F],
+                                       choices=["partition", "request"])
     cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
                                             shown="where it binds")
     cluster_heartbeat_s: float = setting(1.0, "between a shard's membership records", [S], above=0)
@@ -169,8 +173,8 @@ class Config:
                                              above=0)
     cluster_tail_records: int = setting(100_000, "own snapshot this close to a peer's copy: no transfer", [S],
                                         at_least=0)
-    cluster_idle_fetch_s: float = setting(0.25, "a shard no writer waited on for 2 s fetches new records this "
-                                          "often, not every fetch wait (0: always)", [S], at_least=0)
+    cluster_idle_fetch_s: float = setting(0.25, "a shard no writer waited on for 2 s looks for new records this "
+                                          "often (one ListOffsets), not every fetch wait (0: always)", [S], at_least=0)
     # --- this process
     shard_index: int = setting(0, "which shard this process is", [S], env="", flags=["--index"], at_least=0)
     config_file: str | None = setting(None, "TOML file with Feast views, feature services and aggregations",

@@ -83,7 +83,8 @@ class ClusterClient:
         self.writer = writer
         self.partitions = partitions
         self.timeout_s = cfg.shard_timeout_s
-        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica)
+        self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica,
+                             spread=cfg.cluster_read_spread)
         self.watch = AppliedWatch(self.router, shards)
         self._members: threading.Thread | None = None
         self._closing = threading.Event()

@@ -3,8 +3,11 @@
 The membership :class:`~common.membership.View` says which live shards have caught up on each
 partition. A read goes to one of them: replicas that confirmed this process's last write to the
 partition first, so a writer reads its own write; then, with ``FS_CLUSTER_READ_REPLICA`` (a
-zone's own replica set), the owners in that set, then the others; without it, each owner first
-in turn, spreading load. A shard that does not answer, or answers ``not_owner``, is skipped and
+zone's own replica set), the owners in that set, then the others. Load spreads over the replicas
+by ``FS_CLUSTER_READ_SPREAD``: ``partition`` (the default) gives each partition one preferred
+owner, the partitions shared out evenly over the live owners (the same choice in every front
+end, from the same view), so each entity is read, and its rendering cached, on one replica
+while that one is up; ``request`` puts each owner first in turn, read after read. A shard that does not answer, or answers ``not_owner``, is skipped and
 the next one is tried within the request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
 as endpoints appear (``connect(endpoint) -> link index``).
 """
@@ -24,9 +27,11 @@ class Router:
     """Candidates per partition, from the membership view."""
 
     def __init__(self, view: View, partitions: int, connect: Callable[[str], int],
-                 clock: Callable[[], float] = time.monotonic, read_replica: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, read_replica: str | None = None,
+                 spread: str = "partition") -> None:
         self.view = view
         self.read_replica = read_replica  # FS_CLUSTER_READ_REPLICA: the set read first, or None
+        self.spread = spread  # FS_CLUSTER_READ_SPREAD: "partition" or "request"
         self.partitions = partitions
         self.connect = connect
         self.clock = clock
@@ -49,18 +54,36 @@ class Router:
             table = self.view.table(self.partitions)
             replica_of = {m.endpoint: m.replica for m in self.view.live()}
             if table != self._table or replica_of != self._replica_of:
-                self._rotations = [self._orders(owners, replica_of) for owners in table]
+                self._rotations = self._plan(table, replica_of)
             self._table, self._replica_of = table, replica_of
             self._table_at, self._table_version = now, self.view.version
         return self._table
 
-    def _orders(self, owners: list[str], replica_of: dict[str, str]) -> list[list[str]]:
-        """The orders in which to try a partition's ``owners``, used in turn: with a read replica
-        set, one (its owners first); else each owner first in turn."""
+    def _plan(self, table: list[list[str]], replica_of: dict[str, str]) -> list[list[list[str]]]:
+        """For each partition, the orders in which to try its owners, used in turn. The owners in
+        the read replica set (if any) come first, the others after. Spread by request: one order
+        per owner of the first tier, each first in turn. By partition: one order, with the
+        preferred owner first: the least preferred so far of the first tier (ties go to a
+        different owner per partition), so the partitions are shared out evenly."""
         home = self.read_replica
-        if home is None:
-            return [owners[k:] + owners[:k] for k in range(len(owners))]
-        return [sorted(owners, key=lambda e: replica_of.get(e) != home)]  # (a stable sort)
+        preferred: dict[str, int] = {}  # endpoint -> partitions it is preferred for so far
+        plan = []
+        for p, owners in enumerate(table):
+            tiers = [owners] if home is None else [[e for e in owners if replica_of.get(e) == home],
+                                                   [e for e in owners if replica_of.get(e) != home]]
+            tiers = [tier for tier in tiers if tier]
+            if not tiers:
+                plan.append([])
+                continue
+            first, rest = tiers[0], [e for tier in tiers[1:] for e in tier]
+            if self.spread == "request":
+                plan.append([first[k:] + first[:k] + rest for k in range(len(first))])
+                continue
+            turned = first[p % len(first):] + first[:p % len(first)]
+            best = min(turned, key=lambda e: preferred.get(e, 0))  # (min keeps the first of equals)
+            preferred[best] = preferred.get(best, 0) + 1
+            plan.append([[best, *(e for e in turned if e != best), *rest]])
+        return plan
 
     def link(self, endpoint: str) -> int:
         index = self.links.get(endpoint)

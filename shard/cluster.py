@@ -33,6 +33,7 @@ RELEASE_KEEP_S = 60.0  # a released partition is freed after this long even if n
 PEER_TIMEOUT_S = 2.0  # a pdump reply later than this: try another source
 UNREACHABLE_S = 30.0  # a peer that failed a transfer is not asked again for this long
 TRANSFER_PASS_S = 0.01  # the longest one loop pass spends loading chunks
+PROBE_WAIT_S = 2.0  # the longest a parked tail waits for the end offsets it asked for
 AWAKE_S = 2.0  # the tail fetches on this long after the last record applied or writer waiting
 
 
@@ -434,9 +435,13 @@ class Tail:
     Fetching paces itself (``FS_CLUSTER_IDLE_FETCH_S``): an empty fetch every fetch wait costs
     the broker CPU (Tansu: about 1 ms each), so once no record arrived and no writer waited
     (:meth:`wake`) for ``AWAKE_S``, the serving partitions are parked (taken out of the
-    consumer's own assignment; the group still gives them to this shard) and fetched only every
-    ``idle_fetch_s``. :meth:`wake` assigns them again at their next offsets, which fetches at
-    once (a paused partition, resumed, waited up to seconds for librdkafka's next fetch).
+    consumer's own assignment; the group still gives them to this shard). Every ``idle_fetch_s``
+    one ``ListOffsets`` request (an admin client's, answered off the loop) asks for their end
+    offsets, and only a partition that has records past its copy wakes the tail. The old probe,
+    assigning them again for two fetch waits, cost an idle shard 2% of a core and the broker 7%
+    with 3 shards; the request costs the broker about 0.5 ms. :meth:`wake` assigns them again at
+    their next offsets, which fetches at once (a paused partition, resumed, waited up to seconds
+    for librdkafka's next fetch).
 
     :arg peers: ``peers(p)`` -> [(endpoint, next offset)] of other members serving ``p``.
     :arg changed: called when the assignment or a partition's serving state changes.
@@ -463,6 +468,10 @@ class Tail:
         self.parked: set[int] = set()  # serving partitions taken out of the consumer's assignment while idle
         self._settled = False  # every serving partition is parked: nothing to park until something changes
         self._probe_at = 0.0
+        self._ends: dict | None = None  # TopicPartition -> future of its end offset, while a probe is out
+        self._ends_at = 0.0
+        self._admin = None  # the admin client of the probes, made at the first
+        self._kafka = cfg.cluster_kafka
         self._unassigned: list = []  # TopicPartitions whose incremental_assign failed: retried
         self._unreachable: dict[str, float] = {}  # peer endpoint -> until when it is not asked again
         self.consumer = Consumer({
@@ -509,9 +518,10 @@ class Tail:
                     self.parts.free(p)  # half a copy serves nobody
             self.parts.release(p)
         self.parked -= gone  # (not in the consumer's assignment)
-        mine = [tp for tp in consumer.assignment() if tp.partition in gone]
-        if mine:
-            consumer.incremental_unassign(mine)
+        # Always called, even with nothing: a callback that unassigns nothing has confluent-kafka
+        # unassign every revoked partition itself, and a parked one is not in the assignment
+        # ("Can't subtract from empty assignment", raised from the consumer's next consume).
+        consumer.incremental_unassign([tp for tp in consumer.assignment() if tp.partition in gone])
         log.info("partitions %s revoked", sorted(gone))
         self.changed()
 
@@ -647,14 +657,50 @@ class Tail:
         if now < self.awake_until:
             if self.parked:
                 self._unpark()
-        elif now >= self._probe_at and self.parked:
-            self.wake(self.probe_s)  # one idle round
-            self._probe_at = now + self.idle_fetch_s
+        elif self.parked and (self._ends is not None or now >= self._probe_at):
+            self._probe(now)
         else:
             if not self._settled:  # (asking for the assignment every pass cost an idle shard 1% of a core)
                 self._park()
             if self._probe_at <= now:
                 self._probe_at = now + self.idle_fetch_s
+
+    def _probe(self, now: float) -> None:
+        """Ask for the parked partitions' end offsets; when the answer is in, wake the tail if a
+        partition has records past its copy (a producer other than a front end wrote, or a
+        writer's offsets request has not come yet). An answer that does not come in
+        ``PROBE_WAIT_S``, or an error, wakes it too: fetching finds out."""
+        if self._ends is None:
+            from confluent_kafka import TopicPartition
+            from confluent_kafka.admin import AdminClient, OffsetSpec
+
+            if self._admin is None:
+                self._admin = AdminClient({"bootstrap.servers": self._kafka,
+                                           "logger": logging.getLogger("shard.kafka")})
+            try:
+                self._ends = self._admin.list_offsets(
+                    {TopicPartition(self.topic, p): OffsetSpec.latest() for p in sorted(self.parked)},
+                    request_timeout=PROBE_WAIT_S)
+            except Exception as exc:  # (a full client queue, say): one idle round of fetches
+                log.debug("list_offsets: %s", exc)
+                self.wake(self.probe_s)
+            self._ends_at, self._probe_at = now, now + self.idle_fetch_s
+            return
+        if not all(f.done() for f in self._ends.values()) and now - self._ends_at < PROBE_WAIT_S:
+            return
+        ends, self._ends = self._ends, None
+        held = self.parts.held
+        for tp, fut in ends.items():
+            p = tp.partition
+            if p not in self.parked or p not in held:
+                continue  # revoked meanwhile
+            try:
+                behind = fut.result(0).offset > held[p].next
+            except Exception:  # no answer in time, or an error
+                behind = True
+            if behind:
+                self.wake(self.probe_s)  # records applied keep it awake
+                return
 
     def _park(self) -> None:
         """Stop fetching the serving partitions (the others are still catching up)."""

@@ -344,6 +344,30 @@ def consecutive_free_ports(n: int) -> int:
     raise AssertionError(f"no {n} consecutive free ports")
 
 
+def test_a_shard_joins_while_the_others_have_parked_every_partition(broker, tmp_path):
+    """A rebalance that revokes parked partitions (not in the consumer's own assignment) takes
+    them away cleanly: the new shard serves its share, the old one the rest, with no failed chore."""
+    c = KafkaCluster(broker, tmp_path, 4)
+    try:
+        c.start_shard("a0")
+        c.start_frontend()
+        assert request("POST", c.url + "/features", [{"entity_id": f"p{i}", "features": {"n": i}}
+                                                     for i in range(20)])[0] == 200
+        poll_for(lambda: c.stats("a0")["cluster_parked"] == [0, 1, 2, 3], 15, what="a0 to park its partitions")
+        c.start_shard("a1")
+
+        def split():  # (stats, unlike held, does not wake a shard: a0 stays parked until the rebalance)
+            held = {name: c.stats(name)["cluster_partitions"] for name in ("a0", "a1")}
+            return (all(held.values()) and sum(map(len, held.values())) == 4
+                    and all(up for h in held.values() for _, up in h.values()))
+
+        poll_for(split, 30, what="a0 and a1 to split the partitions")
+        poll_for(lambda: all(read(c, f"p{i}")[0] == 200 for i in range(20)), 10, what="every entity")
+        assert c.shards["a0"].alive() and "failed" not in c.shards["a0"].output(), c.shards["a0"].output()[-3000:]
+    finally:
+        c.stop()
+
+
 def test_honcho_starts_the_local_cluster_and_ctrl_c_stops_it(tmp_path):
     """``honcho -f Procfile.cluster start``: a broker, 2 replica sets of 2 shards, front end, ingest."""
     http_port, base, kafka = free_port(), consecutive_free_ports(4), free_port()

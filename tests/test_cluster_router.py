@@ -92,14 +92,41 @@ def router_over(owners: dict[str, list[int]], partitions: int = 2, replicas: dic
     return R.Router(view, partitions, index.__getitem__, **kwargs)
 
 
-def test_candidates_rotate_and_put_replicas_with_our_write_first():
-    router = router_over({"tcp://a": [0, 1], "tcp://b": [0], "tcp://c": [0]})
+def test_spread_by_request_rotates_and_puts_replicas_with_our_write_first():
+    router = router_over({"tcp://a": [0, 1], "tcp://b": [0], "tcp://c": [0]}, spread="request")
     firsts = {router.candidates(0)[0] for _ in range(6)}
     assert firsts == {"tcp://a", "tcp://b", "tcp://c"}  # load spreads over replicas
     assert router.candidates(1) == ["tcp://a"]
     router.wrote(0, "tcp://c")
     assert all(router.candidates(0)[0] == "tcp://c" for _ in range(6))
     assert sorted(router.candidates(0)) == ["tcp://a", "tcp://b", "tcp://c"]
+
+
+EIGHT = {"tcp://a0": [0, 2, 4, 6], "tcp://a1": [1, 3, 5, 7], "tcp://b0": list(range(8))}  # a: 2 shards, b: 1
+
+
+def test_spread_by_partition_shares_the_partitions_out_evenly_and_keeps_each_on_one_replica():
+    router = router_over(EIGHT, partitions=8)
+    firsts = [router.candidates(p)[0] for p in range(8)]
+    assert all(router.candidates(p)[0] == firsts[p] for p in range(8) for _ in range(3))  # no rotation per read
+    load = {e: firsts.count(e) for e in EIGHT}
+    assert sorted(load.values()) == [2, 3, 3], load  # 8 partitions over 3 shards
+    for p in range(8):  # every owner is still a candidate, the preferred one first
+        assert sorted(router.candidates(p)) == sorted(e for e, ps in EIGHT.items() if p in ps)
+    assert [router_over(EIGHT, partitions=8).candidates(p)[0] for p in range(8)] == firsts  # every front end alike
+    router.wrote(1, "tcp://a1" if firsts[1] == "tcp://b0" else "tcp://b0")  # our write: read where it was applied
+    assert router.candidates(1)[0] != firsts[1]
+
+
+def test_spread_by_partition_moves_a_departed_owners_partitions_to_the_others():
+    view = M.View()
+    for e, ps in EIGHT.items():
+        publish(view, e[-2], e, {p: (0, True) for p in ps})
+    router = R.Router(view, 8, {e: i for i, e in enumerate(EIGHT)}.__getitem__)
+    assert "tcp://b0" in {router.candidates(p)[0] for p in range(8)}
+    publish(view, "b", "tcp://b0", {})  # b0 holds nothing now
+    firsts = [router.candidates(p)[0] for p in range(8)]
+    assert firsts == ["tcp://a0", "tcp://a1"] * 4
 
 
 SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
