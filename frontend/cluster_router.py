@@ -37,6 +37,7 @@ class Router:
         self.clock = clock
         self.links: dict[str, int] = {}  # endpoint -> link index
         self.fresh: dict[int, set[str]] = {}  # partition -> endpoints that applied our last write
+        self._written: dict[int, int] = {}  # partition -> the offset of our last write (for fresh)
         self._table: list[list[str]] = [[] for _ in range(partitions)]
         self._rotations: list[list[list[str]]] = [[] for _ in range(partitions)]  # p -> its orders to use in turn
         self._replica_of: dict[str, str] = {}  # endpoint -> its replica set, as the table was made
@@ -57,6 +58,8 @@ class Router:
                 self._rotations = self._plan(table, replica_of)
             self._table, self._replica_of = table, replica_of
             self._table_at, self._table_version = now, self.view.version
+            if self._written:
+                self._forget_applied()
         return self._table
 
     def _plan(self, table: list[list[str]], replica_of: dict[str, str]) -> list[list[list[str]]]:
@@ -103,13 +106,26 @@ class Router:
             return sorted(order, key=lambda e: e not in fresh)
         return order
 
-    def wrote(self, p: int, applied_by: str) -> None:
-        """This process's newest write to ``p`` has been applied by ``applied_by`` (only)."""
+    def wrote(self, p: int, applied_by: str, offset: int | None = None) -> None:
+        """This process's newest write to ``p`` (at ``offset``) has been applied by ``applied_by`` (only)."""
         self.fresh[p] = {applied_by}
+        if offset is not None:
+            self._written[p] = max(offset, self._written.get(p, -1))
 
     def confirmed(self, p: int, endpoint: str) -> None:
         """Another replica applied this process's newest write to ``p`` too."""
         self.fresh.setdefault(p, set()).add(endpoint)
+
+    def _forget_applied(self) -> None:
+        """Drop the fresh replicas of a partition once the membership view shows every caught-up
+        owner past our last write there: its reads go back to their usual order (the preferred
+        owner, the read replica set), not to whichever replica happened to confirm first."""
+        nexts = {m.endpoint: m.partitions for m in self.view.live()}
+        for p, offset in list(self._written.items()):
+            owners = self._table[p] if 0 <= p < len(self._table) else []
+            if all(nexts.get(e, {}).get(p, (0, False))[0] > offset for e in owners):
+                self.fresh.pop(p, None)
+                del self._written[p]
 
     def uncovered(self) -> list[int]:
         return [p for p, eps in enumerate(self.table()) if not eps]

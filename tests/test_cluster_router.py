@@ -129,6 +129,21 @@ def test_spread_by_partition_moves_a_departed_owners_partitions_to_the_others():
     assert firsts == ["tcp://a0", "tcp://a1"] * 4
 
 
+def test_reads_leave_the_first_confirmer_once_every_owner_has_our_write():
+    view = M.View()
+    for e, ps in EIGHT.items():
+        publish(view, e[-2], e, {p: (4, True) for p in ps})
+    router = R.Router(view, 8, {e: i for i, e in enumerate(EIGHT)}.__getitem__)
+    preferred = router.candidates(0)[0]
+    other = next(e for e in ("tcp://a0", "tcp://b0") if e != preferred)
+    router.wrote(0, other, 10)  # our write (offset 10) is applied by the other owner first
+    assert router.candidates(0)[0] == other
+    publish(view, preferred[-2], preferred, {p: (11 if p == 0 else 4, True) for p in EIGHT[preferred]})
+    assert router.candidates(0)[0] == other  # the other owner's view is still behind our write
+    publish(view, other[-2], other, {p: (11 if p == 0 else 4, True) for p in EIGHT[other]})
+    assert router.candidates(0)[0] == preferred and 0 not in router.fresh  # both have it: the usual order
+
+
 SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
 OWNERS = {"tcp://a0": [0], "tcp://a1": [1], "tcp://b0": [0, 1]}  # set a: 2 shards, set b: 1
 
