@@ -2,7 +2,8 @@
 scale-out, all on one machine with a Tansu broker, every process real, figures from one run.
 
 - ``reads``: ``GET /features/e{i}`` at 64 connections (wrk), cluster mode (replica set a of 2
-  shards, b of 1, the broker) vs embedded mode with as many shard processes (3) and with 2,
+  shards, b of 1, the broker; ``--other-spreads request``: also through a second front end
+  spreading reads by request) vs embedded mode with as many shard processes (3) and with 2,
   same entities, runs in turns and repeated; the ratio of medians, and the CPU each process used
   per request (``/proc``). The reference with as many shards compares the modes; the one with 2
   shows what a third shard process costs on 2 cores.
@@ -94,7 +95,7 @@ def processes(c: Cluster) -> dict[str, int]:
     """The PIDs of a cluster's front end, shards and (cluster mode) broker, by name."""
     shards = c.shards.items() if isinstance(c.shards, dict) else ((f"s{i}", p) for i, p in enumerate(c.shards))
     out = {"front end": c.frontend.pid, **{name: p.pid for name, p in shards}}
-    if isinstance(c, KafkaCluster):
+    if isinstance(c, (KafkaCluster, SpreadView)):
         out["broker"] = c.broker.proc.pid
     return out
 
@@ -138,11 +139,29 @@ def bench_reads(stores: dict, n: int, duration: float, reps: int, label: str) ->
         print(f"  CPU {name}: {cpu_line(rows[name])}", flush=True)
 
 
+class SpreadView:
+    """The cluster seen through another front end, started with ``FS_CLUSTER_READ_SPREAD=spread``
+    (for :func:`bench_reads` and :func:`processes`: ``url``, ``frontend``, ``shards``, ``broker``)."""
+
+    def __init__(self, c: KafkaCluster, spread: str) -> None:
+        from tests.support import Proc
+
+        port = free_port()
+        self.frontend = Proc([sys.executable, "-m", "frontend"], c.env(http_port=port, cluster_read_spread=spread),
+                             c.tmp / f"frontend-{spread}.log")
+        c.others.append(self.frontend)
+        self.url = f"http://127.0.0.1:{port}"
+        self.shards, self.broker = c.shards, c.broker
+        poll_for(lambda: request("GET", self.url + "/readyz")[0] == 200, 30, interval=0.1,
+                 what=f"the front end with FS_CLUSTER_READ_SPREAD={spread}")
+
+
 def bench_reads_writes(embedded: Cluster, embedded3: Cluster, cluster: KafkaCluster, n: int, duration: float,
-                       reps: int) -> dict:
+                       reps: int, spreads: list[str] = ()) -> dict:
     out = {}
-    bench_reads({"embedded, 3 shards": embedded3, "embedded, 2 shards": embedded, "cluster": cluster}, n, duration,
-                reps, "2 replica sets (a: 2 shards, b: 1; 3 shard processes) and the broker")
+    others = {f"cluster, spread by {s}": SpreadView(cluster, s) for s in spreads}
+    bench_reads({"embedded, 3 shards": embedded3, "embedded, 2 shards": embedded, **others, "cluster": cluster}, n,
+                duration, reps, "2 replica sets (a: 2 shards, b: 1; 3 shard processes) and the broker")
     for kind, script, conns in (("write", post_script(n), 64), ("write", post_script(n), 1)):
         rows = {"embedded": [], "cluster": []}
         for _ in range(reps):
@@ -301,6 +320,9 @@ def main() -> int:
     ap.add_argument("--only", default="reads,bootstrap,failover,scaleout,footprint")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="FS_KAFKA_FETCH_WAIT_MS of the cluster: Tansu answers an idle fetch only after it")
+    ap.add_argument("--other-spreads", default="",
+                    help="also read through a front end per FS_CLUSTER_READ_SPREAD named here (request), "
+                         "on the same cluster, in the same turns")
     args = ap.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as d:
@@ -322,7 +344,8 @@ def main() -> int:
                     (tmp / "embedded3").mkdir()
                     with Cluster(tmp / "embedded3", shards=3) as embedded3:
                         load_entities(embedded3.endpoints, args.entities, FEATURES)
-                        bench_reads_writes(embedded, embedded3, c, args.entities, args.duration, args.reps)
+                        bench_reads_writes(embedded, embedded3, c, args.entities, args.duration, args.reps,
+                                           [x for x in args.other_spreads.split(",") if x])
                 if "failover" in only:
                     bench_failover(c, args.entities)
                 if "scaleout" in only:

@@ -164,7 +164,7 @@ class Config:
                                                "then the others", [F], shown="unset, every replica set alike")
     cluster_read_spread: str = setting("partition", "how reads spread over a partition's replicas: 'partition' "
                                        "(each partition read on one preferred replica, partitions shared out "
-                                       "evenly) or 'request' (each replica first in turn)", [F],
+                                       "as evenly as ownership allows) or 'request' (each replica first in turn)", [F],
                                        choices=["partition", "request"])
     cluster_advertise: str | None = setting(None, "the ZeroMQ endpoint other hosts reach this shard at", [S],
                                             shown="where it binds")

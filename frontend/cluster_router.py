@@ -5,10 +5,11 @@ partition. A read goes to one of them: replicas that confirmed this process's la
 partition first, so a writer reads its own write; then, with ``FS_CLUSTER_READ_REPLICA`` (a
 zone's own replica set), the owners in that set, then the others. Load spreads over the replicas
 by ``FS_CLUSTER_READ_SPREAD``: ``partition`` (the default) gives each partition one preferred
-owner, the partitions shared out evenly over the live owners (the same choice in every front
-end, from the same view), so each entity is read, and its rendering cached, on one replica
-while that one is up; ``request`` puts each owner first in turn, read after read. A shard that does not answer, or answers ``not_owner``, is skipped and
-the next one is tried within the request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
+owner (:func:`preferred_owners`: as even as the ownership allows, the same choice in every front
+end from the same view), so each entity is read, and its rendering cached, on one replica while
+the ownership holds; ``request`` puts each owner first in turn, read after read. A shard that
+does not answer, or answers ``not_owner``, is skipped and the next one is tried within the
+request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
 as endpoints appear (``connect(endpoint) -> link index``).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Router:
         self.clock = clock
         self.links: dict[str, int] = {}  # endpoint -> link index
         self.fresh: dict[int, set[str]] = {}  # partition -> endpoints that applied our last write
+        self._written: dict[int, int] = {}  # partition -> the offset of our last write (for fresh)
         self._table: list[list[str]] = [[] for _ in range(partitions)]
         self._rotations: list[list[list[str]]] = [[] for _ in range(partitions)]  # p -> its orders to use in turn
         self._replica_of: dict[str, str] = {}  # endpoint -> its replica set, as the table was made
@@ -57,33 +59,26 @@ class Router:
                 self._rotations = self._plan(table, replica_of)
             self._table, self._replica_of = table, replica_of
             self._table_at, self._table_version = now, self.view.version
+            if self._written:
+                self._forget_applied()
         return self._table
 
     def _plan(self, table: list[list[str]], replica_of: dict[str, str]) -> list[list[list[str]]]:
         """For each partition, the orders in which to try its owners, used in turn. The owners in
         the read replica set (if any) come first, the others after. Spread by request: one order
-        per owner of the first tier, each first in turn. By partition: one order, with the
-        preferred owner first: the least preferred so far of the first tier (ties go to a
-        different owner per partition), so the partitions are shared out evenly."""
+        per owner of the first tier, each first in turn. By partition: one order, its preferred
+        owner first (:func:`preferred_owners`)."""
         home = self.read_replica
-        preferred: dict[str, int] = {}  # endpoint -> partitions it is preferred for so far
-        plan = []
-        for p, owners in enumerate(table):
-            tiers = [owners] if home is None else [[e for e in owners if replica_of.get(e) == home],
-                                                   [e for e in owners if replica_of.get(e) != home]]
-            tiers = [tier for tier in tiers if tier]
-            if not tiers:
-                plan.append([])
-                continue
-            first, rest = tiers[0], [e for tier in tiers[1:] for e in tier]
-            if self.spread == "request":
-                plan.append([first[k:] + first[:k] + rest for k in range(len(first))])
-                continue
-            turned = first[p % len(first):] + first[:p % len(first)]
-            best = min(turned, key=lambda e: preferred.get(e, 0))  # (min keeps the first of equals)
-            preferred[best] = preferred.get(best, 0) + 1
-            plan.append([[best, *(e for e in turned if e != best), *rest]])
-        return plan
+        tiers = []  # per partition: (first tier, the others)
+        for owners in table:
+            first = owners if home is None else [e for e in owners if replica_of.get(e) == home]
+            first = first or owners  # (no owner in the read replica set: all of them alike)
+            tiers.append((first, [e for e in owners if e not in first]))
+        if self.spread == "request":
+            return [[first[k:] + first[:k] + rest for k in range(len(first))] for first, rest in tiers]
+        best = preferred_owners([first for first, _ in tiers])
+        return [[[b, *(e for e in first if e != b), *rest]] if first else []
+                for b, (first, rest) in zip(best, tiers)]
 
     def link(self, endpoint: str) -> int:
         index = self.links.get(endpoint)
@@ -103,13 +98,56 @@ class Router:
             return sorted(order, key=lambda e: e not in fresh)
         return order
 
-    def wrote(self, p: int, applied_by: str) -> None:
-        """This process's newest write to ``p`` has been applied by ``applied_by`` (only)."""
+    def wrote(self, p: int, applied_by: str, offset: int | None = None) -> None:
+        """This process's newest write to ``p`` (at ``offset``) has been applied by ``applied_by`` (only)."""
         self.fresh[p] = {applied_by}
+        if offset is not None:
+            self._written[p] = max(offset, self._written.get(p, -1))
 
     def confirmed(self, p: int, endpoint: str) -> None:
         """Another replica applied this process's newest write to ``p`` too."""
         self.fresh.setdefault(p, set()).add(endpoint)
 
+    def _forget_applied(self) -> None:
+        """Drop the fresh replicas of a partition once the membership view shows every caught-up
+        owner past our last write there: its reads go back to their usual order (the preferred
+        owner, the read replica set), not to whichever replica happened to confirm first."""
+        nexts = {m.endpoint: m.partitions for m in self.view.live()}
+        for p, offset in list(self._written.items()):
+            owners = self._table[p] if 0 <= p < len(self._table) else []
+            if all(nexts.get(e, {}).get(p, (0, False))[0] > offset for e in owners):
+                self.fresh.pop(p, None)
+                del self._written[p]
+
     def uncovered(self) -> list[int]:
         return [p for p, eps in enumerate(self.table()) if not eps]
+
+
+def preferred_owners(owners: list[list[str]]) -> list[str | None]:
+    """One owner of each partition (None for none), the partitions shared out as evenly as the
+    ownership allows: greedily, the least loaded owner so far (ties: a different one per
+    partition), then partitions moved, in order, from an owner to a co-owner with at least two
+    fewer, until none moves (each move lowers the sum of squared loads, so this ends). A pure
+    function of ``owners``: every front end with the same view makes the same choice."""
+    load: dict[str, int] = {}
+    best: list[str | None] = []
+    for p, mine in enumerate(owners):
+        if not mine:
+            best.append(None)
+            continue
+        turned = mine[p % len(mine):] + mine[:p % len(mine)]
+        b = min(turned, key=lambda e: load.get(e, 0))  # (min keeps the first of equals)
+        load[b] = load.get(b, 0) + 1
+        best.append(b)
+    moved = True
+    while moved:
+        moved = False
+        for p, mine in enumerate(owners):
+            b = best[p]
+            for e in mine:
+                if load[b] > load.get(e, 0) + 1:
+                    load[b] -= 1
+                    load[e] = load.get(e, 0) + 1
+                    best[p] = b = e
+                    moved = True
+    return best

@@ -154,7 +154,7 @@ class AppliedWatch:
             for offset, waiter in self.waiting.get(p, ()):
                 if next_offset > offset and not waiter.done():
                     waiter.set_result(True)
-                    self.router.wrote(p, endpoint)
+                    self.router.wrote(p, endpoint, offset)
                 elif next_offset > offset:
                     self.router.confirmed(p, endpoint)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from concurrent.futures import TimeoutError as FutureTimeout
 import os
 import time
 from typing import Callable, Iterable
@@ -518,6 +519,7 @@ class Tail:
                     self.parts.free(p)  # half a copy serves nobody
             self.parts.release(p)
         self.parked -= gone  # (not in the consumer's assignment)
+        self._unassigned = [tp for tp in self._unassigned if tp.partition not in gone]  # (not to be assigned again)
         # Always called, even with nothing: a callback that unassigns nothing has confluent-kafka
         # unassign every revoked partition itself, and a parked one is not in the assignment
         # ("Can't subtract from empty assignment", raised from the consumer's next consume).
@@ -686,8 +688,11 @@ class Tail:
                 self.wake(self.probe_s)
             self._ends_at, self._probe_at = now, now + self.idle_fetch_s
             return
+        self._admin.poll(0)  # (its log lines: a client with a logger queues them until polled)
         if not all(f.done() for f in self._ends.values()) and now - self._ends_at < PROBE_WAIT_S:
             return
+        from confluent_kafka import KafkaException
+
         ends, self._ends = self._ends, None
         held = self.parts.held
         for tp, fut in ends.items():
@@ -696,7 +701,8 @@ class Tail:
                 continue  # revoked meanwhile
             try:
                 behind = fut.result(0).offset > held[p].next
-            except Exception:  # no answer in time, or an error
+            except (KafkaException, FutureTimeout) as exc:  # an error, or no answer in time
+                log.debug("partition %d: no end offset (%s): fetching", p, exc)
                 behind = True
             if behind:
                 self.wake(self.probe_s)  # records applied keep it awake

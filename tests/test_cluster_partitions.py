@@ -233,3 +233,85 @@ def test_a_partition_moves_with_its_windows_and_the_replay_counts_each_event_onc
     assert entity(dst.store, ids[0])["clicks_count_1h"] == 3 and entity(dst.store, ids[0])["clicks_sum_1h"] == 109
     dst.apply([rec(1, 27, ids[0], {"clicks": 1}, ts=now_s - 1)])  # past the transfer: counted as usual
     assert entity(dst.store, ids[0])["clicks_count_1h"] == 4 and not dst.held[1].counted
+
+
+class FakeAdmin:
+    """``list_offsets`` answered from ``ends`` (partition -> end offset, an exception, or None:
+    never answered)."""
+
+    def __init__(self, ends: dict) -> None:
+        self.ends = ends
+        self.asked: list[list[int]] = []
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def list_offsets(self, wanted: dict, request_timeout: float) -> dict:
+        import concurrent.futures
+        import types
+
+        self.asked.append(sorted(tp.partition for tp in wanted))
+        out = {}
+        for tp in wanted:
+            fut = concurrent.futures.Future()
+            end = self.ends.get(tp.partition)
+            if isinstance(end, Exception):
+                fut.set_exception(end)
+            elif end is not None:
+                fut.set_result(types.SimpleNamespace(offset=end))
+            out[tp] = fut
+        return out
+
+
+def parked_tail(ends: dict, nexts=(5, 7)):
+    """A Tail (no consumer) whose partitions 0 and 1 serve at ``nexts`` and are parked; it counts
+    its wake-ups instead of assigning anything."""
+    from shard.cluster import Tail
+
+    tail = Tail.__new__(Tail)
+    tail.parts = serving(Partitions(Store(), N, Limits(), "t"), 0, 1)
+    for p, nxt in enumerate(nexts):
+        tail.parts.held[p].next = nxt
+    tail.topic, tail.parked, tail.probe_s, tail.idle_fetch_s = "t", {0, 1}, 0.04, 0.25
+    tail._ends, tail._ends_at, tail._probe_at, tail._kafka = None, 0.0, 0.0, "unused"
+    tail._admin = FakeAdmin(ends)
+    tail.woken = []
+    tail.wake = lambda seconds=2.0: tail.woken.append(seconds)
+    return tail
+
+
+@pytest.mark.parametrize("ends, woken", [
+    ({0: 5, 1: 7}, []),  # the ends are where the copies are: stay parked
+    ({0: 5, 1: 8}, [0.04]),  # a record past partition 1's copy: one round of fetches
+])
+def test_a_parked_tail_wakes_only_for_records_past_its_copies(ends, woken):
+    tail = parked_tail(ends)
+    tail._probe(100.0)  # asks
+    assert tail._admin.asked == [[0, 1]] and tail.woken == []
+    tail._probe(100.05)  # reads the answer
+    assert tail.woken == woken and tail._ends is None
+    assert tail._probe_at == pytest.approx(100.25)  # the next probe, one idle period after the first
+
+
+def test_a_probe_without_an_answer_or_with_an_error_wakes_the_tail():
+    from confluent_kafka import KafkaError, KafkaException
+    from shard.cluster import PROBE_WAIT_S
+
+    tail = parked_tail({0: 5})  # partition 1 never answered
+    tail._probe(100.0)
+    tail._probe(100.0 + PROBE_WAIT_S / 2)
+    assert tail.woken == []  # still waiting
+    tail._probe(100.0 + PROBE_WAIT_S)
+    assert tail.woken == [0.04]
+    tail = parked_tail({0: KafkaException(KafkaError(KafkaError._TIMED_OUT)), 1: 7})
+    tail._probe(100.0)
+    tail._probe(100.05)
+    assert tail.woken == [0.04]
+
+
+def test_a_partition_revoked_while_its_probe_was_out_is_ignored():
+    tail = parked_tail({0: 5, 1: 99})
+    tail._probe(100.0)
+    tail.parked.discard(1)  # revoked meanwhile (_revoked takes it out of parked)
+    tail._probe(100.05)
+    assert tail.woken == []

@@ -106,16 +106,35 @@ EIGHT = {"tcp://a0": [0, 2, 4, 6], "tcp://a1": [1, 3, 5, 7], "tcp://b0": list(ra
 
 
 def test_spread_by_partition_shares_the_partitions_out_evenly_and_keeps_each_on_one_replica():
-    router = router_over(EIGHT, partitions=8)
+    sets = {e: e[-2] for e in EIGHT}
+    router = router_over(EIGHT, partitions=8, replicas=sets)
     firsts = [router.candidates(p)[0] for p in range(8)]
     assert all(router.candidates(p)[0] == firsts[p] for p in range(8) for _ in range(3))  # no rotation per read
     load = {e: firsts.count(e) for e in EIGHT}
     assert sorted(load.values()) == [2, 3, 3], load  # 8 partitions over 3 shards
     for p in range(8):  # every owner is still a candidate, the preferred one first
         assert sorted(router.candidates(p)) == sorted(e for e, ps in EIGHT.items() if p in ps)
-    assert [router_over(EIGHT, partitions=8).candidates(p)[0] for p in range(8)] == firsts  # every front end alike
+    backwards = router_over(dict(reversed(EIGHT.items())), partitions=8, replicas=sets)  # the records read in another order
+    assert [backwards.candidates(p)[0] for p in range(8)] == firsts  # every front end alike
     router.wrote(1, "tcp://a1" if firsts[1] == "tcp://b0" else "tcp://b0")  # our write: read where it was applied
     assert router.candidates(1)[0] != firsts[1]
+
+
+def test_preferred_owners_are_as_even_as_the_ownership_allows():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):  # 16 partitions, 3 replica sets of 2 shards, each set splitting them at random
+        owners = [[] for _ in range(16)]
+        for s in "abc":
+            for p in range(16):
+                owners[p].append(f"tcp://{s}{rng.randrange(2)}")
+        best = R.preferred_owners([sorted(o) for o in owners])
+        load = {e: best.count(e) for o in owners for e in o}
+        assert all(b in o for b, o in zip(best, owners))
+        for p, o in enumerate(owners):  # no partition could move to a co-owner and even the loads out
+            assert all(load[best[p]] <= load[e] + 1 for e in o), (owners, best)
+    assert R.preferred_owners([["x"], [], ["x", "y"]]) == ["x", None, "y"]
 
 
 def test_spread_by_partition_moves_a_departed_owners_partitions_to_the_others():
@@ -127,6 +146,21 @@ def test_spread_by_partition_moves_a_departed_owners_partitions_to_the_others():
     publish(view, "b", "tcp://b0", {})  # b0 holds nothing now
     firsts = [router.candidates(p)[0] for p in range(8)]
     assert firsts == ["tcp://a0", "tcp://a1"] * 4
+
+
+def test_reads_leave_the_first_confirmer_once_every_owner_has_our_write():
+    view = M.View()
+    for e, ps in EIGHT.items():
+        publish(view, e[-2], e, {p: (4, True) for p in ps})
+    router = R.Router(view, 8, {e: i for i, e in enumerate(EIGHT)}.__getitem__)
+    preferred = router.candidates(0)[0]
+    other = next(e for e in ("tcp://a0", "tcp://b0") if e != preferred)
+    router.wrote(0, other, 10)  # our write (offset 10) is applied by the other owner first
+    assert router.candidates(0)[0] == other
+    publish(view, preferred[-2], preferred, {p: (11 if p == 0 else 4, True) for p in EIGHT[preferred]})
+    assert router.candidates(0)[0] == other  # the other owner's view is still behind our write
+    publish(view, other[-2], other, {p: (11 if p == 0 else 4, True) for p in EIGHT[other]})
+    assert router.candidates(0)[0] == preferred and 0 not in router.fresh  # both have it: the usual order
 
 
 SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
