@@ -144,16 +144,10 @@ class SpreadView:
     (for :func:`bench_reads` and :func:`processes`: ``url``, ``frontend``, ``shards``, ``broker``)."""
 
     def __init__(self, c: KafkaCluster, spread: str) -> None:
-        from tests.support import Proc
+        from bench.bench_batch import start_frontend
 
-        port = free_port()
-        self.frontend = Proc([sys.executable, "-m", "frontend"], c.env(http_port=port, cluster_read_spread=spread),
-                             c.tmp / f"frontend-{spread}.log")
-        c.others.append(self.frontend)
-        self.url = f"http://127.0.0.1:{port}"
-        self.shards, self.broker = c.shards, c.broker
-        poll_for(lambda: request("GET", self.url + "/readyz")[0] == 200, 30, interval=0.1,
-                 what=f"the front end with FS_CLUSTER_READ_SPREAD={spread}")
+        self.frontend = start_frontend(c, f"spread-{spread}", 1, cluster_read_spread=spread)
+        self.url, self.shards, self.broker = self.frontend.url, c.shards, c.broker
 
 
 def bench_reads_writes(embedded: Cluster, embedded3: Cluster, cluster: KafkaCluster, n: int, duration: float,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
 import os
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterable
 
 import msgpack
