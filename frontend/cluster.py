@@ -54,6 +54,17 @@ def _outcome(p: int, done: Callable, fut: asyncio.Future) -> None:
     done(outcome)
 
 
+def _share(left: float) -> float:
+    """The share of ``left`` seconds that one replica gets when another could answer."""
+    return max(left * ATTEMPT_SHARE, min(left, 0.05))
+
+
+def _retryable(outcome) -> bool:
+    """Whether a call's outcome means another replica must be asked: none answered, or the
+    shard does not own the partition (any more)."""
+    return isinstance(outcome, ShardUnavailable) or (type(outcome) is dict and P.code_of(outcome) == P.NOT_OWNER)
+
+
 class _Attempt:
     """The reply callback of a read sent to ``candidates[i]``: done, unless the reply means
     another replica must be asked (:meth:`ClusterClient.retry`)."""
@@ -83,9 +94,11 @@ class ClusterClient:
         self.writer = writer
         self.partitions = partitions
         self.timeout_s = cfg.shard_timeout_s
+        self._first_share = _share(self.timeout_s)  # a first attempt's, when another replica could answer
         self.router = Router(reader.view, partitions, shards.add_link, read_replica=cfg.cluster_read_replica,
                              spread=cfg.cluster_read_spread)
         self.watch = AppliedWatch(self.router, shards)
+        shards.on_failed = self._first_failed
         self._members: threading.Thread | None = None
         self._closing = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +111,7 @@ class ClusterClient:
         self._loop = loop or asyncio.get_running_loop()
         self.shards.start(self._loop)
         self.reader.catch_up(5.0)
+        self.router.start(self._loop)
         self._members = threading.Thread(target=self._read_members, name="membership", daemon=True)
         self._members.start()
 
@@ -114,9 +128,13 @@ class ClusterClient:
                 continue
             if msgs and not self._closing.is_set():
                 try:
-                    self._loop.call_soon_threadsafe(self.reader.apply, msgs)
+                    self._loop.call_soon_threadsafe(self._apply_members, msgs)
                 except RuntimeError:  # the loop has closed
                     return
+
+    def _apply_members(self, msgs: list) -> None:
+        self.reader.apply(msgs)
+        self.router.expire()
 
     def close(self) -> None:
         self._closing.set()
@@ -131,17 +149,32 @@ class ClusterClient:
     def send(self, p: int, request: dict, done: Callable) -> None:
         """Send ``request`` to a caught-up replica of partition ``p``, retrying on the others. A
         write or a delete becomes Kafka records (:meth:`submit`); ``done`` gets its outcome."""
-        kind = P.kind_of(request)
+        kind = request.get(P.TYPE)  # (P.kind_of)
         if kind == P.WRITE or kind == P.DELETE:
             self.submit(p, request).add_done_callback(partial(_outcome, p, done))
             return
-        candidates = self.router.candidates(p)
-        if len(candidates) == 1:  # the common case, without the retry's bookkeeping
-            self.shards.send(self.router.links.get(candidates[0]) or self.router.link(candidates[0]), request,
-                             _Attempt(self, p, request, done, candidates, 0, time.monotonic() + self.timeout_s))
+        router = self.router
+        if router.stale:
+            router.refresh()
+        route = router.routes[p]
+        if route is not None:  # the common case: the route's first owner; a failure comes back
+            link, candidates = route  # to _first_failed with the call's deadline
+            self.shards.send(link, request, done, None if len(candidates) == 1 else self._first_share, p)
             return
-        self._attempt(p, request, done, candidates, 0, time.monotonic() + self.timeout_s,
+        self._attempt(p, request, done, router.candidates(p), 0, time.monotonic() + self.timeout_s,
                       "no live replica has caught up")
+
+    def _first_failed(self, entry: tuple, outcome) -> bool:
+        """The shard client's ``on_failed``: a read sent by its route failed. Whether another
+        replica is asked (the others of the partition's candidates now, within the read's deadline)."""
+        done, deadline, link, request, p = entry
+        if not _retryable(outcome):
+            return False
+        endpoint = self.router.endpoint_of(link)
+        others = [e for e in self.router.candidates(p) if e != endpoint]
+        why = f"{endpoint}: {outcome if isinstance(outcome, Exception) else P.reason_of(outcome)}"
+        self._attempt(p, request, done, others, 0, deadline, why)
+        return True
 
     def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
                  deadline: float, why: str) -> None:
@@ -155,7 +188,7 @@ class ClusterClient:
         if i >= len(candidates) or left <= 0:
             done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
             return
-        share = left if i == len(candidates) - 1 else max(left * ATTEMPT_SHARE, min(left, 0.05))
+        share = left if i == len(candidates) - 1 else _share(left)
         self.shards.send(self.router.link(candidates[i]), request,
                          _Attempt(self, p, request, done, candidates, i, deadline), timeout_s=share)
 
@@ -163,12 +196,10 @@ class ClusterClient:
               endpoint: str, reply) -> bool:
         """Whether ``reply`` (of ``candidates[i]``) means another replica must be asked; if so,
         ask it."""
-        if isinstance(reply, ShardUnavailable):
-            self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {reply}")
-        elif type(reply) is dict and P.code_of(reply) == P.NOT_OWNER:
-            self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {P.reason_of(reply)}")
-        else:
+        if not _retryable(reply):
             return False
+        why = reply if isinstance(reply, Exception) else P.reason_of(reply)
+        self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {why}")
         return True
 
     def submit(self, p: int, request: dict) -> asyncio.Future:

@@ -11,6 +11,13 @@ the ownership holds; ``request`` puts each owner first in turn, read after read.
 does not answer, or answers ``not_owner``, is skipped and the next one is tried within the
 request's deadline. Shards are reached through links of a ``ShardClient`` that the router adds
 as endpoints appear (``connect(endpoint) -> link index``).
+
+A read's first attempt does not look at the table: :attr:`Router.routes` holds, for each
+partition with one order of owners and no fresh replica, the link of its first owner and that
+order, recomputed (:meth:`Router.refresh`) when the membership view changes and at most every
+``TABLE_TTL_S`` while reads come (a timer marks the routes stale; an idle front end has none).
+Everything else (no route: several orders, fresh replicas, no owner; a retry) asks
+:meth:`Router.candidates`.
 """
 from __future__ import annotations
 
@@ -45,6 +52,35 @@ class Router:
         self._table_at = -1.0
         self._table_version = -1
         self._turn = itertools.count()
+        self.routes: list[tuple[int, list[str]] | None] = [None] * partitions  # p -> (link, order) or None
+        self.stale = True  # the routes must be refreshed before they are used
+        self._loop = None  # once started: the timer that marks the routes stale runs on it
+        self._timer = None
+
+    def start(self, loop) -> None:
+        """Refresh the routes on ``loop``'s timer (without a loop they are refreshed every read)."""
+        self._loop = loop
+
+    def refresh(self) -> None:
+        """Recompute :attr:`routes` from the table (recomputed itself when the view changed or
+        ``TABLE_TTL_S`` passed); with a loop, they stay valid until :meth:`expire` or the timer."""
+        self.table()
+        fresh = self.fresh
+        self.routes = [(self.link(rotations[0][0]), rotations[0]) if len(rotations) == 1 and p not in fresh
+                       else None for p, rotations in enumerate(self._rotations)]
+        if self._loop is not None:
+            self.stale = False
+            if self._timer is None:
+                self._timer = self._loop.call_later(TABLE_TTL_S, self._expired)
+
+    def expire(self) -> None:
+        """The routes are to be refreshed before the next read (the view changed)."""
+        self.stale = True
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._table_at = -1.0  # (the table is recomputed too: liveness is time-based)
+        self.stale = True
 
     def partition(self, eid: str) -> int:
         return partition_of(eid, self.partitions)
@@ -86,6 +122,13 @@ class Router:
             index = self.links[endpoint] = self.connect(endpoint)
         return index
 
+    def endpoint_of(self, link: int) -> str | None:
+        """The endpoint of a link index (None: not one of the router's)."""
+        for endpoint, index in self.links.items():
+            if index == link:
+                return endpoint
+        return None
+
     def candidates(self, p: int) -> list[str]:
         """The endpoints to try for partition ``p``, best first (a list not to be changed)."""
         self.table()
@@ -101,12 +144,14 @@ class Router:
     def wrote(self, p: int, applied_by: str, offset: int | None = None) -> None:
         """This process's newest write to ``p`` (at ``offset``) has been applied by ``applied_by`` (only)."""
         self.fresh[p] = {applied_by}
+        self.routes[p] = None  # (reads of p ask candidates(), fresh ones first, until it is forgotten)
         if offset is not None:
             self._written[p] = max(offset, self._written.get(p, -1))
 
     def confirmed(self, p: int, endpoint: str) -> None:
         """Another replica applied this process's newest write to ``p`` too."""
         self.fresh.setdefault(p, set()).add(endpoint)
+        self.routes[p] = None
 
     def _forget_applied(self) -> None:
         """Drop the fresh replicas of a partition once the membership view shows every caught-up
@@ -118,6 +163,7 @@ class Router:
             if all(nexts.get(e, {}).get(p, (0, False))[0] > offset for e in owners):
                 self.fresh.pop(p, None)
                 del self._written[p]
+                self.stale = True  # (its route comes back)
 
     def uncovered(self) -> list[int]:
         return [p for p, eps in enumerate(self.table()) if not eps]

@@ -88,14 +88,17 @@ class ShardClient:
         self.curve_dir = curve_dir  # FS_CURVE_DIR: every link, those added later included, uses it
         self.links = [ShardOutbox(i, connect_dealer(self.ctx, e, hwm=HWM, curve_dir=curve_dir))
                       for i, e in enumerate(endpoints)]
-        # request id -> (callback, deadline, shard), oldest first
-        self.pending: OrderedDict[int, tuple[Callable, float, int]] = OrderedDict()
+        # request id -> (callback, deadline, shard[, request, fallback]), oldest first
+        self.pending: OrderedDict[int, tuple] = OrderedDict()
         self._short: dict[int, float] = {}  # request id -> deadline, for calls with a shorter timeout
         self._ids = itertools.count(1)
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.on_roundtrip: Callable[[int, float], None] | None = None  # (shard, seconds) per reply frame
+        # a call sent with a fallback failed (an exception, or an error reply): (its pending entry,
+        # the outcome) -> whether the hook took the call over (cluster mode: another replica)
+        self.on_failed: Callable[[tuple, object], bool] | None = None
 
     @property
     def n_shards(self) -> int:
@@ -124,23 +127,26 @@ class ShardClient:
         for link in self.links:
             link.sock.close(0)
         pending, self.pending = self.pending, OrderedDict()
-        for done, _, shard in pending.values():
-            _run(done, ShardUnavailable(shard, "client closed"))
+        for entry in pending.values():
+            _run(entry[0], ShardUnavailable(entry[2], "client closed"))
 
     # ---- calls
     def send(self, shard: int, request: dict, done: Callable[[dict | Exception], None],
-             timeout_s: float | None = None) -> None:
+             timeout_s: float | None = None, fallback=None) -> None:
         """Send ``request`` (a builder's map, without an id) to ``shard``; ``done`` is called
         once with the reply map or a :class:`ShardUnavailable`: from the loop, or before this
         returns when the shard is not connected. ``timeout_s`` (at most the client's, which is the
-        default) bounds it."""
+        default) bounds it. With a ``fallback`` (not None), a failure goes to :attr:`on_failed`
+        first, with the call's entry ``(done, deadline, shard, request, fallback)``: the request's
+        deadline, and what the hook needs to send it elsewhere."""
         req_id = P.stamp(request, next(self._ids))
         idle = not self.pending
         if self._sweeper is None:  # the sweep sleeps while nothing is in flight
             self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
         now = time.monotonic()
         # pending: in deadline order for the sweep, and the deadline - timeout_s is when it was sent
-        self.pending[req_id] = (done, now + self.timeout_s, shard)
+        self.pending[req_id] = ((done, now + self.timeout_s, shard) if fallback is None
+                                else (done, now + self.timeout_s, shard, request, fallback))
         if timeout_s is not None and timeout_s < self.timeout_s:
             self._short[req_id] = now + timeout_s
         link = self.links[shard]
@@ -207,7 +213,7 @@ class ShardClient:
         for req in batch:
             entry = self.pending.pop(P.id_of(req), None)
             if entry is not None:
-                _run(entry[0], ShardUnavailable(shard, why))
+                self._failed(entry, ShardUnavailable(shard, why))
 
     def _drain(self, link: ShardOutbox) -> None:
         drain(link.sock, self._on_replies, link.name, log)
@@ -222,7 +228,10 @@ class ShardClient:
                     timed = True
                     self.on_roundtrip(entry[2], time.monotonic() - entry[1] + self.timeout_s)
                 try:  # (what _run does, without a call per reply)
-                    entry[0](reply)
+                    if len(entry) > 3 and P.CODE in reply:  # an error reply to a call with a fallback
+                        self._failed(entry, reply)
+                    else:
+                        entry[0](reply)
                 except Exception:
                     log.exception("a shard reply callback failed")
 
@@ -230,19 +239,29 @@ class ShardClient:
         now = time.monotonic()
         pending = self.pending
         while pending:
-            req_id, (done, deadline, shard) = next(iter(pending.items()))
-            if deadline > now:
+            req_id, entry = next(iter(pending.items()))
+            if entry[1] > now:
                 break
             del pending[req_id]
-            _run(done, ShardUnavailable(shard, f"did not answer in {self.timeout_s:g} s"))
+            self._failed(entry, ShardUnavailable(entry[2], f"did not answer in {self.timeout_s:g} s"))
         if self._short:
             for req_id, deadline in list(self._short.items()):
                 if req_id not in pending or deadline <= now:
                     del self._short[req_id]
                     entry = pending.pop(req_id, None)
                     if entry is not None:
-                        _run(entry[0], ShardUnavailable(entry[2], "did not answer in time"))
+                        self._failed(entry, ShardUnavailable(entry[2], "did not answer in time"))
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep) if pending else None
+
+
+    def _failed(self, entry: tuple, outcome) -> None:
+        """A call failed: its fallback's hook takes it over, or its callback gets ``outcome``."""
+        try:
+            if len(entry) > 3 and self.on_failed is not None and self.on_failed(entry, outcome):
+                return
+        except Exception:
+            log.exception("a shard call's fallback failed")
+        _run(entry[0], outcome)
 
 
 def _run(done: Callable, outcome) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import time
 
 import orjson
 import pytest
@@ -200,15 +201,21 @@ class FakeShards:
         self.answers = answers  # link index -> reply map or exception
         self.sent: list[tuple[int, float]] = []
         self.endpoints: list[str] = []
+        self.on_failed = None  # set by the cluster client
 
     def add_link(self, endpoint: str) -> int:
         self.endpoints.append(endpoint)
         return len(self.endpoints) - 1
 
-    def send(self, index: int, request: dict, done, timeout_s=None) -> None:
+    def send(self, index: int, request: dict, done, timeout_s=None, fallback=None) -> None:
         self.sent.append((index, timeout_s))
         answer = self.answers[self.endpoints[index]]
-        done(answer if isinstance(answer, Exception) else dict(answer, id=P.id_of(request)))
+        outcome = answer if isinstance(answer, Exception) else dict(answer, id=P.id_of(request))
+        failed = isinstance(outcome, Exception) or P.CODE in outcome
+        entry = (done, time.monotonic() + 1.0, index, request, fallback)  # (as ShardClient's pending)
+        if fallback is not None and failed and self.on_failed(entry, outcome):
+            return
+        done(outcome)
 
 
 def cluster_client(owners: dict[str, list[int]], answers: dict, partitions: int = 2) -> C.ClusterClient:

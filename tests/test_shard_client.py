@@ -171,3 +171,54 @@ def test_a_call_with_a_shorter_timeout_fails_at_it_and_reports_its_true_round_tr
         assert (await asyncio.wait_for(answered, 2.0))[P.BODY] == b"a"
         assert len(seen) == 1 and 0 <= seen[0] < 0.1  # not inflated by the 0.5 s it did not use
     run(test)
+
+
+def test_a_call_with_a_fallback_hands_its_failures_to_the_hook_and_its_answers_to_its_callback(caplog):
+    async def test(client, socks):
+        loop = asyncio.get_running_loop()
+        taken = []  # (entry, outcome) of each failure the hook saw
+
+        def hook(entry, outcome):
+            taken.append((entry, outcome))
+            return entry[4] != "decline"
+
+        client.on_failed = hook
+        got = {}
+        for name in ("ok", "refused", "decline", "silent", "plain"):
+            got[name] = loop.create_future()
+        started = loop.time()
+        client.send(0, P.get("ok"), got["ok"].set_result, fallback="ok")
+        client.send(0, P.get("refused"), got["refused"].set_result, fallback="refused")
+        client.send(0, P.get("decline"), got["decline"].set_result, fallback="decline")
+        client.send(1, P.get("silent"), got["silent"].set_result, timeout_s=0.1, fallback="silent")
+        client.send(0, P.get("plain"), got["plain"].set_result)  # no fallback: an error reply is its own
+        await asyncio.sleep(0)
+        by_entity = {req[P.ENTITY]: req for frame in socks[0].sent for req in frame}
+        socks[0].queue(P.body_reply(P.id_of(by_entity["ok"]), b"ok"),
+                       *(P.error(P.id_of(by_entity[e]), P.NOT_OWNER, "not here") for e in ("refused", "decline", "plain")))
+        await wake(socks[0])
+        assert got["ok"].result()[P.BODY] == b"ok"  # an answer goes straight to the callback
+        assert P.code_of(got["decline"].result()) == P.NOT_OWNER  # the hook declined: the callback has it
+        assert P.code_of(got["plain"].result()) == P.NOT_OWNER
+        assert not got["refused"].done()  # the hook took it over (cluster mode asks another replica)
+        await asyncio.wait_for(_until(lambda: len(taken) == 3), 2.0)
+        assert not got["silent"].done()
+        assert 0.1 <= loop.time() - started < 0.9  # at its own timeout
+        entries = {entry[4]: (entry, outcome) for entry, outcome in taken}
+        assert sorted(entries) == ["decline", "refused", "silent"]
+        entry, outcome = entries["silent"]
+        assert entry[2] == 1 and entry[3][P.ENTITY] == "silent" and isinstance(outcome, ShardUnavailable)
+        assert started + 1.0 <= entry[1] < started + 1.5  # the call's whole deadline, for the next attempt
+        assert P.code_of(entries["refused"][1]) == P.NOT_OWNER
+        client.on_failed = lambda entry, outcome: 1 / 0  # a failing hook: logged, and the callback answered
+        broken = loop.create_future()
+        client.send(1, P.get("broken"), broken.set_result, timeout_s=0.1, fallback="x")
+        with caplog.at_level(logging.ERROR, logger="frontend.shards"):
+            assert isinstance(await asyncio.wait_for(broken, 2.0), ShardUnavailable)
+        assert "fallback failed" in caplog.text
+    run(test)
+
+
+async def _until(check):
+    while not check():
+        await asyncio.sleep(0.01)
