@@ -93,6 +93,7 @@ class Router:
             replica_of = {m.endpoint: m.replica for m in self.view.live()}
             if table != self._table or replica_of != self._replica_of:
                 self._rotations = self._plan(table, replica_of)
+                self.stale = True  # (the routes follow; refresh() made this call or comes next)
             self._table, self._replica_of = table, replica_of
             self._table_at, self._table_version = now, self.view.version
             if self._written:

@@ -164,6 +164,40 @@ def test_reads_leave_the_first_confirmer_once_every_owner_has_our_write():
     assert router.candidates(0)[0] == preferred and 0 not in router.fresh  # both have it: the usual order
 
 
+def test_routes_are_the_first_candidates_and_follow_the_view_fresh_replicas_and_time():
+    async def main():
+        loop = asyncio.get_running_loop()
+        view = M.View()
+        for e, ps in EIGHT.items():
+            publish(view, e[-2], e, {p: (4, True) for p in ps})
+        links = {e: i for i, e in enumerate(EIGHT)}
+        router = R.Router(view, 8, links.__getitem__)
+        router.start(loop)
+        router.refresh()
+        assert not router.stale
+        assert [r[1] for r in router.routes] == [router.candidates(p) for p in range(8)]
+        assert all(link == links[order[0]] for link, order in router.routes)
+        publish(view, "a", "tcp://a0", {})  # a0 gives its partitions up
+        router.expire()
+        assert router.stale
+        router.refresh()
+        assert all(order[0] in ("tcp://a1", "tcp://b0") and "tcp://a0" not in order for _, order in router.routes)
+        router.wrote(3, "tcp://b0", 10)  # our write: p3's reads ask candidates(), b0 first
+        assert router.routes[3] is None and router.candidates(3)[0] == "tcp://b0"
+        router.refresh()
+        assert router.routes[3] is None  # until every owner has it
+        started = loop.time()
+        while not router.stale and loop.time() < started + 2.0:  # the timer: liveness is time-based
+            await asyncio.sleep(0.01)
+        assert router.stale and loop.time() - started < 1.0
+        publish(view, "a", "tcp://a1", {p: (11 if p == 3 else 4, True) for p in EIGHT["tcp://a1"]})
+        publish(view, "b", "tcp://b0", {p: (11 if p == 3 else 4, True) for p in range(8)})
+        router.expire()
+        router.refresh()
+        assert router.routes[3] is not None and 3 not in router.fresh
+    asyncio.run(main())
+
+
 SETS = {"tcp://a0": "a", "tcp://a1": "a", "tcp://b0": "b"}
 OWNERS = {"tcp://a0": [0], "tcp://a1": [1], "tcp://b0": [0, 1]}  # set a: 2 shards, set b: 1
 
