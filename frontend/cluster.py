@@ -107,6 +107,15 @@ class ClusterClient:
     def n_shards(self) -> int:
         return self.partitions
 
+    @property
+    def on_roundtrip(self):
+        return self.shards.on_roundtrip
+
+    @on_roundtrip.setter
+    def on_roundtrip(self, hook) -> None:
+        """``featurestore_shard_roundtrip_seconds``: by link, as the shards of ``/metrics`` are."""
+        self.shards.on_roundtrip = hook
+
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self.shards.start(self._loop)

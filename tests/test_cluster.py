@@ -156,6 +156,18 @@ def test_a_write_gets_200_and_reads_back_at_once(cluster):
     assert status == 400 and body["detail"] == "value is required"
 
 
+def test_metrics_count_the_round_trips_to_each_shard_it_reads(cluster):
+    from tests.test_metrics import samples
+
+    for eid in ENTITIES:
+        assert read(cluster, eid)[0] == 200
+    text = request("GET", cluster.url + "/metrics")[2].decode()
+    got = samples(text)
+    trips = {dict(lab)["shard"]: v for (name, lab), v in got.items() if name == "featurestore_shard_roundtrip_seconds_count"}
+    up = {dict(lab)["shard"] for (name, lab), v in got.items() if name == "featurestore_shard_up" and v == 1}
+    assert trips and set(trips) <= up and sum(trips.values()) >= 1, trips  # labelled as the shards are
+
+
 def test_a_write_position_makes_any_replica_wait_and_one_feature_deletes(cluster):
     """A 200 write's ``X-Read-After`` (partition:offset): a read that sends it back is served only
     by a replica that has applied it, whichever front end serves it (each shard checks it)."""
