@@ -312,6 +312,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--only", default="reads,bootstrap,failover,scaleout,footprint")
+    ap.add_argument("--heartbeat-s", type=float, default=1.0,
+                    help="FS_CLUSTER_HEARTBEAT_S of the shards: the product's default (the tests' 0.3 s "
+                         "triples the membership records every process reads)")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="FS_KAFKA_FETCH_WAIT_MS of the cluster: Tansu answers an idle fetch only after it")
     ap.add_argument("--other-spreads", default="",
@@ -325,7 +328,8 @@ def main() -> int:
         try:
             if "bootstrap" in only:
                 bench_bootstrap(broker, tmp, args.boot_entities)
-            c = KafkaCluster(broker, tmp, partitions=8, shard_timeout_s=1.0, kafka_fetch_wait_ms=args.fetch_wait_ms)
+            c = KafkaCluster(broker, tmp, partitions=8, shard_timeout_s=1.0, kafka_fetch_wait_ms=args.fetch_wait_ms,
+                             cluster_heartbeat_s=args.heartbeat_s)
             embedded = Cluster(tmp / "embedded", shards=2) if only & {"reads", "footprint"} else None
             small = None
             try:
@@ -348,7 +352,7 @@ def main() -> int:
                     c.stop()
                     (tmp / "small").mkdir()
                     small = KafkaCluster(broker, tmp / "small", partitions=8, shard_timeout_s=1.0,
-                                         kafka_fetch_wait_ms=args.fetch_wait_ms)
+                                         kafka_fetch_wait_ms=args.fetch_wait_ms, cluster_heartbeat_s=args.heartbeat_s)
                     start_cluster(small, ("a0", "a1"), args.entities)
                     bench_reads({"embedded, 2 shards": embedded, "cluster": small}, args.entities, args.duration,
                                 args.reps, "1 replica set of 2 shards (2 shard processes) and the broker")
