@@ -3,7 +3,8 @@ scale-out, all on one machine with a Tansu broker, every process real, figures f
 
 - ``reads``: ``GET /features/e{i}`` at 64 connections (wrk), cluster mode (replica set a of 2
   shards, b of 1, the broker; ``--other-spreads request``: also through a second front end
-  spreading reads by request) vs embedded mode with as many shard processes (3) and with 2,
+  spreading reads by request; ``--baseline-tree DIR``: also through a front end run from another
+  checkout, the A/B of a front-end change) vs embedded mode with as many shard processes (3) and with 2,
   same entities, runs in turns and repeated; the ratio of medians, and the CPU each process used
   per request (``/proc``). The reference with as many shards compares the modes; the one with 2
   shows what a third shard process costs on 2 cores.
@@ -95,7 +96,7 @@ def processes(c: Cluster) -> dict[str, int]:
     """The PIDs of a cluster's front end, shards and (cluster mode) broker, by name."""
     shards = c.shards.items() if isinstance(c.shards, dict) else ((f"s{i}", p) for i, p in enumerate(c.shards))
     out = {"front end": c.frontend.pid, **{name: p.pid for name, p in shards}}
-    if isinstance(c, (KafkaCluster, SpreadView)):
+    if isinstance(c, (KafkaCluster, OtherFront)):
         out["broker"] = c.broker.proc.pid
     return out
 
@@ -139,21 +140,24 @@ def bench_reads(stores: dict, n: int, duration: float, reps: int, label: str) ->
         print(f"  CPU {name}: {cpu_line(rows[name])}", flush=True)
 
 
-class SpreadView:
-    """The cluster seen through another front end, started with ``FS_CLUSTER_READ_SPREAD=spread``
-    (for :func:`bench_reads` and :func:`processes`: ``url``, ``frontend``, ``shards``, ``broker``)."""
+class OtherFront:
+    """The cluster seen through another front end, started with other settings ``fs``
+    (``--other-spreads``) or from another checkout ``tree`` (``--baseline-tree``); for
+    :func:`bench_reads` and :func:`processes`: ``url``, ``frontend``, ``shards``, ``broker``."""
 
-    def __init__(self, c: KafkaCluster, spread: str) -> None:
+    def __init__(self, c: KafkaCluster, name: str, tree: Path | None = None, **fs) -> None:
         from bench.bench_batch import start_frontend
 
-        self.frontend = start_frontend(c, f"spread-{spread}", 1, cluster_read_spread=spread)
+        self.frontend = start_frontend(c, name, 1, tree=tree, **fs)
         self.url, self.shards, self.broker = self.frontend.url, c.shards, c.broker
 
 
 def bench_reads_writes(embedded: Cluster, embedded3: Cluster, cluster: KafkaCluster, n: int, duration: float,
-                       reps: int, spreads: list[str] = ()) -> dict:
+                       reps: int, spreads: list[str] = (), baseline: Path | None = None) -> dict:
     out = {}
-    others = {f"cluster, spread by {s}": SpreadView(cluster, s) for s in spreads}
+    others = {f"cluster, spread by {s}": OtherFront(cluster, f"spread-{s}", cluster_read_spread=s) for s in spreads}
+    if baseline is not None:
+        others[f"cluster, front end of {baseline}"] = OtherFront(cluster, "baseline", tree=baseline)
     bench_reads({"embedded, 3 shards": embedded3, "embedded, 2 shards": embedded, **others, "cluster": cluster}, n,
                 duration, reps, "2 replica sets (a: 2 shards, b: 1; 3 shard processes) and the broker")
     for kind, script, conns in (("write", post_script(n), 64), ("write", post_script(n), 1)):
@@ -320,6 +324,9 @@ def main() -> int:
     ap.add_argument("--other-spreads", default="",
                     help="also read through a front end per FS_CLUSTER_READ_SPREAD named here (request), "
                          "on the same cluster, in the same turns")
+    ap.add_argument("--baseline-tree", type=Path,
+                    help="also read through a front end run from this checkout (an A/B of a front-end "
+                         "change: git worktree add /tmp/base <commit>), on the same cluster, in the same turns")
     args = ap.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as d:
@@ -343,7 +350,7 @@ def main() -> int:
                     with Cluster(tmp / "embedded3", shards=3) as embedded3:
                         load_entities(embedded3.endpoints, args.entities, FEATURES)
                         bench_reads_writes(embedded, embedded3, c, args.entities, args.duration, args.reps,
-                                           [x for x in args.other_spreads.split(",") if x])
+                                           [x for x in args.other_spreads.split(",") if x], args.baseline_tree)
                 if "failover" in only:
                     bench_failover(c, args.entities)
                 if "scaleout" in only:
