@@ -29,7 +29,11 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, immediate: bool = True, hwm:
     if hwm is not None:
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError:  # not an endpoint ZeroMQ can connect to: no socket left behind
+        sock.close(0)
+        raise
     return sock
 
 

@@ -25,7 +25,7 @@ from common import protocol as P
 from common.records import delete_record, records
 from frontend.cluster_router import Router
 from frontend.cluster_writes import AppliedWatch, KafkaRefused, Writer
-from frontend.shard_client import ShardUnavailable, _settle
+from frontend.shard_client import ShardUnavailable, _run, _settle
 
 log = logging.getLogger("frontend.cluster")
 
@@ -182,7 +182,10 @@ class ClusterClient:
         endpoint = self.router.endpoint_of(link)
         others = [e for e in self.router.candidates(p) if e != endpoint]
         why = f"{endpoint}: {outcome if isinstance(outcome, Exception) else P.reason_of(outcome)}"
-        self._attempt(p, request, done, others, 0, deadline, why)
+        try:  # taken over from here: whatever happens, the call is never answered twice
+            self._attempt(p, request, done, others, 0, deadline, why)
+        except Exception:  # (a send that raised left its call pending: the sweep answers it)
+            log.exception("retrying a read of partition %d failed", p)
         return True
 
     def _attempt(self, p: int, request: dict, done: Callable, candidates: list, i: int,
@@ -195,11 +198,15 @@ class ClusterClient:
                 p, request, done, self.router.candidates(p), 0, deadline, why))
             return
         if i >= len(candidates) or left <= 0:
-            done(PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
+            _run(done, PartitionUnavailable(p, why if left > 0 else f"{why}; the deadline passed"))
+            return
+        link = self.router.link(candidates[i])
+        if link is None:
+            why = f"{candidates[i]}: cannot connect: {self.router.unreachable.get(candidates[i])}"
+            self._attempt(p, request, done, candidates, i + 1, deadline, why)
             return
         share = left if i == len(candidates) - 1 else _share(left)
-        self.shards.send(self.router.link(candidates[i]), request,
-                         _Attempt(self, p, request, done, candidates, i, deadline), timeout_s=share)
+        self.shards.send(link, request, _Attempt(self, p, request, done, candidates, i, deadline), timeout_s=share)
 
     def retry(self, p: int, request: dict, done: Callable, candidates: list, i: int, deadline: float,
               endpoint: str, reply) -> bool:
@@ -223,7 +230,7 @@ class ClusterClient:
 
     async def call_all(self, build: Callable[[], dict], shards=None) -> dict:
         """``build()`` to every live shard (``/stats``, ``/metrics``); keyed by link index."""
-        links = {self.router.link(m.endpoint) for m in self.reader.view.live()}
+        links = {self.router.link(m.endpoint) for m in self.reader.view.live()} - {None}
         return await self.shards.call_all(build, sorted(links))
 
     async def _write(self, p: int, writes: list, event_ids: list | None) -> dict:

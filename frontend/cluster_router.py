@@ -22,13 +22,18 @@ Everything else (no route: several orders, fresh replicas, no owner; a retry) as
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from typing import Callable
+
+import zmq
 
 from common.membership import View
 from common.murmur2 import partition_of
 
 TABLE_TTL_S = 0.1  # the owner table is recomputed at most this often (liveness is time-based)
+
+log = logging.getLogger("frontend.cluster")
 
 
 class Router:
@@ -44,6 +49,7 @@ class Router:
         self.connect = connect
         self.clock = clock
         self.links: dict[str, int] = {}  # endpoint -> link index
+        self.unreachable: dict[str, str] = {}  # endpoint -> why ZeroMQ cannot connect to it (never retried)
         self.fresh: dict[int, set[str]] = {}  # partition -> endpoints that applied our last write
         self._written: dict[int, int] = {}  # partition -> the offset of our last write (for fresh)
         self._table: list[list[str]] = [[] for _ in range(partitions)]
@@ -66,8 +72,11 @@ class Router:
         ``TABLE_TTL_S`` passed); with a loop, they stay valid until :meth:`expire` or the timer."""
         self.table()
         fresh = self.fresh
-        self.routes = [(self.link(rotations[0][0]), rotations[0]) if len(rotations) == 1 and p not in fresh
-                       else None for p, rotations in enumerate(self._rotations)]
+        routes = []
+        for p, rotations in enumerate(self._rotations):
+            link = self.link(rotations[0][0]) if len(rotations) == 1 and p not in fresh else None
+            routes.append(None if link is None else (link, rotations[0]))  # (None: the per-read path)
+        self.routes = routes
         if self._loop is not None:
             self.stale = False
             if self._timer is None:
@@ -117,10 +126,21 @@ class Router:
         return [[[b, *(e for e in first if e != b), *rest]] if first else []
                 for b, (first, rest) in zip(best, tiers)]
 
-    def link(self, endpoint: str) -> int:
+    def link(self, endpoint: str) -> int | None:
+        """The link index of ``endpoint``, connected on first use; None for an endpoint ZeroMQ
+        refuses (a member advertising ``tcp://host`` without a port): logged once, its reads go
+        to the partition's other owners."""
         index = self.links.get(endpoint)
         if index is None:
-            index = self.links[endpoint] = self.connect(endpoint)
+            if endpoint in self.unreachable:
+                return None
+            try:
+                index = self.links[endpoint] = self.connect(endpoint)
+            except zmq.ZMQError as exc:
+                self.unreachable[endpoint] = str(exc)
+                log.warning("cannot connect to the shard endpoint %r that the membership topic advertises: %s",
+                            endpoint, exc)
+                return None
         return index
 
     def endpoint_of(self, link: int) -> str | None:

@@ -133,8 +133,11 @@ class AppliedWatch:
         for p in self.waiting:
             wanted.update(self.router.table()[p])
         for endpoint in wanted - self.asking:
+            link = self.router.link(endpoint)
+            if link is None:  # (logged once by the router)
+                continue
             self.asking.add(endpoint)
-            fut = self.client.submit(self.router.link(endpoint), P.offsets())
+            fut = self.client.submit(link, P.offsets())
             fut.add_done_callback(lambda f, e=endpoint: self._answered(e, f))
         if self.waiting and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(WATCH_S, self._tick)

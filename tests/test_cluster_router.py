@@ -9,6 +9,7 @@ import time
 
 import orjson
 import pytest
+import zmq
 
 from common import membership as M
 from common import protocol as P
@@ -19,7 +20,8 @@ from common.records import records
 from frontend import cluster as C
 from frontend import cluster_router as R
 from frontend import cluster_writes as W
-from frontend.shard_client import ShardUnavailable
+from frontend.shard_client import ShardClient, ShardUnavailable
+from tests.fake_zmq import FakeContext
 
 
 class Clock:
@@ -272,6 +274,74 @@ def test_a_read_retries_past_dead_and_not_owner_replicas():
     assert [r[P.BODY] for r in got] == [b"{}"] * 3
     assert all(t <= 1.0 for _, t in client.shards.sent)
     assert min(t for _, t in client.shards.sent) <= 0.5  # no replica may take the whole deadline
+
+
+def test_an_endpoint_zeromq_refuses_fails_only_the_reads_it_would_serve(caplog):
+    client = cluster_client({"tcp://nohost": [0], "tcp://a": [0, 1]},
+                            {"tcp://a": P.body_reply(None, b"{}")})
+    refused = client.shards.add_link
+
+    def add_link(endpoint):
+        if endpoint == "tcp://nohost":
+            raise zmq.ZMQError(zmq.EINVAL)  # what connect says to an endpoint without a port
+        return refused(endpoint)
+
+    client.shards.add_link = client.router.connect = add_link
+    got = []
+    with caplog.at_level("WARNING", logger="frontend.cluster"):
+        for p in (0, 1, 0, 1):
+            client.send(p, P.get("e"), got.append)
+    assert [r[P.BODY] for r in got] == [b"{}"] * 4  # p0 from its other owner, p1 as ever
+    assert caplog.text.count("tcp://nohost") == 1  # logged once, never retried
+    assert "tcp://nohost" in client.router.unreachable and client.router.links == {"tcp://a": 0}
+
+
+def test_a_read_whose_callback_raises_is_answered_once(caplog):
+    """The only owner never answers: the sweep hands the call to the cluster client, which finds
+    no other replica and no time left, and answers; a callback that raises is not called again."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        view = M.View()
+        publish(view, "a", "tcp://a0", {0: (0, True)})
+        shards = ShardClient([], 0.1, ctx=FakeContext())
+        reader = type("Reader", (), {"view": view})()
+        client = C.ClusterClient(Config(shard_timeout_s=0.1), shards, reader, None, 1)
+        shards.start(loop)
+        client._loop = loop
+        client.router.start(loop)
+        calls = []
+
+        def done(outcome):
+            calls.append(outcome)
+            raise RuntimeError("a callback that fails")
+
+        with caplog.at_level("ERROR"):
+            client.send(0, P.get("e"), done)
+            started = loop.time()
+            while not calls and loop.time() < started + 2.0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # (a second answer came from the same sweep pass)
+        shards.close()
+        assert len(calls) == 1 and isinstance(calls[0], C.PartitionUnavailable), calls
+        assert "a callback that fails" in caplog.text
+    asyncio.run(main())
+
+
+def test_membership_records_and_a_changed_table_mark_the_routes_stale():
+    async def main():
+        client = cluster_client({"tcp://a": [0, 1], "tcp://b": [0, 1]}, {})
+        client.reader.apply = lambda msgs: len(msgs)
+        client.router.start(asyncio.get_running_loop())
+        client.router.refresh()
+        assert not client.router.stale
+        client._apply_members([])  # what the membership thread hands the loop
+        assert client.router.stale
+        client.router.refresh()
+        publish(client.reader.view, "r0", "tcp://a", {})  # a gives its partitions up; readiness sees it first
+        assert client.readiness()[0] and client.router.stale
+        client.router.refresh()
+        assert all(order == ["tcp://b"] for _, order in client.router.routes)
+    asyncio.run(main())
 
 
 def test_a_read_names_the_partition_when_no_replica_answers():
