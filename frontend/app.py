@@ -152,6 +152,19 @@ def _start_tornado(cfg: Config, delegate, sockets) -> tornado.httpserver.HTTPSer
     return server
 
 
+YOUNG_GC_EVERY = 20_000  # net new container objects between two young collections (CPython's default: 700)
+
+
+def tune_gc() -> None:
+    """What exists once the front end serves lives as long as the process: it is left out of
+    every collection. A request's objects (its exchange, parsed body, shard requests and
+    replies) die by reference counting; at CPython's threshold the young generation was
+    collected every ~90 requests, only because 64 requests were in flight at once, costing
+    0.9 us per GET and 2-2.5 us per POST (docs/BENCHMARKS.md, 6i)."""
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_EVERY, *gc.get_threshold()[1:])
+
+
 async def serve(cfg: Config, sockets) -> None:
     """Serve HTTP on already-bound ``sockets`` until SIGTERM or SIGINT.
 
@@ -168,7 +181,7 @@ async def serve(cfg: Config, sockets) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("front end serving http://%s:%d with %s", cfg.http_host, cfg.http_port,
              f"{client.n_shards} partitions of {cfg.cluster_topic}" if cfg.cluster_kafka else f"{cfg.shards} shards")
-    gc.freeze()  # what exists now lives as long as the process: keep it out of every GC pass
+    tune_gc()
     await stop.wait()
     server.stop()
     client.close()
