@@ -142,13 +142,16 @@ class ClusterClient:
                     return
 
     def _apply_members(self, msgs: list) -> None:
-        self.reader.apply(msgs)
-        self.router.expire()
+        try:
+            self.reader.apply(msgs)
+        finally:  # (whatever was applied before a failure is in the view: the routes follow it)
+            self.router.expire()
 
     def close(self) -> None:
         self._closing.set()
         if self._members is not None:
             self._members.join(MEMBERSHIP_WAIT_S + 1.0)
+        self.router.close()
         self.shards.close()
         self.writer.close()
         if self._members is None or not self._members.is_alive():  # (never under a thread still in it)

@@ -86,6 +86,13 @@ class Router:
         """The routes are to be refreshed before the next read (the view changed)."""
         self.stale = True
 
+    def close(self) -> None:
+        """Stop the timer (the loop is closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
+
     def _expired(self) -> None:
         self._timer = None
         self._table_at = -1.0  # (the table is recomputed too: liveness is time-based)

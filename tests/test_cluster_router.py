@@ -341,6 +341,16 @@ def test_membership_records_and_a_changed_table_mark_the_routes_stale():
         assert client.readiness()[0] and client.router.stale
         client.router.refresh()
         assert all(order == ["tcp://b"] for _, order in client.router.routes)
+
+        def broken(msgs):
+            raise ValueError("a record the view cannot take")
+
+        client.reader.apply = broken
+        with pytest.raises(ValueError):
+            client._apply_members([object()])
+        assert client.router.stale  # (what was applied before the failure is followed at once)
+        client.router.close()
+        assert client.router._timer is None
     asyncio.run(main())
 
 
