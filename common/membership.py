@@ -67,7 +67,7 @@ def decode(value: bytes, seen: float) -> Member | None:
         parts = {int(p): (int(o), bool(up)) for p, (o, up) in doc["partitions"].items()}
         return Member(str(doc["replica"]), str(doc["endpoint"]), parts, float(doc["heartbeat_s"]),
                       bool(doc.get("leaving")), seen)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (AttributeError: not a map where one is due)
         log.warning("membership: ignored a malformed record: %s", exc)
         return None
 

@@ -160,7 +160,7 @@ def tune_gc() -> None:
     every collection. A request's objects (its exchange, parsed body, shard requests and
     replies) die by reference counting; at CPython's threshold the young generation was
     collected every ~90 requests, only because 64 requests were in flight at once, costing
-    0.9 us per GET and 2-2.5 us per POST (docs/BENCHMARKS.md, 6i)."""
+    0.9-1.1 us per GET and 2.6-3.4 us per POST (docs/BENCHMARKS.md, 6i)."""
     gc.freeze()
     gc.set_threshold(YOUNG_GC_EVERY, *gc.get_threshold()[1:])
 

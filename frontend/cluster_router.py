@@ -14,10 +14,10 @@ as endpoints appear (``connect(endpoint) -> link index``).
 
 A read's first attempt does not look at the table: :attr:`Router.routes` holds, for each
 partition with one order of owners and no fresh replica, the link of its first owner and that
-order, recomputed (:meth:`Router.refresh`) when the membership view changes and at most every
-``TABLE_TTL_S`` while reads come (a timer marks the routes stale; an idle front end has none).
-Everything else (no route: several orders, fresh replicas, no owner; a retry) asks
-:meth:`Router.candidates`.
+order. The routes are marked stale when the membership view or the owner table changes and every
+``TABLE_TTL_S`` while reads come (a timer; an idle front end has none), and rebuilt
+(:meth:`Router.refresh`) at the next read. Everything else (no route: several orders, fresh
+replicas, no owner, an endpoint that cannot be connected to; a retry) asks :meth:`Router.candidates`.
 """
 from __future__ import annotations
 

@@ -170,11 +170,16 @@ def test_reads_at_any_time_are_off_by_at_most_one_tile_at_the_old_edge(stream, a
 def test_a_replay_at_a_later_clock_reads_the_same(stream):
     """Log replay after a restart applies the same events at a later clock reading."""
     spec, arrivals = stream
-    state, _ = _run(spec, arrivals)
+    state, live = _run(spec, arrivals)
     final = arrivals[-1][3]
-    replayed, _ = _run(spec, [(ts, v, eid, max(final, clock)) for ts, v, eid, clock in arrivals])
+    replayed, again = _run(spec, [(ts, v, eid, max(final, clock)) for ts, v, eid, clock in arrivals])
     accepted, outcomes = _classify(spec, arrivals)
     if EARLY in outcomes:  # an event ahead of its clock may count at the later one: not compared
+        return
+    if any(lo == APPLIED and ro == LATE and any(e == eid and t != ts for t, _, e, _ in arrivals[i + 1:])
+           for i, ((ts, _, eid, _), lo, ro) in enumerate(zip(arrivals, live, again)) if eid is not None):
+        # a later event *of another time* reuses the id of one that the later clock finds late:
+        # live, it was a duplicate; at the later clock, the first one's id is gone (AGGREGATIONS.md)
         return
     now = final + _coarsest(spec) // 3
     _assert_reads(replayed.read(now), state.read(now))
