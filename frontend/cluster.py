@@ -59,6 +59,11 @@ def _share(left: float) -> float:
     return max(left * ATTEMPT_SHARE, min(left, 0.05))
 
 
+def _why(endpoint: str, outcome) -> str:
+    """What a replica's failure says, for the 503 if no other replica answers."""
+    return f"{endpoint}: {outcome if isinstance(outcome, Exception) else P.reason_of(outcome)}"
+
+
 def _retryable(outcome) -> bool:
     """Whether a call's outcome means another replica must be asked: none answered, or the
     shard does not own the partition (any more)."""
@@ -184,9 +189,8 @@ class ClusterClient:
             return False
         endpoint = self.router.endpoint_of(link)
         others = [e for e in self.router.candidates(p) if e != endpoint]
-        why = f"{endpoint}: {outcome if isinstance(outcome, Exception) else P.reason_of(outcome)}"
         try:  # taken over from here: whatever happens, the call is never answered twice
-            self._attempt(p, request, done, others, 0, deadline, why)
+            self._attempt(p, request, done, others, 0, deadline, _why(endpoint, outcome))
         except Exception:  # (a send that raised left its call pending: the sweep answers it)
             log.exception("retrying a read of partition %d failed", p)
         return True
@@ -217,8 +221,7 @@ class ClusterClient:
         ask it."""
         if not _retryable(reply):
             return False
-        why = reply if isinstance(reply, Exception) else P.reason_of(reply)
-        self._attempt(p, request, done, candidates, i + 1, deadline, f"{endpoint}: {why}")
+        self._attempt(p, request, done, candidates, i + 1, deadline, _why(endpoint, reply))
         return True
 
     def submit(self, p: int, request: dict) -> asyncio.Future:

@@ -253,7 +253,6 @@ class ShardClient:
                         self._failed(entry, ShardUnavailable(entry[2], "did not answer in time"))
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep) if pending else None
 
-
     def _failed(self, entry: tuple, outcome) -> None:
         """A call failed: its fallback's hook takes it over, or its callback gets ``outcome``."""
         try:
